@@ -1,0 +1,46 @@
+"""Fixtures: a tiny Llama and its byte-level tokenizer, built at test time (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+# Offline and quiet before anything imports transformers / superduper.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "WARN")
+
+import pytest  # noqa: E402
+
+from plugin_tests import fixtures  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """Folder of a randomly initialised 2-layer Llama (hidden 64) and its tokenizer."""
+    return fixtures.build_tiny_model(str(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture
+def artifact_store(tmp_path):
+    """A fresh absolute artifact store for this test (superduper reads it globally)."""
+    from superduper import CFG
+
+    old = CFG.artifact_store
+    path = tmp_path / "artifact_store"
+    CFG.artifact_store = f"filesystem://{path}"
+    yield str(path)
+    CFG.artifact_store = old
+
+
+@pytest.fixture
+def db(artifact_store, tmp_path):
+    """An in-process mongomock datalayer with the arithmetic rows inserted."""
+    from superduper import superduper
+
+    db = superduper(f"mongomock://test-{tmp_path.name}", force_apply=True)
+    fixtures.insert_rows(db)
+    yield db
+    db.disconnect()

@@ -1,0 +1,113 @@
+"""Test data and a tiny model, built at test time. Shared by tests and subprocess scripts."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+#: 32 prompts the model must memorise: "a+b=" -> "c".
+FACTS = [(f"{a}+{b}=", str(a + b)) for a in range(8) for b in range(4)]
+VALID = FACTS[::4]  # evaluation rows (eval loss only; the task is memorisation)
+
+#: Settings that make the tiny model memorise FACTS in a few hundred CPU steps.
+FAST_TRAINING = dict(
+    learning_rate=3e-3,
+    lr_scheduler_type="constant",
+    per_device_train_batch_size=8,
+    per_device_eval_batch_size=8,
+    logging_steps=25,
+    seed=0,
+    use_cpu=True,
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+)
+
+
+def build_tiny_model(directory: str) -> str:
+    """Save a randomly initialised 2-layer Llama and a byte-level BPE tokenizer to ``directory``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>"]
+    # Vocabulary = the 256 byte symbols + specials: no merges, so "5+1=" and "5+1=6"
+    # split at the same place and the prompt boundary is a token boundary.
+    trainer = trainers.BpeTrainer(
+        vocab_size=256 + len(specials),
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([p + c for p, c in FACTS], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.save_pretrained(directory)
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def insert_rows(db, table: str = "facts", facts=FACTS, valid=VALID) -> None:
+    """Create ``table`` (x, y, _fold) and insert the training and validation rows."""
+    from superduper import Table
+
+    db.apply(Table(table, fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    rows = [{"x": p, "y": c, "_fold": "train"} for p, c in facts]
+    rows += [{"x": p, "y": c, "_fold": "valid"} for p, c in valid]
+    db[table].insert(rows)
+
+
+def make_llm(db, model_dir: str, identifier: str = "tiny", table: str = "facts", **trainer_kwargs):
+    """An ``LLM`` over the tiny model with an ``LLMTrainer`` on ``table``."""
+    from superduper_transformers import LLM, LLMTrainer
+
+    settings = dict(FAST_TRAINING)
+    settings.update(
+        key=("x", "y"),
+        select=db[table].select(),
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        max_steps=250,
+        save_steps=50,
+        save_total_limit=3,
+        eval_strategy="steps",
+        eval_steps=50,
+        output_dir=os.path.join(os.path.dirname(db.cfg.artifact_store.split("://")[-1]), "out", identifier),
+    )
+    settings.update(trainer_kwargs)
+    trainer = LLMTrainer(f"{identifier}-trainer", **settings)
+    return LLM(
+        identifier,
+        model_name_or_path=model_dir,
+        trainer=trainer,
+        predict_kwargs={"max_new_tokens": 4},
+    )
+
+
+def answered(llm, facts=FACTS) -> int:
+    """How many prompts the model answers exactly (greedy)."""
+    outputs = llm.predict_batches([p for p, _ in facts])
+    return sum(o.strip() == c for o, (_, c) in zip(outputs, facts))
+
+
+def answers(llm, facts=FACTS) -> t.List[str]:
+    """The model's greedy answers to the prompts."""
+    return [o.strip() for o in llm.predict_batches([p for p, _ in facts])]

@@ -1,0 +1,9 @@
+"""superduper_transformers: fine-tune causal LMs on data in a superduper datalayer."""
+
+from superduper_transformers.checkpoint import Checkpoint
+from superduper_transformers.model import LLM
+from superduper_transformers.trainer import LLMTrainer
+
+__version__ = "0.11.0"
+
+__all__ = ["Checkpoint", "LLM", "LLMTrainer"]

@@ -1,0 +1,218 @@
+"""The ``Checkpoint`` component: a training checkpoint folder stored in the datalayer.
+
+A checkpoint's files are copied into the datalayer's artifact store when it is
+applied; the row records the run (``model``, ``experiment_id``), the global
+``step``, the metrics at that step and a manifest (name, size, sha256 of every
+file) used to verify the stored copy before anything is loaded from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import typing as t
+
+from superduper import Component, logging
+from superduper.misc import typing as st
+
+if t.TYPE_CHECKING:
+    from superduper.base.datalayer import Datalayer
+
+#: Files of an HF checkpoint that are needed to *use* it (not to resume it).
+_CHUNK = 1 << 20
+
+
+class CheckpointError(RuntimeError):
+    """A stored checkpoint cannot be used; the message names the checkpoint and the file."""
+
+
+class Checkpoint(Component):
+    """A training checkpoint (adapter or full weights, trainer state) stored as an artifact.
+
+    :param path: The checkpoint directory; copied into the artifact store on apply.
+        After loading (``setup()``), the local directory inside the artifact store.
+    :param step: The global training step at which it was saved.
+    :param model: Identifier of the ``LLM`` that was trained.
+    :param experiment_id: Identifier of the training run that saved it.
+    :param metrics: The latest train/eval metrics at ``step``.
+    :param manifest: ``{relative file name: [size, sha256]}`` of the saved files.
+    """
+
+    path: st.File
+    step: int = 0
+    model: str = ""
+    experiment_id: str = ""
+    metrics: t.Dict = None  # type: ignore[assignment]
+    manifest: t.Dict = None  # type: ignore[assignment]
+
+    def postinit(self):
+        """Fill defaults that dataclasses cannot hold as mutable defaults."""
+        self.metrics = dict(self.metrics or {})
+        self.manifest = dict(self.manifest or {})
+        super().postinit()
+
+    @property
+    def local_path(self) -> str:
+        """The checkpoint's directory on this machine, verified against the manifest."""
+        path = getattr(self.path, "path", self.path)
+        if not path:
+            self.setup()
+            path = getattr(self.path, "path", self.path)
+        verify_directory(str(path), self.manifest, self.identifier)
+        return str(path)
+
+
+def file_manifest(directory: str) -> t.Dict[str, t.List]:
+    """``{relative name: [size, sha256]}`` for every file under ``directory``."""
+    out: t.Dict[str, t.List] = {}
+    for root, _, files in os.walk(directory):
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest = hashlib.sha256()
+            with open(full, "rb") as f:
+                for chunk in iter(lambda: f.read(_CHUNK), b""):
+                    digest.update(chunk)
+            rel = os.path.relpath(full, directory)
+            out[rel] = [os.path.getsize(full), digest.hexdigest()]
+    return dict(sorted(out.items()))
+
+
+def verify_directory(directory: str, manifest: t.Dict[str, t.List], identifier: str) -> None:
+    """Check that ``directory`` holds exactly the manifest's files with their sizes and hashes.
+
+    :raises CheckpointError: naming the checkpoint and the first bad file.
+    """
+    if not os.path.isdir(directory):
+        raise CheckpointError(
+            f"Checkpoint `{identifier}`: its files are missing from the artifact store "
+            f"(expected the folder {directory}). The artifact store must be the one the "
+            "checkpoint was written to (check CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE)."
+        )
+    if not manifest:
+        return
+    for rel, (size, sha) in manifest.items():
+        full = os.path.join(directory, rel)
+        if not os.path.isfile(full):
+            raise CheckpointError(
+                f"Checkpoint `{identifier}`: file `{rel}` is missing from {directory}."
+            )
+        if os.path.getsize(full) != size:
+            raise CheckpointError(
+                f"Checkpoint `{identifier}`: file `{rel}` has {os.path.getsize(full)} bytes, "
+                f"the manifest says {size}: the stored copy is altered or truncated."
+            )
+    actual = file_manifest(directory)
+    for rel, (size, sha) in manifest.items():
+        if actual[rel][1] != sha:
+            raise CheckpointError(
+                f"Checkpoint `{identifier}`: file `{rel}` does not match its sha256 in the "
+                "manifest: the stored copy is altered."
+            )
+
+
+def checkpoint_identifier(model: str, experiment_id: str, step: int) -> str:
+    """The identifier of the checkpoint saved by run ``experiment_id`` at ``step``."""
+    return f"{model}-{experiment_id}-step{step}"
+
+
+def register_checkpoint(
+    db: "Datalayer",
+    *,
+    model: str,
+    experiment_id: str,
+    path: str,
+    step: int,
+    metrics: t.Optional[t.Dict] = None,
+) -> Checkpoint:
+    """Copy a checkpoint folder into the artifact store and record it in the db.
+
+    :param db: The datalayer.
+    :param model: Identifier of the trained ``LLM``.
+    :param experiment_id: Identifier of the training run.
+    :param path: The local checkpoint folder written by the HF trainer.
+    :param step: Global step of the checkpoint.
+    :param metrics: Metrics at ``step``.
+    """
+    ckpt = Checkpoint(
+        checkpoint_identifier(model, experiment_id, step),
+        path=os.path.abspath(path),
+        step=int(step),
+        model=model,
+        experiment_id=experiment_id,
+        metrics={k: v for k, v in (metrics or {}).items() if _is_number(v)},
+        manifest=file_manifest(path),
+    )
+    db.apply(ckpt, force=True, jobs=False)
+    logging.info(f"Registered checkpoint {ckpt.identifier} (step {step})")
+    return ckpt
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def list_checkpoints(
+    db: "Datalayer", model: str, experiment_id: t.Optional[str] = None
+) -> t.List[t.Dict]:
+    """Rows of the checkpoints of ``model`` (of one run if ``experiment_id``), by step.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: Restrict to this run.
+    """
+    from superduper.base import exceptions
+
+    table = db["Checkpoint"]
+    query = table.filter(table["model"] == model)
+    if experiment_id is not None:
+        query = query.filter(table["experiment_id"] == experiment_id)
+    try:
+        rows = [dict(r) for r in query.execute()]
+    except exceptions.NotFound:  # no checkpoint was ever registered in this db
+        return []
+    return sorted(rows, key=lambda r: (r["step"], r["identifier"]))
+
+
+def best_checkpoint(
+    rows: t.Sequence[t.Dict], metric: t.Optional[str], greater_is_better: bool
+) -> t.Optional[t.Dict]:
+    """The row with the best ``metric`` (latest wins ties); None when no row has it."""
+    if not metric:
+        return None
+    scored = [r for r in rows if _is_number((r.get("metrics") or {}).get(metric))]
+    if not scored:
+        return None
+    sign = 1 if greater_is_better else -1
+    return max(scored, key=lambda r: (sign * r["metrics"][metric], r["step"]))
+
+
+def checkpoints_to_prune(
+    rows: t.Sequence[t.Dict],
+    limit: t.Optional[int],
+    metric: t.Optional[str],
+    greater_is_better: bool,
+) -> t.List[t.Dict]:
+    """Which checkpoints to delete so at most ``limit`` remain: never the best, then the newest.
+
+    :param rows: The run's checkpoint rows.
+    :param limit: ``save_total_limit`` (None keeps all).
+    :param metric: ``metric_for_best_model`` as it appears in the metrics (``eval_...``).
+    :param greater_is_better: Direction of ``metric``.
+    """
+    if limit is None or len(rows) <= limit:
+        return []
+    best = best_checkpoint(rows, metric, greater_is_better)
+    keep = [best] if best is not None else []
+    for r in sorted(rows, key=lambda r: r["step"], reverse=True):
+        if len(keep) >= limit:
+            break
+        if best is None or r["identifier"] != best["identifier"]:
+            keep.append(r)
+    kept = {r["identifier"] for r in keep}
+    return [r for r in rows if r["identifier"] not in kept]
+
+
+def delete_checkpoint(db: "Datalayer", identifier: str) -> None:
+    """Remove a checkpoint row and its files from the artifact store."""
+    db.teardown("Checkpoint", identifier, force=True)

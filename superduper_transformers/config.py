@@ -1,0 +1,213 @@
+"""Settings of an :class:`LLMTrainer` -> validated, typed training settings.
+
+Every problem in the settings is gathered into one ``ValueError`` (as litgpt and
+torchtune do), so a user fixes their configuration in one round trip instead of
+one error at a time. Nothing here touches the database or loads a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import difflib
+import functools
+import os
+import typing as t
+
+if t.TYPE_CHECKING:
+    from superduper_transformers.trainer import LLMTrainer
+
+#: Valid values of ``LLMTrainer.bits``.
+VALID_BITS = (None, 4, 8)
+#: Valid values of ``LLMTrainer.lora_bias`` (peft's ``LoraConfig.bias``).
+VALID_LORA_BIAS = ("none", "all", "lora_only")
+#: Valid values of ``LLMTrainer.resume_from_db``.
+VALID_RESUME = ("auto", "never")
+#: Default folder for the training output, relative to the working directory.
+DEFAULT_OUTPUT_ROOT = "superduper_training"
+
+
+class ConfigError(ValueError):
+    """Invalid trainer settings. The message lists every problem and its fix."""
+
+
+class UnknownKeywordError(ConfigError, TypeError):
+    """A keyword that ``LLMTrainer`` does not know.
+
+    Also a ``TypeError`` with Python's wording ("got an unexpected keyword argument"),
+    which superduper's decoder relies on to drop metadata keys when it rebuilds a
+    stored component.
+    """
+
+
+@functools.lru_cache(maxsize=1)
+def sft_config_fields() -> t.FrozenSet[str]:
+    """Names accepted by trl's ``SFTConfig`` (a superset of ``TrainingArguments``)."""
+    from trl import SFTConfig
+
+    return frozenset(f.name for f in dc.fields(SFTConfig) if f.init)
+
+
+def split_unknown_kwargs(
+    kwargs: t.Dict[str, t.Any], own_fields: t.Iterable[str]
+) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any]]:
+    """Split keyword arguments into the trainer's own fields and ``SFTConfig`` fields.
+
+    :param kwargs: Keyword arguments given to ``LLMTrainer``.
+    :param own_fields: Field names of the ``LLMTrainer`` component.
+    :raises ConfigError: for a keyword that is neither, with the closest valid names.
+    """
+    own_fields = set(own_fields)
+    own, training = {}, {}
+    unknown = []
+    for k, v in kwargs.items():
+        if k in own_fields:
+            own[k] = v
+        elif k in sft_config_fields():
+            training[k] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        valid = sorted(own_fields | sft_config_fields())
+        lines = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, valid, n=3)
+            hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+            lines.append(
+                f"LLMTrainer got an unexpected keyword argument `{k}`: it is neither an LLMTrainer "
+                f"field nor a field of transformers' TrainingArguments / trl's SFTConfig.{hint}"
+            )
+        raise UnknownKeywordError("\n".join(lines))
+    return own, training
+
+
+def validate_trainer(trainer: "LLMTrainer") -> None:
+    """Check the settings of an ``LLMTrainer``; raise one error listing every problem.
+
+    :param trainer: The trainer component to check.
+    :raises ConfigError: naming each field, the value received and the fix.
+    """
+    issues: t.List[str] = []
+    tk = trainer.training_kwargs or {}
+
+    for k in sorted(set(tk) - sft_config_fields()):
+        close = difflib.get_close_matches(k, sorted(sft_config_fields()), n=3)
+        hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+        issues.append(
+            f"`training_kwargs` has `{k}`, which is not a field of TrainingArguments/SFTConfig.{hint}"
+        )
+    if trainer.bits not in VALID_BITS:
+        issues.append(
+            f"`bits` must be None (no quantization), 4 (QLoRA NF4) or 8, got {trainer.bits!r}."
+        )
+    if trainer.bits is not None and not trainer.use_lora:
+        issues.append(
+            f"`bits={trainer.bits}` needs `use_lora=True`: a quantized base model cannot be "
+            "fully fine-tuned. Set `use_lora=True` or `bits=None`."
+        )
+    if trainer.use_lora:
+        if not isinstance(trainer.lora_r, int) or isinstance(trainer.lora_r, bool) or trainer.lora_r <= 0:
+            issues.append(f"`lora_r` must be a positive integer, got {trainer.lora_r!r}.")
+        if not isinstance(trainer.lora_alpha, (int, float)) or trainer.lora_alpha <= 0:
+            issues.append(f"`lora_alpha` must be positive, got {trainer.lora_alpha!r}.")
+        if not (0.0 <= float(trainer.lora_dropout) < 1.0):
+            issues.append(f"`lora_dropout` must be in [0, 1), got {trainer.lora_dropout!r}.")
+        if trainer.lora_bias not in VALID_LORA_BIAS:
+            issues.append(
+                f"`lora_bias` must be one of {VALID_LORA_BIAS}, got {trainer.lora_bias!r}."
+            )
+    if not isinstance(trainer.max_seq_length, int) or trainer.max_seq_length <= 0:
+        issues.append(
+            f"`max_seq_length` must be a positive integer, got {trainer.max_seq_length!r}."
+        )
+    if "max_length" in tk:
+        issues.append(
+            "`max_length` was given as a training keyword; set `max_seq_length` instead "
+            "(it becomes SFTConfig's `max_length`)."
+        )
+    limit = tk.get("save_total_limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        issues.append(
+            f"`save_total_limit` must be None (keep every checkpoint) or an integer >= 1, "
+            f"got {limit!r}."
+        )
+    if trainer.resume_from_db not in VALID_RESUME:
+        issues.append(
+            f"`resume_from_db` must be one of {VALID_RESUME}, got {trainer.resume_from_db!r}."
+        )
+    if trainer.num_gpus is not None and (not isinstance(trainer.num_gpus, int) or trainer.num_gpus < 0):
+        issues.append(f"`num_gpus` must be None or an integer >= 0, got {trainer.num_gpus!r}.")
+    if trainer.ray_configs is not None:
+        if not isinstance(trainer.ray_configs, dict):
+            issues.append(
+                f"`ray_configs` must be a dict with a `scaling_config`, got {type(trainer.ray_configs).__name__}."
+            )
+        elif "scaling_config" not in trainer.ray_configs:
+            issues.append(
+                "`ray_configs` needs a `scaling_config` (a ray.train.ScalingConfig, e.g. "
+                "`ScalingConfig(num_workers=2)`), got keys "
+                f"{sorted(trainer.ray_configs)}."
+            )
+    key = trainer.key
+    if not (
+        isinstance(key, str)
+        or (isinstance(key, (list, tuple)) and len(key) == 2 and all(isinstance(k, str) for k in key))
+        or (isinstance(key, (list, tuple)) and len(key) == 1 and isinstance(key[0], str))
+    ):
+        issues.append(
+            f"`key` must be a column name (learn the whole text) or a pair (X, y) of column "
+            f"names (learn y given X), got {key!r}."
+        )
+    if issues:
+        raise ConfigError(
+            "Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues)
+        )
+
+
+def input_output_keys(key: t.Any) -> t.Tuple[str, t.Optional[str]]:
+    """The (X, y) column names of a trainer ``key``; y is None for whole-text learning."""
+    if isinstance(key, str):
+        return key, None
+    if len(key) == 1:
+        return key[0], None
+    return key[0], key[1]
+
+
+def output_dir_for(trainer: "LLMTrainer", model_identifier: str) -> str:
+    """The training output folder: the user's ``output_dir`` or ``superduper_training/<model>``."""
+    return os.path.abspath(
+        trainer.training_kwargs.get("output_dir")
+        or os.path.join(DEFAULT_OUTPUT_ROOT, model_identifier)
+    )
+
+
+def build_sft_config(trainer: "LLMTrainer", output_dir: str, has_eval: bool, **overrides):
+    """Turn the trainer's settings into trl's ``SFTConfig``.
+
+    Defaults differ from transformers' only where this plugin needs it:
+    ``report_to='none'`` (no third-party trackers are contacted), and datasets are
+    pre-tokenized by :func:`superduper_transformers.data.tokenize`, so trl keeps our
+    labels (prompt masked with -100) as they are.
+
+    :param trainer: The trainer component.
+    :param output_dir: Folder where the HF trainer writes its checkpoints.
+    :param has_eval: Whether evaluation datasets exist (else evaluation is turned off).
+    :param overrides: Extra keyword arguments that win over the trainer's.
+    """
+    from trl import SFTConfig
+
+    kwargs: t.Dict[str, t.Any] = {"report_to": "none", "save_safetensors": True}
+    kwargs.update(trainer.training_kwargs or {})
+    kwargs["output_dir"] = output_dir
+    kwargs["max_length"] = trainer.max_seq_length
+    kwargs.setdefault("gradient_checkpointing", False)
+    if not has_eval:
+        kwargs["eval_strategy"] = "no"
+        if kwargs.get("load_best_model_at_end"):
+            raise ConfigError(
+                "`load_best_model_at_end=True` needs evaluation data: insert rows with "
+                "`_fold='valid'` or give the model a `validation` with datasets."
+            )
+    kwargs.update(overrides)
+    # ``save_safetensors`` was removed from TrainingArguments in some releases.
+    kwargs = {k: v for k, v in kwargs.items() if k in sft_config_fields()}
+    return SFTConfig(**kwargs)

@@ -1,0 +1,112 @@
+"""Rows from the datalayer -> tokenized ``datasets.Dataset`` for causal-LM training.
+
+Tokenization happens here, not inside trl, so that the labels are exactly what
+:func:`tokenize` says: with an output key ``y`` the prompt tokens are masked
+(-100) and only the completion (plus EOS) is learned; without ``y`` the whole text
+is learned. The prompt is tokenized on its own, as at prediction time, so the
+model sees the same token boundary when it generates.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+IGNORE_INDEX = -100
+
+
+class DataError(ValueError):
+    """The training rows cannot be used; the message names the key, the row and the fix."""
+
+
+def format_prompt(template: str, value: str) -> str:
+    """Fill the LLM's ``prompt_template`` with one input value."""
+    return template.format(input=value) if template else value
+
+
+def tokenize(
+    tokenizer,
+    example: t.Dict[str, t.Any],
+    X: str,
+    y: t.Optional[str] = None,
+    max_length: t.Optional[int] = None,
+    prompt_template: str = "{input}",
+) -> t.Dict[str, t.List[int]]:
+    """Tokenize one example into ``input_ids``, ``attention_mask`` and ``labels``.
+
+    :param tokenizer: A Hugging Face tokenizer.
+    :param example: One row, a mapping from column name to text.
+    :param X: The input (prompt) column.
+    :param y: The output (completion) column. When given, the prompt tokens get label
+        -100 so only the completion is learned; when None the whole text is learned.
+    :param max_length: Truncate the sequence to this many tokens.
+    :param prompt_template: Template with ``{input}`` applied to the input, as the
+        ``LLM`` does at prediction time.
+    """
+    prompt = format_prompt(prompt_template, example[X])
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if y is None:
+        input_ids = prompt_ids + eos
+        labels = list(input_ids)
+    else:
+        completion_ids = tokenizer(example[y], add_special_tokens=False)["input_ids"] + eos
+        input_ids = prompt_ids + completion_ids
+        labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    if max_length is not None:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str) -> None:
+    """Check that rows carry text under the keys; raise a ``DataError`` otherwise.
+
+    :param rows: Rows (mappings) as returned by the select query.
+    :param X: Input column.
+    :param y: Output column or None.
+    :param where: Human description of the rows (e.g. ``"training rows of 'docs'"``).
+    """
+    if not rows:
+        raise DataError(
+            f"The {where} are empty: the trainer's `select` returned no rows. Insert rows "
+            "with `_fold='train'` (and `_fold='valid'` for evaluation) before applying the model."
+        )
+    keys = [k for k in (X, y) if k is not None]
+    for i, row in enumerate(rows):
+        for k in keys:
+            if k not in row:
+                raise DataError(
+                    f"Key `{k}` is missing from row {i} of the {where}; the row has "
+                    f"keys {sorted(c for c in row if not c.startswith('_'))}. Fix the trainer's "
+                    "`key` or the rows."
+                )
+            if not isinstance(row[k], str):
+                raise DataError(
+                    f"Key `{k}` of row {i} of the {where} holds a {type(row[k]).__name__} "
+                    f"({row[k]!r:.60}); the LLM trainer needs text (str). Convert the column "
+                    "to text before training."
+                )
+
+
+def rows_from_values(values: t.Sequence[t.Any], X: str, y: t.Optional[str]) -> t.List[t.Dict]:
+    """Superduper's trainer lists (mapped by ``key``) -> rows keyed by column name."""
+    if y is None:
+        return [{X: v} for v in values]
+    return [{X: v[0], y: v[1]} for v in values]
+
+
+def build_dataset(
+    tokenizer,
+    rows: t.Sequence[t.Mapping],
+    X: str,
+    y: t.Optional[str],
+    max_length: t.Optional[int],
+    prompt_template: str = "{input}",
+):
+    """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``."""
+    from datasets import Dataset
+
+    encoded = [
+        tokenize(tokenizer, row, X, y, max_length=max_length, prompt_template=prompt_template)
+        for row in rows
+    ]
+    return Dataset.from_list(encoded)

@@ -1,0 +1,179 @@
+"""``LLM``: a superduper model over ``AutoModelForCausalLM``, with its adapter in the db."""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import os
+import typing as t
+
+from superduper import logging
+from superduper.base.annotations import trigger
+from superduper.components.model import Model
+
+from superduper_transformers import loading
+from superduper_transformers.checkpoint import Checkpoint
+from superduper_transformers.data import format_prompt
+
+DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
+
+
+class LLM(Model):
+    """A causal LM that can be fine-tuned on rows of the datalayer and predict text.
+
+    :param model_name_or_path: Folder (or offline-cached hub id) of the base model.
+    :param adapter_id: The trained weights to use: a ``Checkpoint`` in the db or a path
+        to a checkpoint folder (it is stored in the artifact store when applied).
+    :param model_kwargs: Extra keyword arguments for ``AutoModelForCausalLM.from_pretrained``.
+    :param tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
+    :param prompt_template: Template with ``{input}`` applied to each prompt, in
+        training and at prediction time.
+    :param predict_kwargs: Keyword arguments for ``generate`` (``max_new_tokens``, ...).
+    """
+
+    model_name_or_path: t.Optional[str] = None
+    adapter_id: t.Optional[Checkpoint] = None
+    model_kwargs: t.Dict = dc.field(default_factory=dict)
+    tokenizer_kwargs: t.Dict = dc.field(default_factory=dict)
+    prompt_template: str = "{input}"
+
+    def postinit(self):
+        """Validate the fields and wrap an adapter path into a ``Checkpoint``."""
+        if not self.model_name_or_path:
+            raise ValueError(
+                f"LLM `{self.identifier}`: `model_name_or_path` is required: the folder of a "
+                "Hugging Face causal LM (with config.json) or an offline-cached hub id."
+            )
+        if isinstance(self.adapter_id, (str, os.PathLike)):
+            path = os.fspath(self.adapter_id)
+            if not os.path.isdir(path):
+                raise ValueError(
+                    f"LLM `{self.identifier}`: `adapter_id`={path!r} is not a folder. Give a "
+                    "Checkpoint or the folder of a saved adapter/checkpoint."
+                )
+            from superduper_transformers.checkpoint import file_manifest
+
+            self.adapter_id = Checkpoint(
+                f"{self.identifier}-adapter-{os.path.basename(os.path.abspath(path))}",
+                path=os.path.abspath(path),
+                model=self.identifier,
+                manifest=file_manifest(path),
+            )
+        if "{input}" not in (self.prompt_template or "{input}"):
+            raise ValueError(
+                f"LLM `{self.identifier}`: `prompt_template`={self.prompt_template!r} has no "
+                "`{input}` placeholder."
+            )
+        super().postinit()
+        self._pipeline = None
+
+    # -- loading ----------------------------------------------------------
+    def setup(self):
+        """Resolve child components; the weights load lazily on the first prediction.
+
+        superduper calls ``setup`` on every save of the model (it reloads the stored
+        copy to diff it), so loading weights here would cost a model load per checkpoint.
+        """
+        super().setup()
+        self._pipeline = None
+        return self
+
+    def model_load_kwargs(self) -> t.Dict[str, t.Any]:
+        """Keyword arguments for loading the base model."""
+        return {"pretrained_model_name_or_path": self.model_name_or_path, **self.model_kwargs}
+
+    def tokenizer_load_kwargs(self) -> t.Dict[str, t.Any]:
+        """Keyword arguments for loading the tokenizer."""
+        return {"pretrained_model_name_or_path": self.model_name_or_path, **self.tokenizer_kwargs}
+
+    def adapter_path(self) -> t.Optional[str]:
+        """Local folder of the adapter/checkpoint, verified against its manifest."""
+        if self.adapter_id is None:
+            return None
+        adapter = self.adapter_id
+        if not isinstance(adapter, Checkpoint):  # a reference not yet resolved
+            adapter = adapter.unpack() if hasattr(adapter, "unpack") else adapter
+        return adapter.local_path
+
+    def _load(self):
+        """Base model + adapter (or full fine-tuned weights) and tokenizer, in eval mode."""
+        loading.check_model_path(self.model_name_or_path)
+        path = self.adapter_path()
+        tokenizer_kwargs = self.tokenizer_load_kwargs()
+        model_kwargs = self.model_load_kwargs()
+        if path and loading.has_tokenizer(path):
+            tokenizer_kwargs["pretrained_model_name_or_path"] = path
+        if path and not loading.is_adapter_dir(path):
+            model_kwargs["pretrained_model_name_or_path"] = path  # full fine-tune
+        tokenizer = loading.load_tokenizer(tokenizer_kwargs)
+        model = loading.load_causal_lm(model_kwargs)
+        if path and loading.is_adapter_dir(path):
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, path)
+        model.eval()
+        logging.info(f"LLM {self.identifier}: loaded {self.model_name_or_path} + {path}")
+        return model, tokenizer
+
+    def _get_pipeline(self):
+        if self._pipeline is None:
+            self._pipeline = self._load()
+        return self._pipeline
+
+    # -- prediction -------------------------------------------------------
+    def predict(self, prompt: str) -> str:
+        """Generate the continuation of one prompt (the new text only).
+
+        :param prompt: The input text; ``prompt_template`` is applied to it.
+        """
+        return self.predict_batches([prompt])[0]
+
+    def predict_batches(self, prompts: t.Sequence[str]) -> t.List[str]:
+        """Generate continuations for several prompts (left-padded, one ``generate`` call).
+
+        :param prompts: Input texts.
+        """
+        import torch
+
+        model, tokenizer = self._get_pipeline()
+        texts = [format_prompt(self.prompt_template, p) for p in prompts]
+        tokenizer.padding_side = "left"
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        kwargs = {**DEFAULT_PREDICT_KWARGS, **(self.predict_kwargs or {})}
+        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = model.generate(**batch, **kwargs)
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    # -- training hooks ---------------------------------------------------
+    def create_jobs(self, context, event_type, ids=None, jobs=(), requires=None):
+        """Check settings and training rows *before* the apply writes anything.
+
+        superduper plans an apply (this method) before it executes the plan, so an
+        error raised here leaves the database as it was.
+        """
+        triggers = self.get_triggers(event_type, requires=requires)
+        if "fit_in_db" in triggers and self.trainer is not None:
+            from superduper_transformers.trainer import preflight
+
+            preflight(self, self.db)
+        return super().create_jobs(
+            context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
+        )
+
+    @trigger("apply", depends="fit_in_db", requires="validation")
+    def validate_in_db(self):
+        """Run the validation metrics of ``validation`` (if any) and store them.
+
+        Eval losses of every validation dataset are recorded during training already;
+        this runs user-defined ``Metric`` components on generated text.
+        """
+        if self.validation is None or not self.validation.metrics:
+            return
+        for dataset in self.validation.datasets:
+            results = self.validate(
+                key=self.validation.key, dataset=dataset, metrics=self.validation.metrics
+            )
+            self.metric_values[f"{dataset.identifier}/{dataset.version}"] = results
+        self.save()

@@ -96,7 +96,7 @@ class LLMTrainer(Trainer):
         X, y = cfg.input_output_keys(self.key)
         train_rows = data.rows_from_values(train_dataset, X, y)
         data.check_rows(train_rows, X, y, "training rows")
-        eval_rows = named_eval_rows(model, valid_dataset, X, y)
+        eval_rows = named_eval_rows(model, db, valid_dataset, X, y)
 
         check_model_path(model.model_name_or_path)
         tokenizer = load_tokenizer(model.tokenizer_load_kwargs())
@@ -143,7 +143,9 @@ class LLMTrainer(Trainer):
         )
 
 
-def named_eval_rows(model: "LLM", valid_values, X: str, y: t.Optional[str]) -> t.Dict[str, t.List]:
+def named_eval_rows(
+    model: "LLM", db: "Datalayer", valid_values, X: str, y: t.Optional[str]
+) -> t.Dict[str, t.List]:
     """Evaluation rows by name: ``valid`` (rows with ``_fold='valid'``) and each
     dataset of the model's ``validation``, under its own identifier."""
     out: t.Dict[str, t.List] = {}
@@ -151,6 +153,7 @@ def named_eval_rows(model: "LLM", valid_values, X: str, y: t.Optional[str]) -> t
         out["valid"] = data.rows_from_values(valid_values, X, y)
     if model.validation is not None:
         for ds in model.validation.datasets:
+            ds.db = ds.db or db
             rows = [dict(r) for r in ds.data]
             data.check_rows(rows, X, y, f"rows of validation dataset '{ds.identifier}'")
             out[ds.identifier] = [{k: r[k] for k in (X, y) if k is not None} for r in rows]

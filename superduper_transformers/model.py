@@ -105,6 +105,16 @@ class LLM(Model):
         if path and not loading.is_adapter_dir(path):
             model_kwargs["pretrained_model_name_or_path"] = path  # full fine-tune
         tokenizer = loading.load_tokenizer(tokenizer_kwargs)
+        bits = getattr(self.trainer, "bits", None)
+        if bits is not None and path and loading.is_adapter_dir(path):
+            # A QLoRA adapter was trained against the quantized base: predict with the same.
+            from superduper_transformers.quantization import (
+                create_quantization_config,
+                device_map_for_quantized,
+            )
+
+            model_kwargs.setdefault("quantization_config", create_quantization_config(self.trainer))
+            model_kwargs.setdefault("device_map", device_map_for_quantized())
         model = loading.load_causal_lm(model_kwargs)
         if path and loading.is_adapter_dir(path):
             from peft import PeftModel

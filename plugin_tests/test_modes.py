@@ -1,0 +1,46 @@
+"""Full fine-tuning and QLoRA (4 and 8 bits, bitsandbytes' CPU backend) through the datalayer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from plugin_tests import fixtures
+from superduper_transformers.checkpoint import list_checkpoints
+
+
+def _train_and_reload(db, tiny_model_dir, identifier, **kwargs):
+    llm = fixtures.make_llm(db, tiny_model_dir, identifier=identifier, **kwargs)
+    db.apply(llm, force=True)
+    rows = list_checkpoints(db, identifier)
+    return db.load("LLM", identifier), rows
+
+
+def test_full_fine_tuning_learns_and_stores_full_weights(db, tiny_model_dir):
+    llm, rows = _train_and_reload(
+        db, tiny_model_dir, "full", use_lora=False, max_steps=300, save_steps=150,
+        eval_steps=150, learning_rate=3e-3,
+    )
+    assert [r["step"] for r in rows] == [150, 300]
+    path = db.load("Checkpoint", rows[-1]["identifier"]).local_path
+    files = set(os.listdir(path))
+    assert "model.safetensors" in files and "adapter_config.json" not in files
+    assert fixtures.answered(llm) >= 31
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_learns_on_cpu_and_registers_checkpoints(db, tiny_model_dir, bits):
+    steps = 300
+    llm, rows = _train_and_reload(
+        db, tiny_model_dir, f"q{bits}", bits=bits, max_steps=steps, save_steps=steps // 2,
+        eval_steps=steps // 2,
+    )
+    assert [r["step"] for r in rows] == [steps // 2, steps]
+    ckpt = db.load("Checkpoint", rows[-1]["identifier"])
+    assert "adapter_model.safetensors" in os.listdir(ckpt.local_path)
+    # the adapter reloads onto the base quantized as in training, and answers
+    assert fixtures.answered(llm) >= 31, fixtures.answers(llm)
+    base = llm._get_pipeline()[0].get_base_model()
+    linear = base.model.layers[0].mlp.down_proj.base_layer
+    assert type(linear).__name__ == ("Linear4bit" if bits == 4 else "Linear8bitLt")

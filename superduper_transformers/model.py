@@ -11,7 +11,7 @@ from superduper.base.annotations import trigger
 from superduper.components.model import Model
 
 from superduper_transformers import loading
-from superduper_transformers.checkpoint import Checkpoint
+from superduper_transformers.checkpoint import Checkpoint, CheckpointError
 from superduper_transformers.data import format_prompt
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
@@ -73,7 +73,18 @@ class LLM(Model):
         superduper calls ``setup`` on every save of the model (it reloads the stored
         copy to diff it), so loading weights here would cost a model load per checkpoint.
         """
-        super().setup()
+        try:
+            super().setup()
+        except FileNotFoundError as e:
+            # superduper resolves the adapter's files while decoding it: a deleted
+            # artifact surfaces as a bare FileNotFoundError from the artifact store.
+            identifier = getattr(self.adapter_id, "identifier", self.adapter_id)
+            raise CheckpointError(
+                f"Checkpoint `{identifier}`: its files are missing from the artifact store "
+                f"({e.filename}). The artifact store must be the one the checkpoint was "
+                "written to (CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE); otherwise set "
+                f"the LLM `{self.identifier}`'s `adapter_id` to another checkpoint."
+            ) from e
         self._pipeline = None
         return self
 

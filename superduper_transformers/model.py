@@ -174,6 +174,11 @@ class LLM(Model):
         superduper plans an apply (this method) before it executes the plan, so an
         error raised here leaves the database as it was.
         """
+        if requires and self.trainer is not None:
+            from superduper_transformers.resume import is_interrupted
+
+            if is_interrupted(self.db, self.identifier):
+                requires = None  # re-applying a model whose training was cut off trains it again
         triggers = self.get_triggers(event_type, requires=requires)
         if "fit_in_db" in triggers and self.trainer is not None:
             from superduper_transformers.trainer import preflight

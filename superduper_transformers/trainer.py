@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses as dc
 import functools
 import typing as t
-import uuid
 
 from superduper import logging
 from superduper.components.model import Trainer
@@ -91,6 +90,7 @@ class LLMTrainer(Trainer):
         :param train_dataset: Training values mapped by ``key`` (``_fold == 'train'``).
         :param valid_dataset: Validation values mapped by ``key`` (``_fold == 'valid'``).
         """
+        from superduper_transformers import resume
         from superduper_transformers.training import train
 
         X, y = cfg.input_output_keys(self.key)
@@ -123,24 +123,30 @@ class LLMTrainer(Trainer):
             has_eval=bool(eval_rows),
             **overrides,
         )
-        experiment_id = uuid.uuid4().hex[:8]
-        logging.info(
-            f"Training {model.identifier} (run {experiment_id}): {len(train_rows)} rows, "
-            f"eval sets {list(eval_rows)}, lora={self.use_lora}, bits={self.bits}, "
-            f"output_dir={training_args.output_dir}"
-        )
-        return train(
-            training_args,
-            train_ds,
-            eval_ds or None,
-            model.model_load_kwargs(),
-            model.tokenizer_load_kwargs(),
-            db=db,
-            llm=model,
-            ray_configs=self.ray_configs,
-            config=self,
-            experiment_id=experiment_id,
-        )
+        with resume.active(model.identifier):
+            # Resume the model's interrupted run (same experiment_id) or record a new one.
+            plan = resume.start_run(db, model, self, training_args.output_dir)
+            logging.info(
+                f"Training {model.identifier} (run {plan.experiment_id}, from step {plan.step}): "
+                f"{len(train_rows)} rows, eval sets {list(eval_rows)}, lora={self.use_lora}, "
+                f"bits={self.bits}, output_dir={training_args.output_dir}"
+            )
+            result = train(
+                training_args,
+                train_ds,
+                eval_ds or None,
+                model.model_load_kwargs(),
+                model.tokenizer_load_kwargs(),
+                db=db,
+                llm=model,
+                ray_configs=self.ray_configs,
+                config=self,
+                experiment_id=plan.experiment_id,
+                resume_from_checkpoint=plan.resume_from_checkpoint,
+            )
+            resume.finish_run(db, model.identifier, plan.experiment_id)
+        # The job stores fit's return value as JSON: of a ray.train.Result, its metrics.
+        return result.metrics if self.ray_configs is not None else result
 
 
 def named_eval_rows(

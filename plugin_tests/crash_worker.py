@@ -1,0 +1,88 @@
+"""A training process for the crash-safety tests: apply an LLM on a shared SQLite-file db.
+
+Run as ``python -m plugin_tests.crash_worker ARGS_JSON``, where ARGS_JSON holds
+``uri``, ``store`` (absolute artifact-store folder), ``model_dir``, ``identifier``,
+``table``, ``probe`` (a JSON-lines file) and ``settings`` (``LLMTrainer`` keywords).
+
+A probe callback appends what the tests assert on to ``probe``, one JSON object a line,
+flushed at once (a SIGKILL loses nothing written before it):
+``{"event": "begin", "step": N}`` when training starts (N > 0 after a resume),
+``{"event": "step", "step": N, "lr": ...}`` after every optimizer step.
+
+``SUPERDUPER_TRANSFORMERS_TEST_KILL_AT=step:N`` kills the process in the middle of step N
+(after the backward pass, before the optimizer step); the ``copy`` and ``registered``
+points are in the library (:mod:`superduper_transformers._faults`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+
+def _probe_callback(path: str):
+    from transformers import TrainerCallback
+
+    from superduper_transformers._faults import ENV
+
+    kill = {w.strip() for w in os.environ.get(ENV, "").split(",")}
+
+    class Probe(TrainerCallback):
+        def __init__(self):
+            self.f = open(path, "a", buffering=1)
+
+        def write(self, **record):
+            self.f.write(json.dumps({**record, "time": time.time(), "pid": os.getpid()}) + "\n")
+            self.f.flush()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.write(event="begin", step=state.global_step)
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if f"step:{state.global_step + 1}" in kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            lr = kwargs.get("lr_scheduler").get_last_lr()[0] if kwargs.get("lr_scheduler") else None
+            self.write(event="step", step=state.global_step, lr=lr)
+
+    return Probe()
+
+
+def main(args: dict) -> None:
+    """Apply the LLM described by ``args`` (training it, or resuming its interrupted run)."""
+    from superduper import CFG, superduper
+
+    CFG.artifact_store = f"filesystem://{args['store']}"
+
+    from plugin_tests import fixtures
+    from superduper_transformers import training
+
+    train_func = training.train_func
+
+    def probed_train_func(*a, callbacks=None, **kw):
+        return train_func(*a, callbacks=[*(callbacks or []), _probe_callback(args["probe"])], **kw)
+
+    training.train_func = probed_train_func
+    db = superduper(args["uri"], force_apply=True)
+    llm = fixtures.make_llm(
+        db, args["model_dir"], identifier=args["identifier"], table=args["table"], **args["settings"]
+    )
+    db.apply(llm, force=True)
+    print("WORKER DONE", flush=True)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

@@ -1,0 +1,266 @@
+"""Training runs in the db, and resuming an interrupted one from its latest checkpoint.
+
+Every training of an ``LLM`` is a ``TrainingRun`` row (``state='running'``) from its
+start until ``fit`` returns (``state='finished'``). A process that is killed, or a
+training that raises, leaves the row ``running``: the run is *interrupted*. Applying
+the model again (``db.apply(llm, force=True)`` with a freshly built, identical ``LLM``)
+then trains again, and with ``LLMTrainer(resume_from_db="auto")`` (the default) it
+resumes the interrupted run: the latest checkpoint of that run whose stored files
+verify is copied to ``output_dir/checkpoint-<step>`` and handed to the HF trainer as
+``resume_from_checkpoint`` (weights or adapter, optimizer, scheduler, RNG and trainer
+state), under the same ``experiment_id``, so later checkpoints continue its steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses as dc
+import json
+import os
+import re
+import shutil
+import time
+import typing as t
+import uuid
+
+from superduper import Component, logging
+
+from superduper_transformers import artifacts
+from superduper_transformers import checkpoint as ckpts
+
+if t.TYPE_CHECKING:
+    from superduper.base.datalayer import Datalayer
+
+    from superduper_transformers.model import LLM
+    from superduper_transformers.trainer import LLMTrainer
+
+RUNNING, FINISHED, ABANDONED = "running", "finished", "abandoned"
+
+#: Settings that may differ between an interrupted run and the training that resumes it:
+#: bookkeeping, and the length of training (the schedule is rebuilt from the new length).
+#: Any other change (learning rate, LoRA rank, model, ...) starts a fresh run instead.
+CHANGES_THAT_RESUME = frozenset(
+    {
+        "output_dir", "logging_steps", "save_steps", "eval_steps", "save_total_limit",
+        "disable_tqdm", "report_to", "dataloader_num_workers", "max_steps",
+        "num_train_epochs", "resume_from_db", "log_to_db",
+    }
+)
+
+#: Identifiers of the models this process is training right now (their runs are live,
+#: not interrupted).
+_ACTIVE: t.Set[str] = set()
+
+
+class TrainingRun(Component):
+    """One training of an ``LLM``: its identity, state and the settings it was started with.
+
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run's identifier; its checkpoints carry it.
+    :param state: ``running`` (started, or interrupted), ``finished`` or ``abandoned``
+        (interrupted, then replaced by a fresh run).
+    :param settings: The settings that shape training (see :func:`run_settings`).
+    :param started_at: Unix time of the first start.
+    :param resumes: One entry per resumption: ``{"step", "checkpoint", "time"}``.
+    """
+
+    model: str = ""
+    experiment_id: str = ""
+    state: str = RUNNING
+    settings: t.Dict = None  # type: ignore[assignment]
+    started_at: float = 0.0
+    resumes: t.List = None  # type: ignore[assignment]
+
+    def postinit(self):
+        """Fill defaults that dataclasses cannot hold as mutable defaults."""
+        self.settings = dict(self.settings or {})
+        self.resumes = list(self.resumes or [])
+        super().postinit()
+
+
+@dc.dataclass
+class RunPlan:
+    """How ``fit`` starts: which run, and the local checkpoint folder to resume from.
+
+    :param experiment_id: The run's identifier.
+    :param resume_from_checkpoint: Verified local copy of the checkpoint, or None.
+    :param step: Global step training starts from.
+    """
+
+    experiment_id: str
+    resume_from_checkpoint: t.Optional[str] = None
+    step: int = 0
+
+
+def run_identifier(model: str, experiment_id: str) -> str:
+    """The identifier of the ``TrainingRun`` row of run ``experiment_id`` of ``model``."""
+    return f"{model}-run-{experiment_id}"
+
+
+def run_settings(model: "LLM", trainer: "LLMTrainer") -> t.Dict[str, t.Any]:
+    """The settings that shape a training, as JSON (compared before resuming).
+
+    :param model: The ``LLM``.
+    :param trainer: Its ``LLMTrainer``.
+    """
+    settings = dict(trainer.training_kwargs or {})
+    for name in (
+        "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+        "lora_bias", "lora_modules_to_save", "bits", "max_seq_length", "setup_chat_format",
+    ):
+        settings[name] = getattr(trainer, name)
+    settings.update(
+        key=trainer.key,
+        model_name_or_path=model.model_name_or_path,
+        prompt_template=model.prompt_template,
+    )
+    kept = {k: v for k, v in settings.items() if k not in CHANGES_THAT_RESUME}
+    return json.loads(json.dumps(kept, default=repr, sort_keys=True))
+
+
+def unfinished_runs(db: "Datalayer", model: str) -> t.List[TrainingRun]:
+    """The runs of ``model`` left ``running`` in the db, oldest first."""
+    from superduper.base import exceptions
+
+    table = db["TrainingRun"]
+    try:
+        rows = (
+            table.filter(table["model"] == model, table["state"] == RUNNING)
+            .select("identifier")
+            .execute()
+        )
+    except exceptions.NotFound:
+        return []
+    runs = [db.load("TrainingRun", r["identifier"]) for r in rows]
+    return sorted(runs, key=lambda r: r.started_at)
+
+
+def is_interrupted(db: "Datalayer", model: str) -> bool:
+    """Whether ``model`` has a run left ``running`` that no training in this process owns.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    """
+    return model not in _ACTIVE and bool(unfinished_runs(db, model))
+
+
+@contextlib.contextmanager
+def active(model: str):
+    """Mark ``model`` as being trained by this process (its saves are not re-applies)."""
+    _ACTIVE.add(model)
+    try:
+        yield
+    finally:
+        _ACTIVE.discard(model)
+
+
+def latest_verified_checkpoint(
+    db: "Datalayer", model: str, experiment_id: str
+) -> t.Optional[ckpts.Checkpoint]:
+    """The run's checkpoint with the highest step whose stored files match the manifest.
+
+    A checkpoint that fails verification is skipped with a warning naming the file.
+    """
+    for row in reversed(ckpts.list_checkpoints(db, model, experiment_id)):
+        try:
+            return ckpts.load_checkpoint(db, row["identifier"])
+        except ckpts.CheckpointError as e:
+            logging.warn(f"Not resuming from {row['identifier']}: {e}")
+    return None
+
+
+def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
+    """Copy a verified checkpoint to ``output_dir/checkpoint-<step>`` and verify the copy.
+
+    Local ``checkpoint-*`` folders at this step or later are removed first: they are
+    leftovers of the interrupted process (maybe half written) and the HF trainer would
+    otherwise mix them with the resumed run's saves.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    for name in os.listdir(output_dir):
+        m = re.fullmatch(r"checkpoint-(\d+)", name)
+        if m and int(m.group(1)) >= ckpt.step:
+            shutil.rmtree(os.path.join(output_dir, name))
+    dest = os.path.join(output_dir, f"checkpoint-{ckpt.step}")
+    shutil.copytree(ckpt.local_path, dest)
+    ckpts.verify_directory(dest, ckpt.manifest, ckpt.identifier)
+    return dest
+
+
+def _resumable(run: TrainingRun, trainer: "LLMTrainer", settings: t.Dict) -> bool:
+    if trainer.resume_from_db == "never":
+        logging.info(f"Run {run.experiment_id} was interrupted; `resume_from_db='never'`: starting fresh")
+        return False
+    changed = sorted(k for k in set(run.settings) | set(settings) if run.settings.get(k) != settings.get(k))
+    if changed:
+        logging.warn(
+            f"Run {run.experiment_id} of {run.model} was interrupted, but these settings "
+            f"changed since: {changed}. Starting a fresh run (resuming would continue its "
+            "optimizer state under other settings)."
+        )
+        return False
+    return True
+
+
+def start_run(db: "Datalayer", model: "LLM", trainer: "LLMTrainer", output_dir: str) -> RunPlan:
+    """Resume the interrupted run of ``model`` or record a new one; return how to start.
+
+    Removes the model's orphaned checkpoint folders first (what a crash left).
+
+    :param db: The datalayer.
+    :param model: The ``LLM`` about to be trained.
+    :param trainer: Its ``LLMTrainer``.
+    :param output_dir: The HF trainer's output folder (the checkpoint is copied there).
+    """
+    artifacts.cleanup_orphan_artifacts(db, model.identifier)
+    settings = run_settings(model, trainer)
+    runs = unfinished_runs(db, model.identifier)
+    run = runs.pop() if runs and _resumable(runs[-1], trainer, settings) else None
+    for stale in runs:
+        stale.state = ABANDONED
+        db.apply(stale, force=True, jobs=False)
+    if run is None:
+        experiment_id = uuid.uuid4().hex[:8]
+        run = TrainingRun(
+            run_identifier(model.identifier, experiment_id),
+            model=model.identifier,
+            experiment_id=experiment_id,
+            settings=settings,
+            started_at=time.time(),
+        )
+        plan = RunPlan(experiment_id)
+    else:
+        ckpt = latest_verified_checkpoint(db, model.identifier, run.experiment_id)
+        plan = RunPlan(run.experiment_id)
+        if ckpt is not None:
+            plan = RunPlan(run.experiment_id, fetch_checkpoint(ckpt, output_dir), ckpt.step)
+        run.resumes.append({"step": plan.step, "checkpoint": getattr(ckpt, "identifier", None), "time": time.time()})
+        logging.info(f"Resuming run {run.experiment_id} of {model.identifier} at step {plan.step}")
+    db.apply(run, force=True, jobs=False)
+    _mark_model(model, run)
+    return plan
+
+
+def finish_run(db: "Datalayer", model: str, experiment_id: str) -> None:
+    """Record that run ``experiment_id`` of ``model`` trained to the end.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run.
+    """
+    run = db.load("TrainingRun", run_identifier(model, experiment_id))
+    run.state = FINISHED
+    db.apply(run, force=True, jobs=False)
+    # Reloaded: Ray workers may have pointed the stored model at a new checkpoint.
+    _mark_model(db.load("LLM", model), run)
+
+
+def _mark_model(model: "LLM", run: TrainingRun) -> None:
+    """Record the run on the model row too.
+
+    Besides telling the user, this makes the stored row differ from a freshly built
+    ``LLM``: superduper skips an apply whose component equals the stored one, so a
+    model killed before its first checkpoint could otherwise never be trained again.
+    """
+    model.metric_values["training_run"] = {"experiment_id": run.experiment_id, "state": run.state}
+    model.save()

@@ -93,3 +93,10 @@ def is_adapter_dir(path: str) -> bool:
 def has_tokenizer(path: str) -> bool:
     """Whether a checkpoint folder holds tokenizer files."""
     return os.path.isfile(os.path.join(path, "tokenizer_config.json"))
+
+
+def default_device() -> str:
+    """Where an unquantized model predicts: the current GPU when there is one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

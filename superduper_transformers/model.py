@@ -127,6 +127,8 @@ class LLM(Model):
             model_kwargs.setdefault("quantization_config", create_quantization_config(self.trainer))
             model_kwargs.setdefault("device_map", device_map_for_quantized())
         model = loading.load_causal_lm(model_kwargs)
+        if "device_map" not in model_kwargs:
+            model = model.to(loading.default_device())
         if path and loading.is_adapter_dir(path):
             from peft import PeftModel
 

@@ -185,6 +185,9 @@ def preflight(model: "LLM", db: "Datalayer") -> None:
     if not isinstance(trainer, LLMTrainer):
         return
     check_model_path(model.model_name_or_path)
+    from superduper_transformers.training import check_devices
+
+    check_devices(trainer)
     X, y = cfg.input_output_keys(trainer.key)
     if trainer.select is None:
         raise data.DataError("LLMTrainer needs a `select` query returning the training rows.")

@@ -136,7 +136,9 @@ def validate_trainer(trainer: "LLMTrainer") -> None:
         )
     if trainer.num_gpus is not None and (not isinstance(trainer.num_gpus, int) or trainer.num_gpus < 0):
         issues.append(f"`num_gpus` must be None or an integer >= 0, got {trainer.num_gpus!r}.")
-    if trainer.ray_configs is not None:
+    # Reloaded from the db, `ray_configs` is a lazy Blob: it was checked when first
+    # built, and `train` checks it again once unpacked.
+    if trainer.ray_configs is not None and not hasattr(trainer.ray_configs, "unpack"):
         if not isinstance(trainer.ray_configs, dict):
             issues.append(
                 f"`ray_configs` must be a dict with a `scaling_config`, got {type(trainer.ray_configs).__name__}."

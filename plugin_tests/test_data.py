@@ -50,3 +50,12 @@ def test_check_rows_messages():
         check_rows([{"x": "a"}], "x", "y", "training rows")
     with pytest.raises(DataError, match=r"Key `y` of row 1 .* holds a int .*needs text"):
         check_rows([{"x": "a", "y": "b"}, {"x": "a", "y": 3}], "x", "y", "training rows")
+
+
+def test_chat_format_wraps_the_prompt_as_a_user_turn(tokenizer):
+    out = tokenize(tokenizer, {"x": "5+1=", "y": "6"}, "x", "y", chat_format=True)
+    masked = [i for i, label in zip(out["input_ids"], out["labels"]) if label == IGNORE_INDEX]
+    # the tiny tokenizer has no chat template: ChatML is used, as text
+    assert tokenizer.decode(masked) == "<|im_start|>user\n5+1=<|im_end|>\n<|im_start|>assistant\n"
+    learned = [label for label in out["labels"] if label != IGNORE_INDEX]
+    assert tokenizer.decode(learned, skip_special_tokens=True) == "6"

@@ -44,3 +44,29 @@ def test_qlora_learns_on_cpu_and_registers_checkpoints(db, tiny_model_dir, bits)
     base = llm._get_pipeline()[0].get_base_model()
     linear = base.model.layers[0].mlp.down_proj.base_layer
     assert type(linear).__name__ == ("Linear4bit" if bits == 4 else "Linear8bitLt")
+
+
+def test_chat_format_training_and_prediction(db, tiny_model_dir, tmp_path):
+    # A short chat template of the tokenizer's own: ChatML (the fallback, checked in
+    # test_data.py) puts ~40 tokens between question and answer, more than the tiny
+    # random model learns to look across in a few hundred CPU steps.
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model_dir = str(tmp_path / "chat-model")
+    shutil.copytree(tiny_model_dir, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    tokenizer.save_pretrained(model_dir)
+
+    llm, rows = _train_and_reload(
+        db, model_dir, "chat", setup_chat_format=True, max_steps=450, save_steps=450,
+        eval_steps=450,
+    )
+    assert [r["step"] for r in rows] == [450]
+    # predict wraps the bare question the same way: "[user]5+1=[assistant]" -> "6"
+    assert fixtures.answered(llm) >= 31, fixtures.answers(llm)

@@ -18,9 +18,36 @@ class DataError(ValueError):
     """The training rows cannot be used; the message names the key, the row and the fix."""
 
 
+#: ChatML, used by ``setup_chat_format`` when the tokenizer has no chat template of its own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 def format_prompt(template: str, value: str) -> str:
     """Fill the LLM's ``prompt_template`` with one input value."""
     return template.format(input=value) if template else value
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as the user turn of a chat, ending where the assistant's answer starts.
+
+    Uses the tokenizer's own chat template, else ChatML (as plain text: no tokens are
+    added to the vocabulary, so the embeddings keep their size).
+    """
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}],
+        chat_template=tokenizer.chat_template or CHATML_TEMPLATE,
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+
+
+def build_prompt(tokenizer, value: str, prompt_template: str = "{input}", chat_format: bool = False) -> str:
+    """The exact prompt text the model sees, in training and at prediction time."""
+    prompt = format_prompt(prompt_template, value)
+    return chat_prompt(tokenizer, prompt) if chat_format else prompt
 
 
 def tokenize(
@@ -30,6 +57,7 @@ def tokenize(
     y: t.Optional[str] = None,
     max_length: t.Optional[int] = None,
     prompt_template: str = "{input}",
+    chat_format: bool = False,
 ) -> t.Dict[str, t.List[int]]:
     """Tokenize one example into ``input_ids``, ``attention_mask`` and ``labels``.
 
@@ -41,10 +69,13 @@ def tokenize(
     :param max_length: Truncate the sequence to this many tokens.
     :param prompt_template: Template with ``{input}`` applied to the input, as the
         ``LLM`` does at prediction time.
+    :param chat_format: Wrap the prompt as the user turn of the tokenizer's chat template
+        (``LLMTrainer(setup_chat_format=True)``); the completion is the assistant's answer.
     """
-    prompt = format_prompt(prompt_template, example[X])
+    prompt = build_prompt(tokenizer, example[X], prompt_template, chat_format)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    # a chat template writes its own special tokens
+    prompt_ids = tokenizer(prompt, add_special_tokens=not chat_format)["input_ids"]
     if y is None:
         input_ids = prompt_ids + eos
         labels = list(input_ids)
@@ -101,12 +132,16 @@ def build_dataset(
     y: t.Optional[str],
     max_length: t.Optional[int],
     prompt_template: str = "{input}",
+    chat_format: bool = False,
 ):
     """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``."""
     from datasets import Dataset
 
     encoded = [
-        tokenize(tokenizer, row, X, y, max_length=max_length, prompt_template=prompt_template)
+        tokenize(
+            tokenizer, row, X, y, max_length=max_length, prompt_template=prompt_template,
+            chat_format=chat_format,
+        )
         for row in rows
     ]
     return Dataset.from_list(encoded)

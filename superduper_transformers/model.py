@@ -12,7 +12,7 @@ from superduper.components.model import Model
 
 from superduper_transformers import loading
 from superduper_transformers.checkpoint import Checkpoint, CheckpointError
-from superduper_transformers.data import format_prompt
+from superduper_transformers.data import build_prompt
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
 
@@ -158,9 +158,10 @@ class LLM(Model):
         import torch
 
         model, tokenizer = self._get_pipeline()
-        texts = [format_prompt(self.prompt_template, p) for p in prompts]
+        chat = bool(getattr(self.trainer, "setup_chat_format", False))
+        texts = [build_prompt(tokenizer, p, self.prompt_template, chat) for p in prompts]
         tokenizer.padding_side = "left"
-        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         kwargs = {**DEFAULT_PREDICT_KWARGS, **(self.predict_kwargs or {})}
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)

@@ -70,3 +70,15 @@ def test_chat_format_training_and_prediction(db, tiny_model_dir, tmp_path):
     assert [r["step"] for r in rows] == [450]
     # predict wraps the bare question the same way: "[user]5+1=[assistant]" -> "6"
     assert fixtures.answered(llm) >= 31, fixtures.answers(llm)
+
+
+def test_whole_text_training_with_a_single_key(db, tiny_model_dir):
+    from superduper import Table
+
+    db.apply(Table("lines", fields={"text": "str", "_fold": "str"}), force=True)
+    db["lines"].insert([{"text": p + c, "_fold": "train"} for p, c in fixtures.FACTS])
+    llm, rows = _train_and_reload(
+        db, tiny_model_dir, "lines", table="lines", key="text", max_steps=450, save_steps=450,
+    )
+    assert [r["step"] for r in rows] == [450]
+    assert fixtures.answered(llm) >= 31, fixtures.answers(llm)

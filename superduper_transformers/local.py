@@ -60,7 +60,12 @@ def train_func(
     """
     from trl import SFTTrainer
 
+    from transformers import set_seed
+
     config = kwargs.get("config")
+    # LoRA weights are initialised from the global RNG before the HF trainer seeds it:
+    # seed first, so the same settings give the same run in any process.
+    set_seed(training_args.seed)
     tokenizer = load_tokenizer(tokenizer_kwargs)
     model = load_model_for_training(model_kwargs, config, kwargs.get("local_rank"))
     if isinstance(eval_datasets, dict) and not eval_datasets:

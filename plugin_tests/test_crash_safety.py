@@ -1,0 +1,368 @@
+"""Crash safety: killed trainings resume from the db; checkpoints are atomic and verified.
+
+Trainings run in subprocesses (``plugin_tests.crash_worker``) on one SQLite-file datalayer
+and one artifact store, and are killed with SIGKILL at named points
+(``SUPERDUPER_TRANSFORMERS_TEST_KILL_AT``) or, in the slow test, at random times.
+"""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import typing as t
+
+import pytest
+
+from plugin_tests import fixtures
+from superduper_transformers import artifacts, resume
+from superduper_transformers.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KILLED = -signal.SIGKILL
+
+#: A linear schedule, so a restored scheduler is visible in the learning rate.
+LR, STEPS, SAVE = 4e-3, 300, 50
+SETTINGS = dict(
+    learning_rate=LR,
+    lr_scheduler_type="linear",
+    max_steps=STEPS,
+    save_steps=SAVE,
+    eval_steps=SAVE,
+    save_total_limit=3,
+    logging_steps=SAVE,
+)
+
+
+def expected_lr(step: int, max_steps: int = STEPS) -> float:
+    """The linear schedule's learning rate after ``step`` optimizer steps (no warm-up)."""
+    return LR * (max_steps - step) / max_steps
+
+
+@dc.dataclass
+class Workspace:
+    """A SQLite-file datalayer and an artifact store shared by the test and its workers."""
+
+    root: str
+    store: str
+    model_dir: str
+    procs: t.List[subprocess.Popen] = dc.field(default_factory=list)
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.root}/db.sqlite"
+
+    def probe(self, identifier: str) -> str:
+        return os.path.join(self.root, f"probe-{identifier}.jsonl")
+
+    def spawn(self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None) -> subprocess.Popen:
+        """Start a worker that applies (trains or resumes) the LLM ``identifier``."""
+        args = dict(
+            uri=self.uri,
+            store=self.store,
+            model_dir=self.model_dir,
+            identifier=identifier,
+            table="facts",
+            probe=self.probe(identifier),
+            settings={**settings, "output_dir": os.path.join(self.root, "out", identifier)},
+        )
+        env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+        env.pop("SUPERDUPER_TRANSFORMERS_TEST_KILL_AT", None)
+        if kill:
+            env["SUPERDUPER_TRANSFORMERS_TEST_KILL_AT"] = kill
+        log = open(os.path.join(self.root, f"worker-{identifier}-{len(self.procs)}.log"), "w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plugin_tests.crash_worker", json.dumps(args)],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def wait(self, proc: subprocess.Popen, expect: int, timeout: int = 300) -> None:
+        rc = proc.wait(timeout=timeout)
+        with open(proc.log_path) as f:  # type: ignore[attr-defined]
+            tail = f.read()[-4000:]
+        assert rc == expect, f"worker exited with {rc}, expected {expect}:\n{tail}"
+
+    def run(self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None) -> None:
+        self.wait(self.spawn(identifier, settings, kill), KILLED if kill else 0)
+
+    def records(self, identifier: str, pid: t.Optional[int] = None) -> t.List[t.Dict]:
+        """The probe's records (of one worker process if ``pid``)."""
+        out = []
+        if not os.path.exists(self.probe(identifier)):
+            return out
+        with open(self.probe(identifier)) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # the line a SIGKILL cut short
+                    continue
+                if pid is None or r["pid"] == pid:
+                    out.append(r)
+        return out
+
+    def begin_step(self, identifier: str, pid: int) -> int:
+        begins = [r["step"] for r in self.records(identifier, pid) if r["event"] == "begin"]
+        assert len(begins) == 1, f"worker {pid} did not start training once: {begins}"
+        return begins[0]
+
+    def store_entries(self, prefix: str) -> t.List[str]:
+        return sorted(n for n in os.listdir(self.store) if n.startswith(prefix))
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def ws(tmp_path, artifact_store, tiny_model_dir):
+    """A SQLite-file datalayer with the training rows, and the workers started on it."""
+    workspace = Workspace(root=str(tmp_path), store=artifact_store, model_dir=tiny_model_dir)
+    yield workspace
+    workspace.kill_all()
+
+
+@pytest.fixture
+def sdb(ws):
+    """The test's own connection to the workers' SQLite-file datalayer."""
+    from superduper import superduper
+
+    db = superduper(ws.uri, force_apply=True)
+    fixtures.insert_rows(db)
+    yield db
+    db.disconnect()
+
+
+def intact_steps(db, model: str) -> t.List[int]:
+    """Steps of ``model``'s checkpoints; every one must load and verify against its manifest."""
+    steps = []
+    for row in list_checkpoints(db, model):
+        ckpt = load_checkpoint(db, row["identifier"])  # raises CheckpointError if not intact
+        assert artifacts.PARTIAL_PREFIX not in ckpt.local_path
+        steps.append(row["step"])
+    return steps
+
+
+def adapter_tensors(db, model: str, step: int):
+    from safetensors.torch import load_file
+
+    (row,) = [r for r in list_checkpoints(db, model) if r["step"] == step]
+    path = load_checkpoint(db, row["identifier"]).local_path
+    return load_file(os.path.join(path, "adapter_model.safetensors"))
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(ws, sdb, db):
+    # The same training, never interrupted (in this process, on the mongomock db).
+    db.apply(fixtures.make_llm(db, ws.model_dir, identifier="baseline", output_dir=f"{ws.root}/out/baseline", **SETTINGS), force=True)
+    expected = fixtures.answers(db.load("LLM", "baseline"))
+    assert sum(a == c for a, (_, c) in zip(expected, fixtures.FACTS)) >= 31
+
+    # 1. Killed in the middle of step 70: checkpoint 50 is in the db, complete.
+    ws.run("tiny", SETTINGS, kill="step:70")
+    assert intact_steps(sdb, "tiny") == [50]
+
+    # 2. Killed while copying checkpoint 100 into the artifact store: the resumed run
+    # started at 50; the half copy is left in the store but is no checkpoint.
+    proc = ws.spawn("tiny", SETTINGS, kill="copy:100")
+    ws.wait(proc, KILLED)
+    assert ws.begin_step("tiny", proc.pid) == SAVE
+    assert intact_steps(sdb, "tiny") == [50]
+    assert len(ws.store_entries(artifacts.PARTIAL_PREFIX)) == 1
+
+    # 3. Killed right after checkpoint 150 was registered (before pruning, before the
+    # model row pointed at it): the next run cleaned the half copy up.
+    proc = ws.spawn("tiny", SETTINGS, kill="registered:150")
+    ws.wait(proc, KILLED)
+    assert ws.begin_step("tiny", proc.pid) == SAVE
+    assert ws.store_entries(artifacts.PARTIAL_PREFIX) == []
+    assert intact_steps(sdb, "tiny") == [50, 100, 150]
+
+    # 4. Runs to the end from 150, with the scheduler (and optimizer) state restored.
+    proc = ws.spawn("tiny", SETTINGS)
+    ws.wait(proc, 0)
+    assert ws.begin_step("tiny", proc.pid) == 150
+    first = next(r for r in ws.records("tiny", proc.pid) if r["event"] == "step")
+    assert first["step"] == 151
+    assert first["lr"] == pytest.approx(expected_lr(151))  # a fresh schedule: expected_lr(1)
+
+    # One run identity; its checkpoints continue the step sequence, pruned to the limit.
+    rows = list_checkpoints(sdb, "tiny")
+    assert len({r["experiment_id"] for r in rows}) == 1
+    assert STEPS in intact_steps(sdb, "tiny") and len(rows) == 3
+    run = sdb.load("TrainingRun", resume.run_identifier("tiny", rows[0]["experiment_id"]))
+    assert run.state == resume.FINISHED
+    assert [r["step"] for r in run.resumes] == [50, 50, 150]
+    # Only referenced checkpoint folders remain in the store.
+    tag = artifacts.model_tag("tiny")
+    assert set(ws.store_entries(tag)) == {r["artifact_id"] for r in rows}
+
+    # The resumed model is the uninterrupted one: same weights, same answers.
+    llm = sdb.load("LLM", "tiny")
+    assert fixtures.answers(llm) == expected
+    resumed, uninterrupted = adapter_tensors(sdb, "tiny", STEPS), adapter_tensors(db, "baseline", STEPS)
+    for name, tensor in uninterrupted.items():
+        assert (resumed[name] - tensor).abs().max().item() < 1e-4, name
+
+
+# -- integrity ---------------------------------------------------------------
+
+
+@pytest.fixture
+def trained_twice(db, tiny_model_dir, tmp_path):
+    """A mongomock db holding two checkpoints (steps 10 and 20) of one short training."""
+    llm = fixtures.make_llm(
+        db, tiny_model_dir, max_steps=20, save_steps=10, eval_steps=10,
+        save_total_limit=None, output_dir=str(tmp_path / "out"),
+    )
+    db.apply(llm, force=True)
+    rows = list_checkpoints(db, "tiny")
+    assert [r["step"] for r in rows] == [10, 20]
+    return db, [load_checkpoint(db, r["identifier"]) for r in rows]
+
+
+def _flip_a_byte(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_deleted_file_fails_loading_naming_checkpoint_and_file(trained_twice):
+    db, (first, _) = trained_twice
+    os.remove(os.path.join(first.local_path, "adapter_config.json"))
+    match = rf"Checkpoint `{first.identifier}`: file `adapter_config.json` is missing"
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(db, first.identifier)
+    llm = db.load("LLM", "tiny")
+    llm.adapter_id = first
+    with pytest.raises(CheckpointError, match=match):
+        llm.predict("1+1=")
+
+
+def test_a_flipped_byte_fails_loading_naming_checkpoint_and_file(trained_twice):
+    db, (_, second) = trained_twice
+    llm = db.load("LLM", "tiny")
+    assert llm.adapter_id.identifier == second.identifier
+    _flip_a_byte(os.path.join(second.local_path, "adapter_model.safetensors"))
+    match = (
+        rf"Checkpoint `{second.identifier}`: file `adapter_model.safetensors` does not match "
+        "its sha256"
+    )
+    with pytest.raises(CheckpointError, match=match):
+        llm.predict("1+1=")
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(db, second.identifier)
+
+
+def _raise_at_step(monkeypatch, step: int) -> None:
+    """Make trainings in this process fail at ``step`` (an interruption without a kill)."""
+    from transformers import TrainerCallback
+
+    from superduper_transformers import training
+
+    class Fail(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise RuntimeError(f"interrupted at step {step}")
+
+    train_func = training.train_func
+    monkeypatch.setattr(
+        training, "train_func", lambda *a, callbacks=None, **kw: train_func(*a, callbacks=[*callbacks, Fail()], **kw)
+    )
+
+
+def test_resume_skips_a_checkpoint_that_fails_verification(db, tiny_model_dir, tmp_path, monkeypatch):
+    settings = dict(max_steps=30, save_steps=10, eval_steps=10, save_total_limit=None, output_dir=str(tmp_path / "out"))
+    _raise_at_step(monkeypatch, 25)
+    with pytest.raises(Exception, match="interrupted at step 25"):
+        db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
+    monkeypatch.undo()
+    assert resume.is_interrupted(db, "tiny")
+    rows = list_checkpoints(db, "tiny")
+    assert [r["step"] for r in rows] == [10, 20]
+    _flip_a_byte(os.path.join(load_checkpoint(db, rows[1]["identifier"]).local_path, "adapter_model.safetensors"))
+
+    # Re-applying a freshly built, identical model trains again: from 10, not the bad 20.
+    db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
+    (run,) = [db.load("TrainingRun", resume.run_identifier("tiny", rows[0]["experiment_id"]))]
+    assert run.state == resume.FINISHED
+    assert [r["step"] for r in run.resumes] == [10]
+    assert not resume.is_interrupted(db, "tiny")
+    assert [r["step"] for r in list_checkpoints(db, "tiny")] == [10, 20, 30]
+    for r in list_checkpoints(db, "tiny"):
+        load_checkpoint(db, r["identifier"])  # step 20 was saved again, intact
+
+
+def test_only_a_compatible_interrupted_run_is_resumed(db, tiny_model_dir, tmp_path):
+    def llm(**changes):
+        model = fixtures.make_llm(db, tiny_model_dir, **{**SETTINGS, **changes})
+        model.db = db
+        return model
+
+    def interrupted_run(experiment_id, model):
+        db.apply(
+            resume.TrainingRun(
+                resume.run_identifier("tiny", experiment_id), model="tiny", experiment_id=experiment_id,
+                settings=resume.run_settings(model, model.trainer), started_at=time.time(),
+            ),
+            force=True, jobs=False,
+        )
+
+    out = str(tmp_path / "out")
+    base = llm()
+    interrupted_run("old", base)
+    assert resume.is_interrupted(db, "tiny")
+    # Bookkeeping and the length of training may change: the run resumes.
+    longer = llm(max_steps=2 * STEPS, logging_steps=10)
+    assert resume.start_run(db, longer, longer.trainer, out).experiment_id == "old"
+    # A setting that shapes the optimisation changed: a fresh run.
+    changed = llm(learning_rate=LR / 2)
+    fresh = resume.start_run(db, changed, changed.trainer, out)
+    assert fresh.experiment_id != "old" and fresh.step == 0
+    assert db.load("TrainingRun", resume.run_identifier("tiny", "old")).state == resume.ABANDONED
+    # `resume_from_db="never"`: a fresh run even with the same settings.
+    never = llm(learning_rate=LR / 2, resume_from_db="never")
+    assert resume.start_run(db, never, never.trainer, out).experiment_id not in {"old", fresh.experiment_id}
+    run = db.load("TrainingRun", resume.run_identifier("tiny", fresh.experiment_id))
+    assert run.state == resume.ABANDONED
+
+
+# -- isolation ---------------------------------------------------------------
+
+
+def test_concurrent_trainings_prune_and_resume_only_their_own(ws, sdb):
+    alpha_settings = dict(SETTINGS, max_steps=150, save_steps=25, eval_steps=25, save_total_limit=2)
+    beta_settings = dict(SETTINGS, max_steps=400, save_steps=25, eval_steps=25, save_total_limit=2)
+    beta = ws.spawn("beta", beta_settings)
+    alpha = ws.spawn("alpha", alpha_settings, kill="copy:75")
+    ws.wait(alpha, KILLED)
+    assert beta.poll() is None, "beta should still be training while alpha resumes"
+    partial_alpha = ws.store_entries(artifacts.PARTIAL_PREFIX + artifacts.model_tag("alpha"))
+    assert len(partial_alpha) == 1
+    alpha = ws.spawn("alpha", alpha_settings)
+    ws.wait(alpha, 0)
+    ws.wait(beta, 0)
+
+    assert ws.begin_step("alpha", alpha.pid) == 50  # its own run, its own last checkpoint
+    assert ws.begin_step("beta", beta.pid) == 0
+    assert ws.store_entries(artifacts.PARTIAL_PREFIX) == []
+    for model, steps in (("alpha", 150), ("beta", 400)):
+        rows = list_checkpoints(sdb, model)
+        assert len(rows) == 2 and {r["model"] for r in rows} == {model}
+        assert steps in intact_steps(sdb, model)
+        (experiment_id,) = {r["experiment_id"] for r in rows}
+        run = sdb.load("TrainingRun", resume.run_identifier(model, experiment_id))
+        assert run.state == resume.FINISHED
+        assert [r["step"] for r in run.resumes] == ([50] if model == "alpha" else [])
+        assert set(ws.store_entries(artifacts.model_tag(model))) == {r["artifact_id"] for r in rows}
+        assert sdb.load("LLM", model).adapter_id.identifier in {r["identifier"] for r in rows}

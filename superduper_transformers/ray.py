@@ -78,11 +78,12 @@ def check_ray_configs(ray_configs: t.Any, db: t.Optional["Datalayer"] = None) ->
     for key in sorted(set(ray_configs) - set(RAY_CONFIG_KEYS)):
         known = ", ".join(f"`{k}` ({v})" for k, v in RAY_CONFIG_KEYS.items())
         issues.append(f"`ray_configs` has an unknown key `{key}`. Known keys: {known}.")
-    if ray_configs.get("address") and ray_configs.get("num_cpus") is not None:
-        issues.append(
-            "`ray_configs` sets both `address` and `num_cpus`: `num_cpus` only sizes a local Ray; "
-            "the CPUs of a cluster are set where it is started (`ray start --num-cpus`)."
-        )
+    for key in ("num_cpus", "temp_dir"):
+        if ray_configs.get("address") and ray_configs.get(key) is not None:
+            issues.append(
+                f"`ray_configs` sets both `address` and `{key}`: `{key}` only applies to a local "
+                f"Ray; set it where the cluster is started (`ray start --{key.replace('_', '-')}`)."
+            )
     if db is not None:
         issues += _shared_storage_issues(db)
     if issues:
@@ -386,12 +387,12 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
 
     callbacks = []
     if loop["cfg"] is not None:
-        # Before Ray's report: a worker dying between the two leaves the db one step
-        # ahead of Ray, and the resumed run's re-registration of that step is a no-op.
         callbacks.append(
             LLMCallback(cfg=loop["cfg"], identifier=loop["identifier"], experiment_id=loop["experiment_id"])
         )
-    callbacks += [RayTrainReportCallback(), *loop["callbacks"]]
+    # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
+    # Ray; the restarted run re-saves that step and its re-registration is a no-op.
+    callbacks += [*loop["callbacks"], RayTrainReportCallback()]
     training_args, *data = loop["args"]
     # The driver's args carry its cached device set-up (one process, rank 0); rebuilt
     # here they see this worker's process group, so only rank 0 saves and logs.

@@ -1,0 +1,510 @@
+"""Ray Train: workers train, rank 0 writes checkpoints into the db, failures resume, bad set-ups fail early.
+
+Every Ray run here starts (or joins) a Ray instance and pays a fixed cost of about a
+minute on 2 shared cores (``ray.init``, two worker processes importing torch,
+transformers and superduper); the training itself takes seconds. Ray's files go to
+a short folder under /tmp: Ray puts unix sockets below it and pytest's ``tmp_path``
+is too deep for their 107-character limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import types
+
+import pytest
+from transformers import TrainerCallback
+
+from plugin_tests import fixtures
+from superduper_transformers.checkpoint import file_manifest, list_checkpoints
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- helpers ----------------------------------------------------------------
+def _pids_mentioning(text: str):
+    """Processes whose command line mentions ``text`` (a temp dir of ours): leftovers to stop."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def _stop(pids, sig=signal.SIGKILL):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short folder for Ray's temporary files; any Ray process left under it is stopped."""
+    path = tempfile.mkdtemp(prefix="sdray-", dir="/tmp")
+    yield path
+    leftovers = _pids_mentioning(path)
+    _stop(leftovers)
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leftovers, f"Ray processes were left running under {path}: {leftovers}"
+
+
+@pytest.fixture
+def sqlite_db(artifact_store, tmp_path):
+    """A SQLite-file datalayer (shared by the driver and the workers) with the rows."""
+    from superduper import superduper
+
+    db = superduper(f"sqlite:///{tmp_path / 'db.sqlite'}", force_apply=True)
+    fixtures.insert_rows(db)
+    yield db
+    db.disconnect()
+
+
+def ray_configs(temp_dir, workers=2, **extra):
+    """Local Ray with ``workers`` CPU workers (gloo) on this machine's 2 cores."""
+    from ray.train import ScalingConfig
+
+    configs = {"scaling_config": ScalingConfig(num_workers=workers, use_gpu=False)}
+    if "address" not in extra:
+        configs.update(num_cpus=2, temp_dir=temp_dir)
+    configs.update(extra)
+    return configs
+
+
+def stored_checkpoint_dirs(store):
+    """Folders of the artifact store that hold an HF checkpoint (a trainer_state.json)."""
+    return {root for root, _, files in os.walk(store) if "trainer_state.json" in files}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- 1. two workers through the datalayer -------------------------------------
+STEPS, SAVE_EVERY, LIMIT = 200, 50, 2
+
+
+@pytest.fixture(scope="module")
+def ray_trained(tiny_model_dir, tmp_path_factory):
+    """One LoRA training of the tiny model on 2 Ray CPU workers, recorded in a SQLite db."""
+    from superduper import CFG, superduper
+
+    root = tmp_path_factory.mktemp("ray-trained")
+    ray_dir = tempfile.mkdtemp(prefix="sdray-", dir="/tmp")
+    old_store = CFG.artifact_store
+    CFG.artifact_store = f"filesystem://{root / 'artifact_store'}"
+    uri = f"sqlite:///{root / 'db.sqlite'}"
+    db = superduper(uri, force_apply=True)
+    fixtures.insert_rows(db)
+    llm = fixtures.make_llm(
+        db,
+        tiny_model_dir,
+        max_steps=STEPS,
+        save_steps=SAVE_EVERY,
+        eval_steps=SAVE_EVERY,
+        save_total_limit=LIMIT,
+        output_dir=str(root / "out"),
+        ray_configs=ray_configs(ray_dir),
+    )
+    before = fixtures.answered(llm)
+    start = time.time()
+    db.apply(llm, force=True)
+    seconds = time.time() - start
+    yield dict(db=db, uri=uri, root=root, before=before, seconds=seconds, ray_dir=ray_dir)
+    db.disconnect()
+    CFG.artifact_store = old_store
+    leftovers = _pids_mentioning(ray_dir)
+    _stop(leftovers)
+    shutil.rmtree(ray_dir, ignore_errors=True)
+    assert not leftovers, leftovers
+
+
+def test_two_workers_learn_the_facts(ray_trained):
+    llm = ray_trained["db"].load("LLM", "tiny")
+    assert ray_trained["before"] <= 4
+    # 2 workers x batch 8: 200 steps see as many examples as 400 local ones.
+    assert fixtures.answered(llm) >= 31, fixtures.answers(llm)
+
+
+def test_rank0_alone_wrote_the_pruned_checkpoints(ray_trained):
+    db = ray_trained["db"]
+    rows = list_checkpoints(db, "tiny")
+    steps = [r["step"] for r in rows]
+    assert len(rows) == LIMIT and len(set(steps)) == LIMIT
+    assert set(steps) <= set(range(SAVE_EVERY, STEPS + 1, SAVE_EVERY)) and STEPS in steps
+    assert len({r["experiment_id"] for r in rows}) == 1
+    for r in rows:  # one version each: nobody registered a step twice
+        assert db.show("Checkpoint", r["identifier"]) == [0]
+    # Every eval recorded exactly once: a second writer (rank 1) would double them.
+    llm = db.load("LLM", "tiny")
+    history = llm.trainer.metric_values
+    assert history.get("eval_step") == list(range(SAVE_EVERY, STEPS + 1, SAVE_EVERY)), history
+    assert llm.adapter_id.identifier in {r["identifier"] for r in rows}
+
+
+def test_checkpoint_files_are_in_the_artifact_store(ray_trained):
+    db = ray_trained["db"]
+    store = os.path.join(ray_trained["root"], "artifact_store")
+    paths = set()
+    for r in list_checkpoints(db, "tiny"):
+        ckpt = db.load("Checkpoint", r["identifier"])
+        path = ckpt.local_path  # verified against the manifest
+        assert path.startswith(store)
+        assert {"adapter_model.safetensors", "optimizer.pt", "trainer_state.json"} <= set(os.listdir(path))
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            assert json.load(f)["global_step"] == r["step"]
+        paths.add(path)
+    # the pruned checkpoints left no files behind
+    assert stored_checkpoint_dirs(store) == paths
+
+
+def test_fresh_process_reloads_the_model_and_answers(ray_trained):
+    script = textwrap.dedent(
+        f"""
+        from superduper import CFG, superduper
+        CFG.artifact_store = {('filesystem://' + str(ray_trained['root'] / 'artifact_store'))!r}
+        from plugin_tests import fixtures
+        db = superduper({ray_trained['uri']!r}, force_apply=True)
+        print("ANSWERED", fixtures.answered(db.load("LLM", "tiny")))
+        """
+    )
+    shutil.rmtree(ray_trained["root"] / "out")  # only the db and the artifact store remain
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.split("ANSWERED")[-1].split()[0]) >= 31
+
+
+# -- 2. log_to_db=False: the final Ray checkpoint is registered ---------------
+def test_log_to_db_off_registers_only_the_final_checkpoint(sqlite_db, tiny_model_dir, tmp_path, ray_tmp):
+    db = sqlite_db
+    llm = fixtures.make_llm(
+        db,
+        tiny_model_dir,
+        max_steps=40,
+        save_steps=20,
+        eval_strategy="no",
+        log_to_db=False,
+        output_dir=str(tmp_path / "out"),
+        ray_configs=ray_configs(ray_tmp, workers=1),
+    )
+    db.apply(llm, force=True)
+    rows = list_checkpoints(db, "tiny")
+    assert [r["step"] for r in rows] == [40]  # step 20 was saved by HF and Ray, not registered
+    stored = db.load("LLM", "tiny")
+    assert stored.adapter_id.identifier == rows[0]["identifier"]
+    assert "adapter_model.safetensors" in os.listdir(stored.adapter_id.local_path)
+    assert len(stored.predict_batches(["1+1=", "2+2="])) == 2  # base + stored adapter load
+
+
+def test_handle_ray_results_copies_a_checkpoint_from_a_remote_filesystem(db, tiny_model_dir, tmp_path):
+    """A Ray checkpoint on another filesystem (pyarrow, not a local path) is downloaded, then stored."""
+    from pyarrow.fs import LocalFileSystem, SubTreeFileSystem
+    from ray.train import Checkpoint as RayCheckpoint
+
+    from superduper_transformers import LLM
+    from superduper_transformers.training import handle_ray_results
+
+    remote = tmp_path / "bucket"
+    folder = remote / "run-abc" / "checkpoint_000001" / "checkpoint"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(
+        json.dumps({"global_step": 7, "log_history": [{"loss": 1.5, "step": 7}]})
+    )
+    (folder / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    bucket = SubTreeFileSystem(str(remote), LocalFileSystem())
+    results = types.SimpleNamespace(
+        checkpoint=RayCheckpoint("run-abc/checkpoint_000001", filesystem=bucket),
+        path="run-abc",
+    )
+    llm = LLM("remote", model_name_or_path=tiny_model_dir)
+    db.apply(llm, force=True)
+
+    assert handle_ray_results(db, llm, results) is results
+    (row,) = list_checkpoints(db, "remote")
+    assert (row["step"], row["experiment_id"], row["metrics"]["loss"]) == (7, "run-abc", 1.5)
+    stored = db.load("LLM", "remote").adapter_id.local_path
+    assert file_manifest(stored) == file_manifest(str(folder))
+
+
+def test_handle_ray_results_without_db_returns_results_untouched():
+    from superduper_transformers.training import handle_ray_results
+
+    results = object()
+    assert handle_ray_results(None, None, results) is results
+
+
+# -- 3. a worker dies; Ray restarts it; training resumes from the checkpoint ---
+class KillOnce(TrainerCallback):
+    """Kill rank 0 (SIGKILL, as a lost machine) once, right after the db registered ``step``.
+
+    It runs after the db's callback and before Ray's report, so the db is one
+    checkpoint ahead of Ray when the worker dies.
+    """
+
+    def __init__(self, marker: str, step: int, settle_step: int):
+        self.marker, self.step, self.settle_step = marker, step, settle_step
+
+    def _armed(self, state, step):
+        return state.is_world_process_zero and state.global_step == step and not os.path.exists(self.marker)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._armed(state, self.settle_step):
+            # Ray's controller collects reports every 2 s: wait until it holds the
+            # previous checkpoint, or the death races it and the run restarts from 0.
+            import ray.train
+
+            ray.train.get_all_reported_checkpoints(timeout_s=120)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self._armed(state, self.step):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StepLog(TrainerCallback):
+    """Append ``begin`` at each (re)start and every finished step to a file (rank 0)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _write(self, line):
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._write("begin")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._write(str(state.global_step))
+
+
+def tokenized_facts(model_dir):
+    from superduper_transformers.data import build_dataset
+    from superduper_transformers.loading import load_tokenizer
+
+    tokenizer = load_tokenizer({"pretrained_model_name_or_path": model_dir})
+    rows = [{"x": x, "y": y} for x, y in fixtures.FACTS]
+    return build_dataset(tokenizer, rows, "x", "y", max_length=64)
+
+
+def test_dead_worker_is_restarted_and_resumes_from_the_latest_checkpoint(
+    sqlite_db, tiny_model_dir, tmp_path, ray_tmp
+):
+    import ray.cloudpickle
+    from ray.train import FailureConfig, RunConfig
+
+    from superduper_transformers import LLM, LLMTrainer
+    from superduper_transformers.config import build_sft_config
+    from superduper_transformers.training import train
+
+    db = sqlite_db
+    llm = LLM("tiny", model_name_or_path=tiny_model_dir)
+    db.apply(llm, force=True)
+    settings = dict(fixtures.FAST_TRAINING, max_steps=60, save_steps=20, logging_steps=10)
+    trainer = LLMTrainer("t", key=("x", "y"), select=None, lora_r=16, lora_alpha=32, **settings)
+    args = build_sft_config(trainer, output_dir=str(tmp_path / "out"), has_eval=False)
+    steps_file, marker = str(tmp_path / "steps.log"), str(tmp_path / "killed")
+    run_config = RunConfig(
+        name="crash",
+        storage_path=str(tmp_path / "ray_results"),
+        failure_config=FailureConfig(max_failures=1),
+    )
+
+    # pytest imports this file as `test_ray`, which workers cannot import: send the
+    # callbacks' classes by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    result = train(
+        args,
+        tokenized_facts(tiny_model_dir),
+        None,
+        llm.model_load_kwargs(),
+        llm.tokenizer_load_kwargs(),
+        db=db,
+        llm=llm,
+        ray_configs=ray_configs(ray_tmp, run_config=run_config),
+        config=trainer,
+        experiment_id="run1",
+        callbacks=[KillOnce(marker, step=40, settle_step=30), StepLog(steps_file)],
+    )
+
+    assert os.path.exists(marker)  # the worker did die
+    runs = open(steps_file).read().split("begin\n")[1:]
+    first, second = ([int(s) for s in run.split()] for run in runs)
+    assert first == list(range(1, 41))
+    # Ray's latest checkpoint was step 20 (40 died before Ray saw it): resume after 20, not 0.
+    assert second == list(range(21, 61))
+    assert result.metrics["step"] == 60
+    # The db: one row per save, in step order, once each; step 40 (registered before the
+    # death, saved again after the restart) was not registered twice.
+    rows = list_checkpoints(db, "tiny", "run1")
+    assert [r["step"] for r in rows] == [20, 40, 60]
+    for r in rows:
+        assert db.show("Checkpoint", r["identifier"]) == [0]
+        with open(os.path.join(db.load("Checkpoint", r["identifier"]).local_path, "trainer_state.json")) as f:
+            assert json.load(f)["global_step"] == r["step"]
+    assert db.load("LLM", "tiny").adapter_id.step == 60
+
+
+# -- 4. a Ray cluster started apart from the plugin ---------------------------
+@pytest.fixture
+def ray_head(ray_tmp):
+    """A Ray head on 127.0.0.1 in its own process (token authentication on), stopped after."""
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="token",  # the head and this driver check the same ~/.ray/auth_token
+        PYTHONPATH=REPO,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+    )
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    if not os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    port = free_port()
+    cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}"]
+    cmd += ["--num-cpus=2", f"--temp-dir={ray_tmp}", "--include-dashboard=false", "--disable-usage-stats"]
+    log = open(os.path.join(ray_tmp, "head.log"), "w")
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.time() < deadline, open(log.name).read()[-3000:]
+                time.sleep(0.5)
+        yield dict(address=f"127.0.0.1:{port}", temp_dir=ray_tmp)
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops its node on SIGTERM
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_train_on_a_running_cluster(sqlite_db, tiny_model_dir, tmp_path, ray_head, monkeypatch):
+    # Explicit addresses never switch token authentication on by themselves (Ray's rule).
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    db = sqlite_db
+    llm = fixtures.make_llm(
+        db,
+        tiny_model_dir,
+        max_steps=40,
+        save_steps=20,
+        eval_steps=20,
+        save_total_limit=None,
+        output_dir=str(tmp_path / "out"),
+        ray_configs=ray_configs(None, address=ray_head["address"]),
+    )
+    db.apply(llm, force=True)
+    assert [r["step"] for r in list_checkpoints(db, "tiny")] == [20, 40]
+    assert db.load("LLM", "tiny").adapter_id.step in (20, 40)
+    # the workers ran on that cluster: their logs are in its temp dir
+    logs = [n for _, _, files in os.walk(ray_head["temp_dir"]) for n in files if n.startswith("worker-")]
+    assert logs
+
+
+# -- 5. bad set-ups fail before anything is written ---------------------------
+def test_missing_scaling_config_is_an_error(tmp_path):
+    from superduper_transformers import LLMTrainer
+    from superduper_transformers.config import ConfigError
+    from superduper_transformers.ray import RayConfigError
+    from superduper_transformers.training import train
+
+    with pytest.raises(ConfigError, match="`ray_configs` needs a `scaling_config`"):
+        LLMTrainer("t", key="x", select=None, ray_configs={"address": "127.0.0.1:6379"})
+    with pytest.raises(RayConfigError, match=r"`ray_configs` needs a `scaling_config`.*got keys \['num_cpus'\]"):
+        train(None, None, None, {}, {}, ray_configs={"num_cpus": 2})
+    with pytest.raises(RayConfigError, match=r"`ray_configs\['scaling_config'\]` must be a ray.train.ScalingConfig"):
+        train(None, None, None, {}, {}, ray_configs={"scaling_config": 2})
+    with pytest.raises(RayConfigError, match="unknown key `num_workers`"):
+        train(None, None, None, {}, {}, ray_configs={"scaling_config": {}, "num_workers": 2})
+
+
+def test_relative_artifact_store_is_refused_before_the_apply(tiny_model_dir, tmp_path, ray_tmp):
+    from superduper import CFG, superduper
+
+    from superduper_transformers.ray import RayConfigError
+
+    old = CFG.artifact_store
+    CFG.artifact_store = "filesystem://./artifact_store"  # superduper's default
+    try:
+        db = superduper(f"sqlite:///{tmp_path / 'db.sqlite'}", force_apply=True)
+        fixtures.insert_rows(db)
+        llm = fixtures.make_llm(db, tiny_model_dir, ray_configs=ray_configs(ray_tmp))
+        with pytest.raises(RayConfigError, match=r"artifact store `filesystem://./artifact_store` is a relative path"):
+            db.apply(llm, force=True)
+        assert db.show("LLM") == []
+    finally:
+        CFG.artifact_store = old
+
+
+def test_in_process_database_is_refused(db, tiny_model_dir, ray_tmp):
+    from superduper_transformers.ray import RayConfigError
+
+    llm = fixtures.make_llm(db, tiny_model_dir, ray_configs=ray_configs(ray_tmp))
+    with pytest.raises(RayConfigError, match=r"`mongomock://.*` lives inside this process"):
+        db.apply(llm, force=True)
+    assert db.show("LLM") == []
+
+
+def test_unreachable_address_fails_fast_and_writes_nothing(sqlite_db, tiny_model_dir):
+    from superduper_transformers.ray import RayConfigError
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    llm = fixtures.make_llm(sqlite_db, tiny_model_dir, ray_configs=ray_configs(None, address=address))
+    start = time.time()
+    with pytest.raises(RayConfigError, match=rf"`ray_configs\['address'\]`='{address}': no Ray cluster answers"):
+        sqlite_db.apply(llm, force=True)
+    assert time.time() - start < 60
+    assert sqlite_db.show("LLM") == []
+    assert list_checkpoints(sqlite_db, "tiny") == []
+
+
+def test_local_only_settings_with_an_address_are_an_error():
+    from superduper_transformers.ray import RayConfigError, check_ray_configs
+
+    with pytest.raises(RayConfigError, match="both `address` and `temp_dir`"):
+        check_ray_configs({"scaling_config": {}, "address": "10.0.0.5:6379", "temp_dir": "/tmp/x"})
+    with pytest.raises(RayConfigError, match="not `host:port`"):
+        from superduper_transformers.ray import check_address
+
+        check_address("my-cluster")
+
+
+def test_workers_get_an_offline_environment_and_the_artifact_store(sqlite_db, artifact_store, monkeypatch):
+    from superduper_transformers.ray import worker_env
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("PYTHONPATH", REPO)
+    env = worker_env(sqlite_db)
+    assert env["SUPERDUPER_ARTIFACT_STORE"] == f"filesystem://{artifact_store}"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["PYTHONPATH"] == REPO

@@ -9,7 +9,7 @@ flushed at once (a SIGKILL loses nothing written before it):
 ``{"event": "begin", "step": N}`` when training starts (N > 0 after a resume),
 ``{"event": "step", "step": N, "lr": ...}`` after every optimizer step.
 
-``SUPERDUPER_TRANSFORMERS_TEST_KILL_AT=step:N`` kills the process in the middle of step N
+``SD_TRANSFORMERS_TEST_KILL_AT=step:N`` kills the process in the middle of step N
 (after the backward pass, before the optimizer step); the ``copy`` and ``registered``
 points are in the library (:mod:`superduper_transformers._faults`).
 """

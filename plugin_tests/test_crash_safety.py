@@ -2,7 +2,7 @@
 
 Trainings run in subprocesses (``plugin_tests.crash_worker``) on one SQLite-file datalayer
 and one artifact store, and are killed with SIGKILL at named points
-(``SUPERDUPER_TRANSFORMERS_TEST_KILL_AT``) or, in the slow test, at random times.
+(``SD_TRANSFORMERS_TEST_KILL_AT``) or, in the slow test, at random times.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import typing as t
 import pytest
 
 from plugin_tests import fixtures
-from superduper_transformers import artifacts, resume
+from superduper_transformers import _faults, artifacts, resume
 from superduper_transformers.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +60,9 @@ class Workspace:
     def probe(self, identifier: str) -> str:
         return os.path.join(self.root, f"probe-{identifier}.jsonl")
 
-    def spawn(self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None) -> subprocess.Popen:
+    def spawn(
+        self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None
+    ) -> subprocess.Popen:
         """Start a worker that applies (trains or resumes) the LLM ``identifier``."""
         args = dict(
             uri=self.uri,
@@ -72,9 +74,9 @@ class Workspace:
             settings={**settings, "output_dir": os.path.join(self.root, "out", identifier)},
         )
         env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-        env.pop("SUPERDUPER_TRANSFORMERS_TEST_KILL_AT", None)
+        env.pop(_faults.ENV, None)
         if kill:
-            env["SUPERDUPER_TRANSFORMERS_TEST_KILL_AT"] = kill
+            env[_faults.ENV] = kill
         log = open(os.path.join(self.root, f"worker-{identifier}-{len(self.procs)}.log"), "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "plugin_tests.crash_worker", json.dumps(args)],
@@ -162,7 +164,10 @@ def adapter_tensors(db, model: str, step: int):
 
 def test_killed_training_resumes_from_its_last_checkpoint(ws, sdb, db):
     # The same training, never interrupted (in this process, on the mongomock db).
-    db.apply(fixtures.make_llm(db, ws.model_dir, identifier="baseline", output_dir=f"{ws.root}/out/baseline", **SETTINGS), force=True)
+    baseline = fixtures.make_llm(
+        db, ws.model_dir, identifier="baseline", output_dir=f"{ws.root}/out/baseline", **SETTINGS
+    )
+    db.apply(baseline, force=True)
     expected = fixtures.answers(db.load("LLM", "baseline"))
     assert sum(a == c for a, (_, c) in zip(expected, fixtures.FACTS)) >= 31
 
@@ -208,8 +213,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(ws, sdb, db):
     # The resumed model is the uninterrupted one: same weights, same answers.
     llm = sdb.load("LLM", "tiny")
     assert fixtures.answers(llm) == expected
-    resumed, uninterrupted = adapter_tensors(sdb, "tiny", STEPS), adapter_tensors(db, "baseline", STEPS)
-    for name, tensor in uninterrupted.items():
+    resumed = adapter_tensors(sdb, "tiny", STEPS)
+    for name, tensor in adapter_tensors(db, "baseline", STEPS).items():
         assert (resumed[name] - tensor).abs().max().item() < 1e-4, name
 
 
@@ -276,13 +281,20 @@ def _raise_at_step(monkeypatch, step: int) -> None:
                 raise RuntimeError(f"interrupted at step {step}")
 
     train_func = training.train_func
-    monkeypatch.setattr(
-        training, "train_func", lambda *a, callbacks=None, **kw: train_func(*a, callbacks=[*callbacks, Fail()], **kw)
+
+    def failing(*args, callbacks=None, **kwargs):
+        return train_func(*args, callbacks=[*callbacks, Fail()], **kwargs)
+
+    monkeypatch.setattr(training, "train_func", failing)
+
+
+def test_resume_skips_a_checkpoint_that_fails_verification(
+    db, tiny_model_dir, tmp_path, monkeypatch
+):
+    settings = dict(
+        max_steps=30, save_steps=10, eval_steps=10, save_total_limit=None,
+        output_dir=str(tmp_path / "out"),
     )
-
-
-def test_resume_skips_a_checkpoint_that_fails_verification(db, tiny_model_dir, tmp_path, monkeypatch):
-    settings = dict(max_steps=30, save_steps=10, eval_steps=10, save_total_limit=None, output_dir=str(tmp_path / "out"))
     _raise_at_step(monkeypatch, 25)
     with pytest.raises(Exception, match="interrupted at step 25"):
         db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
@@ -290,7 +302,8 @@ def test_resume_skips_a_checkpoint_that_fails_verification(db, tiny_model_dir, t
     assert resume.is_interrupted(db, "tiny")
     rows = list_checkpoints(db, "tiny")
     assert [r["step"] for r in rows] == [10, 20]
-    _flip_a_byte(os.path.join(load_checkpoint(db, rows[1]["identifier"]).local_path, "adapter_model.safetensors"))
+    second = load_checkpoint(db, rows[1]["identifier"])
+    _flip_a_byte(os.path.join(second.local_path, "adapter_model.safetensors"))
 
     # Re-applying a freshly built, identical model trains again: from 10, not the bad 20.
     db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
@@ -312,7 +325,9 @@ def test_only_a_compatible_interrupted_run_is_resumed(db, tiny_model_dir, tmp_pa
     def interrupted_run(experiment_id, model):
         db.apply(
             resume.TrainingRun(
-                resume.run_identifier("tiny", experiment_id), model="tiny", experiment_id=experiment_id,
+                resume.run_identifier("tiny", experiment_id),
+                model="tiny",
+                experiment_id=experiment_id,
                 settings=resume.run_settings(model, model.trainer), started_at=time.time(),
             ),
             force=True, jobs=False,
@@ -332,7 +347,8 @@ def test_only_a_compatible_interrupted_run_is_resumed(db, tiny_model_dir, tmp_pa
     assert db.load("TrainingRun", resume.run_identifier("tiny", "old")).state == resume.ABANDONED
     # `resume_from_db="never"`: a fresh run even with the same settings.
     never = llm(learning_rate=LR / 2, resume_from_db="never")
-    assert resume.start_run(db, never, never.trainer, out).experiment_id not in {"old", fresh.experiment_id}
+    plan = resume.start_run(db, never, never.trainer, out)
+    assert plan.experiment_id not in {"old", fresh.experiment_id}
     run = db.load("TrainingRun", resume.run_identifier("tiny", fresh.experiment_id))
     assert run.state == resume.ABANDONED
 
@@ -366,3 +382,107 @@ def test_concurrent_trainings_prune_and_resume_only_their_own(ws, sdb):
         assert [r["step"] for r in run.resumes] == ([50] if model == "alpha" else [])
         assert set(ws.store_entries(artifacts.model_tag(model))) == {r["artifact_id"] for r in rows}
         assert sdb.load("LLM", model).adapter_id.identifier in {r["identifier"] for r in rows}
+
+
+# -- random kills (slow) -----------------------------------------------------
+
+KILLS = 20
+#: Long enough that 20 kills (about 50 steps apart) never see the run finish.
+MAX = 3000
+
+
+def _wait_for_training(ws: Workspace, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not any(r["event"] == "begin" for r in ws.records("tiny", proc.pid)):
+        assert proc.poll() is None, f"worker exited with {proc.returncode} before training"
+        assert time.time() < deadline, "worker did not start training"
+        time.sleep(0.1)
+
+
+def _leftovers(ws: Workspace, db) -> int:
+    """Checkpoint folders in the store that no row references (crash leftovers)."""
+    referenced = artifacts.referenced_artifact_ids(db)
+    tag = artifacts.model_tag("tiny")
+    return sum(
+        1
+        for n in os.listdir(ws.store)
+        if n.startswith(artifacts.PARTIAL_PREFIX + tag)
+        or (n.startswith(tag) and n not in referenced)
+    )
+
+
+def format_table(rows: t.List[t.Dict]) -> str:
+    columns = [
+        "kill", "phase", "killed after (s)", "step reached", "last registered", "resumed at",
+        "steps lost", "checkpoints (all verified)", "leftovers in store",
+    ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append(
+            f"| {r['kill']} | {r['phase']} | {r['kill_time']:.1f} | {r['reached']} | {r['registered']} "
+            f"| {r['resumed']} | {r['lost']} | {r['checkpoints']} | {r['leftovers']} |"
+        )
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_random_kills_lose_at_most_save_steps(ws, sdb, tmp_path):
+    save = 25
+    settings = dict(SETTINGS, max_steps=MAX, save_steps=save, eval_steps=save, logging_steps=save)
+    rng = random.Random(int(os.environ.get("KILL_SEED", "0")))
+    table, workers = [], []
+    for i in range(KILLS):
+        proc = ws.spawn("tiny", settings)
+        start = time.time()
+        phase = "start-up" if i % 5 == 4 else "training"
+        if phase == "training":
+            _wait_for_training(ws, proc)
+            time.sleep(rng.uniform(0, 5))
+        else:
+            time.sleep(rng.uniform(1, 12))
+        assert proc.poll() is None, "training ended before the kill: raise max_steps"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        steps = intact_steps(sdb, "tiny")  # every checkpoint row loads and verifies
+        probe = ws.records("tiny", proc.pid)
+        table.append(
+            dict(
+                kill=i + 1,
+                phase=phase,
+                kill_time=time.time() - start,
+                began=any(r["event"] == "begin" for r in probe),
+                reached=max((r["step"] for r in probe), default=None),
+                registered=max(steps, default=0),
+                checkpoints=len(steps),
+                leftovers=_leftovers(ws, sdb),
+            )
+        )
+        workers.append(proc)
+    final = ws.spawn("tiny", settings)
+    ws.wait(final, 0, timeout=600)
+    workers.append(final)
+
+    # The step each kill resumed at: where the next worker that got to train began.
+    begins = [
+        next((r["step"] for r in ws.records("tiny", p.pid) if r["event"] == "begin"), None)
+        for p in workers
+    ]
+    for i, row in enumerate(table):
+        row["resumed"] = next(b for b in begins[i + 1:] if b is not None)
+        row["lost"] = (row["reached"] - row["resumed"]) if row["reached"] is not None else 0
+    report = format_table(table)
+    print("\n" + report)
+    (tmp_path / "kill_table.md").write_text(report + "\n")
+    if os.environ.get("SD_TRANSFORMERS_REPORT_DIR"):
+        out = os.path.join(os.environ["SD_TRANSFORMERS_REPORT_DIR"], "kill_table.md")
+        with open(out, "w") as f:
+            f.write(report + "\n")
+
+    for row in table:
+        assert row["resumed"] == row["registered"], row  # resumed from the last registered step
+        assert 0 <= row["lost"] <= save, row
+    assert sum(r["began"] for r in table) >= KILLS - KILLS // 5
+    assert _leftovers(ws, sdb) == 0
+    rows = list_checkpoints(sdb, "tiny")
+    assert len({r["experiment_id"] for r in rows}) == 1 and MAX in intact_steps(sdb, "tiny")
+    assert fixtures.answered(sdb.load("LLM", "tiny")) >= 31

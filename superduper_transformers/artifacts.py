@@ -153,5 +153,5 @@ def cleanup_orphan_artifacts(db: "Datalayer", model: t.Optional[str] = None) -> 
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
-        logging.info(f"Removed {len(removed)} orphaned checkpoint folder(s) from the artifact store")
+        logging.info(f"Removed {len(removed)} orphaned checkpoint folder(s) from {root}")
     return removed

@@ -24,7 +24,9 @@ if t.TYPE_CHECKING:
 
 _CHUNK = 1 << 20
 #: Plain columns of a checkpoint row: listing them never touches the artifact store.
-_ROW_COLUMNS = ("identifier", "step", "model", "experiment_id", "metrics", "manifest", "artifact_id")
+_ROW_COLUMNS = (
+    "identifier", "step", "model", "experiment_id", "metrics", "manifest", "artifact_id"
+)
 
 
 class CheckpointError(RuntimeError):

@@ -188,10 +188,14 @@ def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
 
 
 def _resumable(run: TrainingRun, trainer: "LLMTrainer", settings: t.Dict) -> bool:
+    """Whether the interrupted ``run`` may be resumed with these settings (logs why not)."""
     if trainer.resume_from_db == "never":
-        logging.info(f"Run {run.experiment_id} was interrupted; `resume_from_db='never'`: starting fresh")
+        logging.info(
+            f"Run {run.experiment_id} was interrupted; `resume_from_db='never'`: starting fresh"
+        )
         return False
-    changed = sorted(k for k in set(run.settings) | set(settings) if run.settings.get(k) != settings.get(k))
+    keys = set(run.settings) | set(settings)
+    changed = sorted(k for k in keys if run.settings.get(k) != settings.get(k))
     if changed:
         logging.warn(
             f"Run {run.experiment_id} of {run.model} was interrupted, but these settings "
@@ -234,7 +238,8 @@ def start_run(db: "Datalayer", model: "LLM", trainer: "LLMTrainer", output_dir: 
         plan = RunPlan(run.experiment_id)
         if ckpt is not None:
             plan = RunPlan(run.experiment_id, fetch_checkpoint(ckpt, output_dir), ckpt.step)
-        run.resumes.append({"step": plan.step, "checkpoint": getattr(ckpt, "identifier", None), "time": time.time()})
+        checkpoint = ckpt.identifier if ckpt is not None else None
+        run.resumes.append({"step": plan.step, "checkpoint": checkpoint, "time": time.time()})
         logging.info(f"Resuming run {run.experiment_id} of {model.identifier} at step {plan.step}")
     db.apply(run, force=True, jobs=False)
     _mark_model(model, run)

@@ -9,6 +9,7 @@ is too deep for their 107-character limit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,25 +32,39 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # -- helpers ----------------------------------------------------------------
-def _pids_mentioning(text: str):
-    """Processes whose command line mentions ``text`` (a temp dir of ours): leftovers to stop."""
+def _pids_using(path: str):
+    """Processes that mention ``path`` (a temp dir of ours) in their command line or open files.
+
+    Ray workers rename themselves (``ray::IDLE``) but keep their log files open there.
+    """
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    pids.append(int(pid))
-        except OSError:
+                found = path.encode() in f.read()
+            fds = f"/proc/{pid}/fd"
+            found = found or any(os.readlink(os.path.join(fds, fd)).startswith(path) for fd in os.listdir(fds))
+        except OSError:  # gone, or not ours to read
             continue
-    return [p for p in pids if p != os.getpid()]
+        if found and int(pid) != os.getpid():
+            pids.append(int(pid))
+    return pids
 
 
-def _stop(pids, sig=signal.SIGKILL):
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+def _stop_processes_using(path: str, grace: float = 15.0):
+    """Wait up to ``grace`` seconds for the processes using ``path`` to end, then SIGKILL them.
+
+    Scoped to our temp dir: `ray stop` would stop every Ray on the machine.
+    :return: the processes that had to be killed.
+    """
+    deadline = time.time() + grace
+    while _pids_using(path) and time.time() < deadline:
+        time.sleep(0.5)
+    left = _pids_using(path)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 @pytest.fixture
@@ -57,8 +72,7 @@ def ray_tmp():
     """A short folder for Ray's temporary files; any Ray process left under it is stopped."""
     path = tempfile.mkdtemp(prefix="sdray-", dir="/tmp")
     yield path
-    leftovers = _pids_mentioning(path)
-    _stop(leftovers)
+    leftovers = _stop_processes_using(path)
     shutil.rmtree(path, ignore_errors=True)
     assert not leftovers, f"Ray processes were left running under {path}: {leftovers}"
 
@@ -129,8 +143,7 @@ def ray_trained(tiny_model_dir, tmp_path_factory):
     yield dict(db=db, uri=uri, root=root, before=before, seconds=seconds, ray_dir=ray_dir)
     db.disconnect()
     CFG.artifact_store = old_store
-    leftovers = _pids_mentioning(ray_dir)
-    _stop(leftovers)
+    leftovers = _stop_processes_using(ray_dir)
     shutil.rmtree(ray_dir, ignore_errors=True)
     assert not leftovers, leftovers
 
@@ -399,12 +412,12 @@ def ray_head(ray_tmp):
                 time.sleep(0.5)
         yield dict(address=f"127.0.0.1:{port}", temp_dir=ray_tmp)
     finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops its node on SIGTERM
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        # As `ray stop` does, but only for this cluster's processes: SIGTERM, then SIGKILL.
+        for pid in _pids_using(ray_tmp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        _stop_processes_using(ray_tmp, grace=5)
+        head.wait(timeout=30)
         log.close()
 
 
@@ -508,3 +521,26 @@ def test_workers_get_an_offline_environment_and_the_artifact_store(sqlite_db, ar
     assert env["SUPERDUPER_ARTIFACT_STORE"] == f"filesystem://{artifact_store}"
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["PYTHONPATH"] == REPO
+
+
+def test_ray_configs_survive_the_database(db):
+    """Stored in the db, Ray's config dataclasses come back as dicts; training rebuilds them."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    from superduper_transformers import LLMTrainer
+    from superduper_transformers.ray import ray_config_objects
+
+    run = RunConfig(
+        name="run",
+        storage_path="/shared/ray_results",
+        failure_config=FailureConfig(max_failures=3),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+    )
+    configs = {"scaling_config": ScalingConfig(num_workers=3), "run_config": run}
+    db.apply(LLMTrainer("t", key="x", select=db["facts"].select(), ray_configs=configs), force=True)
+    stored = db.load("LLMTrainer", "t")
+    stored.setup()
+    scaling, run = ray_config_objects(stored.ray_configs)
+    assert (scaling.num_workers, scaling.use_gpu) == (3, False)
+    assert (run.name, run.storage_path) == ("run", "/shared/ray_results")
+    assert (run.failure_config.max_failures, run.checkpoint_config.num_to_keep) == (3, 2)

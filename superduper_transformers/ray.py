@@ -223,6 +223,7 @@ def ray_session(ray_configs: t.Dict[str, t.Any], env: t.Dict[str, str]):
         try:
             ray.init(address=address, runtime_env=runtime_env)
         except ConnectionError as e:
+            ray.shutdown()
             raise RayConfigError(
                 f"`ray_configs['address']`={address!r}: a server answers but Ray could not "
                 f"connect ({e}). Ray clusters check a token by default: set RAY_AUTH_MODE=token "
@@ -258,9 +259,12 @@ def ray_config_objects(ray_configs: t.Dict[str, t.Any]):
     run = ray_configs.get("run_config")
     if isinstance(run, dict):
         run = dict(run)
-        nested = {"failure_config": FailureConfig, "checkpoint_config": CheckpointConfig}
-        nested["logging_config"] = LoggingConfig
-        for key, cls in nested.items():
+        nested = (
+            ("failure_config", FailureConfig),
+            ("checkpoint_config", CheckpointConfig),
+            ("logging_config", LoggingConfig),
+        )
+        for key, cls in nested:
             if isinstance(run.get(key), dict):
                 run[key] = _as_dataclass(cls, run[key], f"run_config.{key}")
     if run is not None:

@@ -212,6 +212,10 @@ def preflight(model: "LLM", db: "Datalayer") -> None:
         from superduper_transformers._optional import require
 
         require("bitsandbytes", "quant", f"`bits={trainer.bits}` (QLoRA)")
+    if trainer.ray_configs is not None:
+        from superduper_transformers.ray import check_ray_setup
+
+        check_ray_setup(trainer.ray_configs, db)  # settings, shared storage, cluster address
 
 
 def _accept_training_keywords(cls):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import typing as t
+import uuid
 
 from superduper import logging
 from transformers import TrainerCallback
@@ -60,7 +61,8 @@ class LLMCallback(TrainerCallback):
     :param identifier: Identifier of the ``LLM`` being trained.
     :param db: The datalayer.
     :param llm: The ``LLM`` being trained.
-    :param experiment_id: Identifier of this training run (defaults to the model's run id).
+    :param experiment_id: Identifier of this training run (default: a new random id; pass
+        the run's id to keep checkpoints of a resumed or restarted run in one sequence).
     """
 
     def __init__(
@@ -82,7 +84,7 @@ class LLMCallback(TrainerCallback):
         self.identifier = identifier or llm.identifier
         self.db = db
         self.llm = llm
-        self.experiment_id = experiment_id
+        self.experiment_id = experiment_id or uuid.uuid4().hex[:8]
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> None:
@@ -97,7 +99,7 @@ class LLMCallback(TrainerCallback):
     @property
     def run_id(self) -> str:
         """The run these checkpoints belong to."""
-        return self.experiment_id or self.llm.experiment_id
+        return self.experiment_id
 
     # -- events -----------------------------------------------------------
     def on_save(self, args, state, control, **kwargs):

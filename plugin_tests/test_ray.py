@@ -461,11 +461,14 @@ def test_missing_scaling_config_is_an_error(tmp_path):
         train(None, None, None, {}, {}, ray_configs={"scaling_config": {}, "num_workers": 2})
 
 
-def test_relative_artifact_store_is_refused_before_the_apply(tiny_model_dir, tmp_path, ray_tmp):
+def test_relative_artifact_store_is_refused_before_the_apply(tiny_model_dir, tmp_path, ray_tmp, monkeypatch):
     from superduper import CFG, superduper
 
     from superduper_transformers.ray import RayConfigError
 
+    # superduper writes the trainer's ray_configs blob to the (relative) store while it
+    # plans the apply, before the refusal: keep that file out of the repository.
+    monkeypatch.chdir(tmp_path)
     old = CFG.artifact_store
     CFG.artifact_store = "filesystem://./artifact_store"  # superduper's default
     try:

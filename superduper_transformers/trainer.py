@@ -107,6 +107,7 @@ class LLMTrainer(Trainer):
             y=y,
             max_length=self.max_seq_length,
             prompt_template=model.prompt_template,
+            chat_format=self.setup_chat_format,
         )
         train_ds = build(train_rows)
         eval_ds = {name: build(rows) for name, rows in eval_rows.items()}

@@ -96,6 +96,8 @@ def test_non_text_values(db, tiny_model_dir):
         ({"training_kwargs": {"learnin_rate": 1}}, "`learnin_rate`.*Did you mean `learning_rate`"),
         ({"max_length": 10}, "set `max_seq_length` instead"),
         ({"key": "x", "ray_configs": {"num_workers": 2}}, "`ray_configs` needs a `scaling_config`"),
+        ({"num_gpus": 2}, r"`num_gpus=2` without `ray_configs`: several GPUs train with Ray"),
+        ({"num_gpus": -1}, "`num_gpus` must be None or an integer >= 0, got -1"),
     ],
 )
 def test_invalid_settings(db, kwargs, message):
@@ -140,3 +142,11 @@ def test_adapter_whose_artifact_is_missing(db, tiny_model_dir, artifact_store):
 def test_adapter_path_that_does_not_exist(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="`adapter_id`=.* is not a folder"):
         LLM("tiny", model_name_or_path=tiny_model_dir, adapter_id=str(tmp_path / "nope"))
+
+
+def test_num_gpus_zero_trains_on_the_cpu(db):
+    from superduper_transformers.config import build_sft_config
+
+    trainer = LLMTrainer("t", key=("x", "y"), select=db["facts"].select(), num_gpus=0)
+    args = build_sft_config(trainer, output_dir="/tmp/unused", has_eval=False)
+    assert args.use_cpu and args.n_gpu == 0

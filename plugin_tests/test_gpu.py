@@ -40,3 +40,12 @@ def test_several_gpus_without_a_choice_is_an_error(db, tiny_model_dir, monkeypat
     llm = fixtures.make_llm(db, tiny_model_dir, identifier="multi", max_steps=2, **GPU)
     with pytest.raises(ValueError, match="2 GPUs are visible .* `num_gpus=1`"):
         db.apply(llm, force=True)
+
+
+def test_num_gpus_one_uses_one_gpu(db):
+    from superduper_transformers import LLMTrainer
+    from superduper_transformers.config import build_sft_config
+
+    trainer = LLMTrainer("t", key=("x", "y"), select=db["facts"].select(), num_gpus=1, **GPU)
+    args = build_sft_config(trainer, output_dir="/tmp/unused", has_eval=False)
+    assert args.n_gpu == 1 and args.device.type == "cuda"

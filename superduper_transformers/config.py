@@ -136,6 +136,12 @@ def validate_trainer(trainer: "LLMTrainer") -> None:
         )
     if trainer.num_gpus is not None and (not isinstance(trainer.num_gpus, int) or trainer.num_gpus < 0):
         issues.append(f"`num_gpus` must be None or an integer >= 0, got {trainer.num_gpus!r}.")
+    elif (trainer.num_gpus or 0) > 1 and trainer.ray_configs is None:
+        issues.append(
+            f"`num_gpus={trainer.num_gpus}` without `ray_configs`: several GPUs train with Ray "
+            "(one worker per GPU). Set `ray_configs={'scaling_config': ScalingConfig("
+            f"num_workers={trainer.num_gpus}, use_gpu=True)}}`, or `num_gpus=1`."
+        )
     # Reloaded from the db, `ray_configs` is a lazy Blob: it was checked when first
     # built, and `train` checks it again once unpacked.
     if trainer.ray_configs is not None and not hasattr(trainer.ray_configs, "unpack"):
@@ -209,7 +215,15 @@ def build_sft_config(trainer: "LLMTrainer", output_dir: str, has_eval: bool, **o
                 "`load_best_model_at_end=True` needs evaluation data: insert rows with "
                 "`_fold='valid'` or give the model a `validation` with datasets."
             )
+    if trainer.num_gpus == 0:
+        kwargs["use_cpu"] = True
     kwargs.update(overrides)
     # ``save_safetensors`` was removed from TrainingArguments in some releases.
     kwargs = {k: v for k, v in kwargs.items() if k in sft_config_fields()}
-    return SFTConfig(**kwargs)
+    args = SFTConfig(**kwargs)
+    if trainer.num_gpus == 1 and trainer.ray_configs is None:
+        # transformers wraps the model in nn.DataParallel over *every* visible GPU when
+        # it sees several; `num_gpus=1` means one, so cap the count it resolved.
+        _ = args.device
+        args._n_gpu = min(args._n_gpu, 1)
+    return args

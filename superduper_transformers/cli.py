@@ -10,6 +10,8 @@ layout); ``--uri`` and ``--artifact-store`` name any other datalayer.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 
@@ -27,7 +29,9 @@ def _connect(args):
 
     sd_apply.console.quiet = True
     uri = args.uri or f"sqlite:///{os.path.abspath(os.path.join(args.data, 'demo.db'))}"
-    return superduper(uri, force_apply=True)
+    # superduper prints a components overview while it builds the datalayer
+    with contextlib.redirect_stdout(io.StringIO()):
+        return superduper(uri, force_apply=True)
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ it into a Hugging Face folder (``demo_data/smollm2-135m``), which later runs reu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -79,12 +80,11 @@ def convert_smollm2(target: str) -> str:
     return target
 
 
-def ask(llm, questions):
-    """Print each question with the model's answer."""
-    answers = llm.predict_batches([q for q, _ in questions])
-    for (q, _), a in zip(questions, answers):
-        print(f"  Q: {q}\n  A: {a.strip()}")
-    return answers
+@contextlib.contextmanager
+def logged_to(path: str):
+    """Send what superduper and transformers print (component trees, plans, progress) to a file."""
+    with open(path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield
 
 
 def main(argv=None) -> None:
@@ -116,10 +116,14 @@ def main(argv=None) -> None:
     if args.fresh:
         for p in (db_path, os.path.join(data, "artifact_store"), os.path.join(data, "training")):
             shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
-    db = superduper(f"sqlite:///{db_path}", force_apply=True)
-
-    if "facts" not in db.show("Table"):
-        db.apply(Table("facts", fields={"question": "str", "answer": "str", "_fold": "str"}), force=True)
+    log = os.path.join(data, "demo.log")
+    print(f"(superduper's and transformers' own output goes to {log})")
+    with logged_to(log):
+        db = superduper(f"sqlite:///{db_path}", force_apply=True)
+        tables = db.show("Table")
+    if "facts" not in tables:
+        with logged_to(log):
+            db.apply(Table("facts", fields={"question": "str", "answer": "str", "_fold": "str"}), force=True)
         db["facts"].insert(
             [{"question": q, "answer": a, "_fold": "train"} for q, a in FACTS]
             + [{"question": q, "answer": a, "_fold": "valid"} for q, a in PARAPHRASES]
@@ -160,11 +164,15 @@ def main(argv=None) -> None:
     )
 
     print("\nBefore fine-tuning:")
-    ask(llm, FACTS)
+    with logged_to(log):
+        before = llm.predict_batches([q for q, _ in FACTS])
+    for (q, _), a in zip(FACTS, before):
+        print(f"  Q: {q}\n  A: {a.strip()}")
 
     print(f"\nFine-tuning {run} with LoRA for {args.steps} steps (db.apply)...", flush=True)
     t1 = time.time()
-    db.apply(llm, force=True)
+    with logged_to(log):
+        db.apply(llm, force=True)
     train_s = time.time() - t1
 
     print("\nCheckpoints stored in the database (pruned to save_total_limit=2, best kept):")
@@ -177,13 +185,19 @@ def main(argv=None) -> None:
 
     # Forget the training folder and reload everything from the database.
     shutil.rmtree(os.path.join(data, "training", run), ignore_errors=True)
-    fresh = superduper(f"sqlite:///{db_path}", force_apply=True)
-    reloaded = fresh.load("LLM", run)
+    with logged_to(log):
+        fresh = superduper(f"sqlite:///{db_path}", force_apply=True)
+        reloaded = fresh.load("LLM", run)
+        answers = reloaded.predict_batches([q for q, _ in FACTS])
     print(f"\nAfter fine-tuning, reloaded from the db (adapter {reloaded.adapter_id.identifier}):")
-    answers = ask(reloaded, FACTS)
+    for (q, _), a in zip(FACTS, answers):
+        print(f"  Q: {q}\n  A: {a.strip()}")
     learned = sum(a.strip().startswith(expected.rstrip(".")) for a, (_, expected) in zip(answers, FACTS))
     print("\nParaphrased questions (not trained on):")
-    ask(reloaded, PARAPHRASES)
+    with logged_to(log):
+        para = reloaded.predict_batches([q for q, _ in PARAPHRASES])
+    for (q, _), a in zip(PARAPHRASES, para):
+        print(f"  Q: {q}\n  A: {a.strip()}")
     print(
         f"\nLearned {learned}/{len(FACTS)} facts. Training took {train_s:.0f} s, "
         f"the whole demo {time.time() - t0:.0f} s.\nQuery it again: "

@@ -214,7 +214,7 @@ def preflight(model: "LLM", db: "Datalayer") -> None:
 
         require("bitsandbytes", "quant", f"`bits={trainer.bits}` (QLoRA)")
     if trainer.ray_configs is not None:
-        from superduper_transformers.ray import check_ray_setup
+        from superduper_transformers.ray_config import check_ray_setup
 
         check_ray_setup(trainer.ray_configs, db)  # settings, shared storage, cluster address
 

@@ -63,7 +63,9 @@ def _probe_callback(path: str):
 
 def main(args: dict) -> None:
     """Apply the LLM described by ``args`` (training it, or resuming its interrupted run)."""
-    from superduper import CFG, superduper
+    from superduper import CFG
+
+    from superduper_transformers.datalayer import connect
 
     CFG.artifact_store = f"filesystem://{args['store']}"
 
@@ -76,7 +78,7 @@ def main(args: dict) -> None:
         return train_func(*a, callbacks=[*(callbacks or []), _probe_callback(args["probe"])], **kw)
 
     training.train_func = probed_train_func
-    db = superduper(args["uri"], force_apply=True)
+    db = connect(args["uri"], force_apply=True)
     llm = fixtures.make_llm(
         db, args["model_dir"], identifier=args["identifier"], table=args["table"], **args["settings"]
     )

@@ -149,3 +149,30 @@ def test_reload_in_second_process(trained):
     assert out.returncode == 0, out.stderr[-3000:]
     answered = int(out.stdout.split("ANSWERED")[-1].split()[0])
     assert answered >= 31
+
+
+def test_opening_the_db_survives_a_checkpoint_pruned_meanwhile(monkeypatch):
+    # superduper loads every component while it builds a datalayer; a training in
+    # another process may delete (prune) one of them in between. Seen in CI as
+    # NotFound('Checkpoint', 'beta-...-step225') from a worker opening the shared db.
+    from superduper.base.exceptions import NotFound
+
+    from superduper_transformers import datalayer
+
+    attempts = []
+
+    def build():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise NotFound("Checkpoint", f"pruned-step{len(attempts)}")
+        return "db"
+
+    monkeypatch.setattr(datalayer.time, "sleep", lambda s: None)
+    assert datalayer._retrying(build) == "db"
+    assert len(attempts) == 3
+
+    def always_missing():
+        raise NotFound("Checkpoint", "gone")
+
+    with pytest.raises(NotFound):
+        datalayer._retrying(always_missing)

@@ -24,14 +24,14 @@ def _connect(args):
 
     store = args.artifact_store or f"filesystem://{os.path.abspath(os.path.join(args.data, 'artifact_store'))}"
     CFG.artifact_store = store
-    from superduper import superduper
+    from superduper_transformers.datalayer import connect
     from superduper.base import apply as sd_apply
 
     sd_apply.console.quiet = True
     uri = args.uri or f"sqlite:///{os.path.abspath(os.path.join(args.data, 'demo.db'))}"
     # superduper prints a components overview while it builds the datalayer
     with contextlib.redirect_stdout(io.StringIO()):
-        return superduper(uri, force_apply=True)
+        return connect(uri, force_apply=True)
 
 
 def main(argv=None) -> int:

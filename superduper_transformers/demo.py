@@ -102,12 +102,13 @@ def main(argv=None) -> None:
 
     # Every process that opens this db must see the same (absolute) artifact store.
     CFG.artifact_store = f"filesystem://{os.path.join(data, 'artifact_store')}"
-    from superduper import Table, superduper
+    from superduper import Table
     from superduper.base import apply as sd_apply
 
     sd_apply.console.quiet = True  # no deployment-plan panels on every checkpoint
 
     from superduper_transformers import LLM, LLMTrainer
+    from superduper_transformers.datalayer import connect
     from superduper_transformers.checkpoint import list_checkpoints
 
     t0 = time.time()
@@ -119,7 +120,7 @@ def main(argv=None) -> None:
     log = os.path.join(data, "demo.log")
     print(f"(superduper's and transformers' own output goes to {log})")
     with logged_to(log):
-        db = superduper(f"sqlite:///{db_path}", force_apply=True)
+        db = connect(f"sqlite:///{db_path}", force_apply=True)
         tables = db.show("Table")
     if "facts" not in tables:
         with logged_to(log):
@@ -186,7 +187,7 @@ def main(argv=None) -> None:
     # Forget the training folder and reload everything from the database.
     shutil.rmtree(os.path.join(data, "training", run), ignore_errors=True)
     with logged_to(log):
-        fresh = superduper(f"sqlite:///{db_path}", force_apply=True)
+        fresh = connect(f"sqlite:///{db_path}", force_apply=True)
         reloaded = fresh.load("LLM", run)
         answers = reloaded.predict_batches([q for q, _ in FACTS])
     print(f"\nAfter fine-tuning, reloaded from the db (adapter {reloaded.adapter_id.identifier}):")

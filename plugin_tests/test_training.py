@@ -151,28 +151,38 @@ def test_reload_in_second_process(trained):
     assert answered >= 31
 
 
-def test_opening_the_db_survives_a_checkpoint_pruned_meanwhile(monkeypatch):
-    # superduper loads every component while it builds a datalayer; a training in
-    # another process may delete (prune) one of them in between. Seen in CI as
-    # NotFound('Checkpoint', 'beta-...-step225') from a worker opening the shared db.
+def test_opening_the_db_survives_a_checkpoint_pruned_meanwhile(tmp_path, monkeypatch):
+    # superduper lists every component, then loads each, while it builds a datalayer; a
+    # training in another process may prune a checkpoint in between. Seen in CI as
+    # NotFound('Checkpoint', 'beta-...-step275') from a worker opening the shared db.
+    from superduper import CFG
+    from superduper.base.datalayer import Datalayer
     from superduper.base.exceptions import NotFound
 
-    from superduper_transformers import datalayer
+    from superduper_transformers.checkpoint import register_checkpoint
+    from superduper_transformers.datalayer import connect
 
-    attempts = []
+    monkeypatch.setattr(CFG, "artifact_store", f"filesystem://{tmp_path / 'store'}")
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    db = connect(uri, force_apply=True)
+    folder = tmp_path / "checkpoint-5"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    register_checkpoint(db, model="m", experiment_id="e", path=str(folder), step=5)
 
-    def build():
-        attempts.append(1)
-        if len(attempts) < 3:
-            raise NotFound("Checkpoint", f"pruned-step{len(attempts)}")
-        return "db"
+    real_load = Datalayer.load
 
-    monkeypatch.setattr(datalayer.time, "sleep", lambda s: None)
-    assert datalayer._retrying(build) == "db"
-    assert len(attempts) == 3
+    def load_after_concurrent_prune(self, component, identifier=None, *args, **kwargs):
+        if component == "Checkpoint":  # deleted by "another process" after being listed
+            raise NotFound(component, identifier)
+        return real_load(self, component, identifier, *args, **kwargs)
 
-    def always_missing():
-        raise NotFound("Checkpoint", "gone")
+    monkeypatch.setattr(Datalayer, "load", load_after_concurrent_prune)
+    with pytest.raises(NotFound):  # what superduper alone does
+        from superduper import superduper
 
-    with pytest.raises(NotFound):
-        datalayer._retrying(always_missing)
+        superduper(uri, force_apply=True)
+    fresh = connect(uri, force_apply=True)
+    monkeypatch.setattr(Datalayer, "load", real_load)
+    assert "load" not in vars(fresh)  # the tolerance ends with the start-up
+    assert fresh.show("Checkpoint") == ["m-e-step5"]

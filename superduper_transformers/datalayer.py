@@ -2,41 +2,58 @@
 
 from __future__ import annotations
 
-import time
 import typing as t
 
-#: Attempts at building a datalayer while other processes delete components.
-BUILD_ATTEMPTS = 5
+class _Vanished:
+    """Stands for a component deleted between being listed and being loaded."""
 
 
-def _retrying(build: t.Callable[[], t.Any]):
-    """Run ``build``; retry when a component vanished while it was being loaded.
+def _build(build: t.Callable[..., t.Any]):
+    """Build a datalayer whose start-up survives components deleted meanwhile.
 
-    superduper loads *every* component of the db while it builds a datalayer
-    (``cluster.initialize``). A training in another process that prunes a checkpoint
-    at that moment makes the build fail with ``NotFound`` for a component that was
-    listed a millisecond earlier; the next attempt no longer lists it.
+    superduper's start-up (``cluster.initialize``) lists *every* component of the db
+    and then loads each one, to find the listeners, cron jobs and vector indexes it
+    must serve. A training in another process that prunes a checkpoint between the
+    listing and the loading made that start-up fail with ``NotFound``, and under a
+    fast save schedule every retry did too. A component that no longer exists has
+    nothing to serve, so during start-up (only) a vanished one is skipped.
+
+    :param build: ``build_datalayer``-like callable accepting ``initialize_cluster``.
     """
     from superduper.base.exceptions import NotFound
 
-    for attempt in range(1, BUILD_ATTEMPTS + 1):
+    db = build(initialize_cluster=False)
+    load, show = db.load, db.show
+
+    def tolerant_load(*args, **kwargs):
         try:
-            return build()
+            return load(*args, **kwargs)
         except NotFound:
-            if attempt == BUILD_ATTEMPTS:
-                raise
-            time.sleep(0.2 * attempt)
+            return _Vanished()
+
+    def tolerant_show(*args, **kwargs):
+        try:
+            return show(*args, **kwargs)
+        except NotFound:
+            return {}
+
+    db.load, db.show = tolerant_load, tolerant_show
+    try:
+        db.cluster.initialize()
+    finally:
+        del db.load, db.show  # back to the class's methods
+    return db
 
 
 def connect(uri: str, **kwargs):
-    """``superduper(uri, **kwargs)``, robust to trainings pruning checkpoints meanwhile.
+    """``superduper(uri, **kwargs)``, safe to call while trainings prune checkpoints.
 
     :param uri: Database URI (``mongodb://...``, ``sqlite:////abs/file.db``, ``mongomock://...``).
     :param kwargs: Passed to ``superduper`` (e.g. ``force_apply=True``).
     """
     from superduper import superduper
 
-    return _retrying(lambda: superduper(uri, **kwargs))
+    return _build(lambda **kw: superduper(uri, **kwargs, **kw))
 
 
 def serialize_config(db) -> t.Dict[str, t.Any]:
@@ -60,4 +77,4 @@ def datalayer_from_config(cfg: t.Any):
     if isinstance(cfg, dict):
         cfg = _dataclass_from_dict(Config, cfg)
     CFG.artifact_store = cfg.artifact_store
-    return _retrying(lambda: build_datalayer(cfg))
+    return _build(lambda **kw: build_datalayer(cfg, **kw))

@@ -486,3 +486,28 @@ def test_random_kills_lose_at_most_save_steps(ws, sdb, tmp_path):
     rows = list_checkpoints(sdb, "tiny")
     assert len({r["experiment_id"] for r in rows}) == 1 and MAX in intact_steps(sdb, "tiny")
     assert fixtures.answered(sdb.load("LLM", "tiny")) >= 31
+
+
+def test_reapply_resumes_when_killed_between_the_model_update_and_the_run_record(
+    db, tiny_model_dir
+):
+    # The window seen in the random-kill test: a re-apply wrote the freshly built model
+    # (superduper's Update) and was killed before its fit job marked the run on it. The
+    # stored row then equals a freshly built LLM, which superduper would skip as "same".
+    settings = dict(SETTINGS, max_steps=20, save_steps=10, eval_steps=10)
+    model = fixtures.make_llm(db, tiny_model_dir, **settings)
+    db.apply(model, force=True, jobs=False)  # the Update, without its fit job
+    db.apply(
+        resume.TrainingRun(
+            resume.run_identifier("tiny", "old"), model="tiny", experiment_id="old",
+            settings=resume.run_settings(model, model.trainer), started_at=time.time(),
+        ),
+        force=True, jobs=False,
+    )
+    assert list_checkpoints(db, "tiny") == []
+
+    db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
+
+    rows = list_checkpoints(db, "tiny")
+    assert [(r["step"], r["experiment_id"]) for r in rows] == [(10, "old"), (20, "old")]
+    assert db.load("TrainingRun", resume.run_identifier("tiny", "old")).state == resume.FINISHED

@@ -86,7 +86,27 @@ class LLM(Model):
                 f"the LLM `{self.identifier}`'s `adapter_id` to another checkpoint."
             ) from e
         self._pipeline = None
+        self._show_interrupted_run()
         return self
+
+    def _show_interrupted_run(self) -> None:
+        """Carry an interrupted training run on this copy of the model (in memory).
+
+        superduper skips an apply whose model equals the stored one, and it loads and
+        sets up the stored copy to compare them. A process killed right after a
+        re-apply wrote the freshly built model, but before its fit job recorded the run
+        on it, leaves a stored row equal to a freshly built ``LLM``: the next re-apply
+        would do nothing, for ever. Showing the run here makes the two differ, so the
+        re-apply goes ahead and resumes the run (``LLM.create_jobs``).
+        """
+        marker = (self.metric_values or {}).get("training_run") or {}
+        if self.db is None or self.trainer is None or marker.get("state") == "running":
+            return
+        from superduper_transformers import resume
+
+        if resume.is_interrupted(self.db, self.identifier):
+            run = resume.unfinished_runs(self.db, self.identifier)[-1]
+            self.metric_values["training_run"] = {"experiment_id": run.experiment_id, "state": "running"}
 
     def model_load_kwargs(self) -> t.Dict[str, t.Any]:
         """Keyword arguments for loading the base model."""

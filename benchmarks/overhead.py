@@ -80,7 +80,7 @@ def run_baseline(model_dir, data, settings, lora, seq, out):
     :return: seconds inside ``trainer.train`` and the mean tokens per row.
     """
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from superduper_transformers.data import build_dataset
@@ -90,16 +90,6 @@ def run_baseline(model_dir, data, settings, lora, seq, out):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
     args = SFTConfig(output_dir=out, max_length=seq, eval_strategy="no", **settings)
-    timer = _Timer()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
-    trainer.train()
-    mean_len = sum(len(r) for r in ds["input_ids"]) / len(ds)
-    return timer.seconds, mean_len
-
-
-def _timer_class():
-    from transformers import TrainerCallback
-
     class Timer(TrainerCallback):
         """Time from on_train_begin to on_train_end, as the plugin arm is timed."""
 
@@ -109,11 +99,11 @@ def _timer_class():
         def on_train_end(self, *a, **k):
             self.seconds = time.perf_counter() - self.start
 
-    return Timer
-
-
-def _Timer():
-    return _timer_class()()
+    timer = Timer()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
+    trainer.train()
+    mean_len = sum(len(r) for r in ds["input_ids"]) / len(ds)
+    return timer.seconds, mean_len
 
 
 def run_plugin(model_dir, data, settings, lora, seq, out, store):

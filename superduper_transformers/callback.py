@@ -140,10 +140,8 @@ class LLMCallback(TrainerCallback):
             return
         self._connect()
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        numeric.setdefault("step", float(state.global_step))
-        prefix = _eval_prefix(numeric)
-        numeric[f"{prefix}_step"] = float(state.global_step)
-        numeric.pop("step")
+        numeric.pop("step", None)
+        numeric[f"{_eval_prefix(numeric)}_step"] = float(state.global_step)
         self.llm.append_metrics(numeric)
         self.llm.save()
 

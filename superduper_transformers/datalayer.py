@@ -56,11 +56,6 @@ def connect(uri: str, **kwargs):
     return _build(lambda **kw: superduper(uri, **kwargs, **kw))
 
 
-def serialize_config(db) -> t.Dict[str, t.Any]:
-    """The datalayer's config as a JSON-serialisable dict (what workers receive)."""
-    return db.cfg.dict()
-
-
 def datalayer_from_config(cfg: t.Any):
     """Build a datalayer from ``db.cfg.dict()`` (or a ``Config``) in this process.
 

@@ -9,6 +9,10 @@ flushed at once (a SIGKILL loses nothing written before it):
 ``{"event": "begin", "step": N}`` when training starts (N > 0 after a resume),
 ``{"event": "step", "step": N, "lr": ...}`` after every optimizer step.
 
+``hold`` (optional, ``{"step": N, "until": FILE}``) makes the worker wait after step N
+until FILE exists (``{"event": "holding", "step": N}`` is written first): tests
+synchronise processes on such events, never on their relative speed.
+
 ``SD_TRANSFORMERS_TEST_KILL_AT=step:N`` kills the process in the middle of step N
 (after the backward pass, before the optimizer step); the ``copy`` and ``registered``
 points are in the library (:mod:`superduper_transformers._faults`).
@@ -32,7 +36,7 @@ for _k, _v in {
     os.environ.setdefault(_k, _v)
 
 
-def _probe_callback(path: str):
+def _probe_callback(path: str, hold: dict | None = None):
     from transformers import TrainerCallback
 
     from superduper_transformers._faults import ENV
@@ -57,6 +61,10 @@ def _probe_callback(path: str):
         def on_step_end(self, args, state, control, optimizer=None, **kwargs):
             lr = kwargs.get("lr_scheduler").get_last_lr()[0] if kwargs.get("lr_scheduler") else None
             self.write(event="step", step=state.global_step, lr=lr)
+            if hold and state.global_step == hold["step"]:
+                self.write(event="holding", step=state.global_step)
+                while not os.path.exists(hold["until"]):
+                    time.sleep(0.05)
 
     return Probe()
 
@@ -75,7 +83,7 @@ def main(args: dict) -> None:
     train_func = training.train_func
 
     def probed_train_func(*a, callbacks=None, **kw):
-        return train_func(*a, callbacks=[*(callbacks or []), _probe_callback(args["probe"])], **kw)
+        return train_func(*a, callbacks=[*(callbacks or []), _probe_callback(args["probe"], args.get("hold"))], **kw)
 
     training.train_func = probed_train_func
     db = connect(args["uri"], force_apply=True)

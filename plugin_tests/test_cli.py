@@ -21,7 +21,7 @@ def test_cli_lists_models_checkpoints_and_answers(tiny_model_dir, tmp_path, caps
     try:
         db = superduper(f"sqlite:///{tmp_path / 'demo.db'}", force_apply=True)
         fixtures.insert_rows(db)
-        db.apply(fixtures.make_llm(db, tiny_model_dir, max_steps=300, save_steps=150, eval_steps=150), force=True)
+        db.apply(fixtures.make_llm(db, tiny_model_dir, max_steps=450, save_steps=225, eval_steps=225), force=True)
         adapter = db.load("LLM", "tiny").adapter_id.identifier
         capsys.readouterr()
 

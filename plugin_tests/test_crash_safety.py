@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLED = -signal.SIGKILL
 
 #: A linear schedule, so a restored scheduler is visible in the learning rate.
-LR, STEPS, SAVE = 4e-3, 300, 50
+LR, STEPS, SAVE = 4e-3, 450, 50
 SETTINGS = dict(
     learning_rate=LR,
     lr_scheduler_type="linear",
@@ -61,10 +61,15 @@ class Workspace:
         return os.path.join(self.root, f"probe-{identifier}.jsonl")
 
     def spawn(
-        self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None
+        self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None,
+        hold: t.Optional[t.Dict] = None,
     ) -> subprocess.Popen:
-        """Start a worker that applies (trains or resumes) the LLM ``identifier``."""
+        """Start a worker that applies (trains or resumes) the LLM ``identifier``.
+
+        ``hold={"step": N, "until": FILE}`` makes it wait after step N until FILE exists.
+        """
         args = dict(
+            hold=hold,
             uri=self.uri,
             store=self.store,
             model_dir=self.model_dir,
@@ -359,14 +364,19 @@ def test_only_a_compatible_interrupted_run_is_resumed(db, tiny_model_dir, tmp_pa
 def test_concurrent_trainings_prune_and_resume_only_their_own(ws, sdb):
     alpha_settings = dict(SETTINGS, max_steps=150, save_steps=25, eval_steps=25, save_total_limit=2)
     beta_settings = dict(SETTINGS, max_steps=400, save_steps=25, eval_steps=25, save_total_limit=2)
-    beta = ws.spawn("beta", beta_settings)
+    # beta cannot finish before the test has seen alpha killed and resumed: it holds
+    # after step 300 (having saved and pruned a dozen times) until released. Events,
+    # not relative speed, order the two processes.
+    release = os.path.join(ws.root, "release-beta")
+    beta = ws.spawn("beta", beta_settings, hold={"step": 300, "until": release})
     alpha = ws.spawn("alpha", alpha_settings, kill="copy:75")
     ws.wait(alpha, KILLED)
-    assert beta.poll() is None, "beta should still be training while alpha resumes"
     partial_alpha = ws.store_entries(artifacts.PARTIAL_PREFIX + artifacts.model_tag("alpha"))
     assert len(partial_alpha) == 1
     alpha = ws.spawn("alpha", alpha_settings)
     ws.wait(alpha, 0)
+    assert beta.poll() is None, "beta holds until released: it must still be running"
+    open(release, "w").close()
     ws.wait(beta, 0)
 
     assert ws.begin_step("alpha", alpha.pid) == 50  # its own run, its own last checkpoint
@@ -511,3 +521,57 @@ def test_reapply_resumes_when_killed_between_the_model_update_and_the_run_record
     rows = list_checkpoints(db, "tiny")
     assert [(r["step"], r["experiment_id"]) for r in rows] == [(10, "old"), (20, "old")]
     assert db.load("TrainingRun", resume.run_identifier("tiny", "old")).state == resume.FINISHED
+
+
+# -- the stored model never points at a pruned checkpoint -----------------------
+
+
+def _assert_stored_model_predicts(db, model: str, step: int) -> None:
+    """The stored row points at the checkpoint of ``step``, which loads and predicts."""
+    rows = list_checkpoints(db, model)
+    llm = db.load("LLM", model)  # raised NotFound when the row pointed at a pruned one
+    assert llm.adapter_id.identifier in {r["identifier"] for r in rows}
+    assert llm.adapter_id.step == step
+    assert isinstance(llm.predict("1+1="), str)
+
+
+def test_pruning_the_checkpoint_the_stored_model_pointed_at(db, tiny_model_dir, tmp_path):
+    # No evaluation, `save_total_limit=1`: every save prunes the previous checkpoint,
+    # which is the one the stored model row points at until the new one is recorded.
+    llm = fixtures.make_llm(
+        db, tiny_model_dir, max_steps=30, save_steps=10, eval_strategy="no",
+        save_total_limit=1, output_dir=str(tmp_path / "out"),
+    )
+    db.apply(llm, force=True)
+    assert [r["step"] for r in list_checkpoints(db, "tiny")] == [30]
+    _assert_stored_model_predicts(db, "tiny", 30)
+
+
+def test_resumed_run_prunes_the_checkpoint_the_stored_model_pointed_at(
+    db, tiny_model_dir, tmp_path, monkeypatch
+):
+    # Interrupted right after checkpoint 20 was registered, before pruning and before
+    # the model row pointed at it. The resumed run (from 20) prunes on every save the
+    # checkpoint the stored row pointed at until then, and finishes by reloading it.
+    settings = dict(
+        max_steps=40, save_steps=10, eval_strategy="no", save_total_limit=1,
+        output_dir=str(tmp_path / "out"),
+    )
+
+    def interrupt(point, step):
+        if (point, step) == ("registered", 20):
+            raise RuntimeError("interrupted after registering step 20")
+
+    monkeypatch.setattr(_faults, "crash_point", interrupt)
+    with pytest.raises(Exception, match="interrupted after registering step 20"):
+        db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
+    monkeypatch.undo()
+    assert db.load("LLM", "tiny").adapter_id.step == 10
+    assert [r["step"] for r in list_checkpoints(db, "tiny")] == [10, 20]
+
+    db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
+    (experiment_id,) = {r["experiment_id"] for r in list_checkpoints(db, "tiny")}
+    run = db.load("TrainingRun", resume.run_identifier("tiny", experiment_id))
+    assert run.state == resume.FINISHED and [r["step"] for r in run.resumes] == [20]
+    assert [r["step"] for r in list_checkpoints(db, "tiny")] == [40]
+    _assert_stored_model_predicts(db, "tiny", 40)

@@ -1,4 +1,10 @@
-"""Full fine-tuning and QLoRA (4 and 8 bits, bitsandbytes' CPU backend) through the datalayer."""
+"""Full fine-tuning and QLoRA (4 and 8 bits, bitsandbytes' CPU backend) through the datalayer.
+
+Learning margins: each test gives about twice the steps after which its configuration
+answered at least 31 of 32 in measured learning curves, on a CPU with native bf16 and
+with torch limited to AVX2 kernels in fp32 (floating-point kernels differ between CPUs,
+so the same seed follows another trajectory on another machine).
+"""
 
 from __future__ import annotations
 
@@ -19,10 +25,10 @@ def _train_and_reload(db, tiny_model_dir, identifier, **kwargs):
 
 def test_full_fine_tuning_learns_and_stores_full_weights(db, tiny_model_dir):
     llm, rows = _train_and_reload(
-        db, tiny_model_dir, "full", use_lora=False, max_steps=300, save_steps=150,
-        eval_steps=150, learning_rate=3e-3,
+        db, tiny_model_dir, "full", use_lora=False, max_steps=450, save_steps=225,
+        eval_steps=225, learning_rate=3e-3,
     )
-    assert [r["step"] for r in rows] == [150, 300]
+    assert [r["step"] for r in rows] == [225, 450]
     path = db.load("Checkpoint", rows[-1]["identifier"]).local_path
     files = set(os.listdir(path))
     assert "model.safetensors" in files and "adapter_config.json" not in files
@@ -31,7 +37,7 @@ def test_full_fine_tuning_learns_and_stores_full_weights(db, tiny_model_dir):
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_learns_on_cpu_and_registers_checkpoints(db, tiny_model_dir, bits):
-    steps = 300
+    steps = 450
     llm, rows = _train_and_reload(
         db, tiny_model_dir, f"q{bits}", bits=bits, max_steps=steps, save_steps=steps // 2,
         eval_steps=steps // 2,
@@ -64,10 +70,10 @@ def test_chat_format_training_and_prediction(db, tiny_model_dir, tmp_path):
     tokenizer.save_pretrained(model_dir)
 
     llm, rows = _train_and_reload(
-        db, model_dir, "chat", setup_chat_format=True, max_steps=450, save_steps=450,
-        eval_steps=450,
+        db, model_dir, "chat", setup_chat_format=True, max_steps=900, save_steps=900,
+        eval_steps=900,
     )
-    assert [r["step"] for r in rows] == [450]
+    assert [r["step"] for r in rows] == [900]
     # predict wraps the bare question the same way: "[user]5+1=[assistant]" -> "6"
     assert fixtures.answered(llm) >= 31, fixtures.answers(llm)
 
@@ -78,7 +84,7 @@ def test_whole_text_training_with_a_single_key(db, tiny_model_dir):
     db.apply(Table("lines", fields={"text": "str", "_fold": "str"}), force=True)
     db["lines"].insert([{"text": p + c, "_fold": "train"} for p, c in fixtures.FACTS])
     llm, rows = _train_and_reload(
-        db, tiny_model_dir, "lines", table="lines", key="text", max_steps=450, save_steps=450,
+        db, tiny_model_dir, "lines", table="lines", key="text", max_steps=1200, save_steps=1200,
     )
-    assert [r["step"] for r in rows] == [450]
+    assert [r["step"] for r in rows] == [1200]
     assert fixtures.answered(llm) >= 31, fixtures.answers(llm)

@@ -111,7 +111,7 @@ def free_port():
 
 
 # -- 1. two workers through the datalayer -------------------------------------
-STEPS, SAVE_EVERY, LIMIT = 200, 50, 2
+STEPS, SAVE_EVERY, LIMIT = 300, 75, 2
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,8 @@ def ray_trained(tiny_model_dir, tmp_path_factory):
 def test_two_workers_learn_the_facts(ray_trained):
     llm = ray_trained["db"].load("LLM", "tiny")
     assert ray_trained["before"] <= 4
-    # 2 workers x batch 8: 200 steps see as many examples as 400 local ones.
+    # 2 workers x batch 8: 300 steps see as many examples as 600 local ones (local
+    # LoRA answers all 32 after 225 steps: a margin of more than 2x).
     assert fixtures.answered(llm) >= 31, fixtures.answers(llm)
 
 

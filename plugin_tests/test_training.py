@@ -13,7 +13,7 @@ import pytest
 from plugin_tests import fixtures
 from superduper_transformers.checkpoint import file_manifest, list_checkpoints
 
-STEPS, SAVE_EVERY, LIMIT = 300, 50, 3
+STEPS, SAVE_EVERY, LIMIT = 450, 75, 3
 
 
 @pytest.fixture(scope="module", params=["mongomock", "sqlite"])

@@ -116,9 +116,13 @@ class LLMCallback(TrainerCallback):
             step=state.global_step,
             metrics=latest_metrics(state.log_history, state.global_step),
         )
+        # Point the *stored* model row at the new checkpoint before pruning anything:
+        # pruning may delete the checkpoint the stored row pointed at until now (the
+        # previous save, when an older one is the best), and a row that references a
+        # deleted checkpoint can neither be loaded nor saved again.
         self.llm.adapter_id = ckpt
-        self._prune(args)
         self.llm.save()
+        self._prune(args)
 
     def _prune(self, args) -> None:
         rows = ckpts.list_checkpoints(self.db, self.identifier, self.run_id)

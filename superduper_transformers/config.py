@@ -13,6 +13,8 @@ import functools
 import os
 import typing as t
 
+from superduper_transformers import settings as resolved
+
 if t.TYPE_CHECKING:
     from superduper_transformers.trainer import LLMTrainer
 
@@ -130,6 +132,11 @@ def validate_trainer(trainer: "LLMTrainer") -> None:
             f"`save_total_limit` must be None (keep every checkpoint) or an integer >= 1, "
             f"got {limit!r}."
         )
+    if tk.get("bf16") and tk.get("fp16"):
+        issues.append(
+            "`bf16=True` and `fp16=True` were both given: choose one, or neither to let the "
+            "plugin choose from the hardware (bf16 where it is native, else fp32 on the CPU)."
+        )
     if trainer.resume_from_db not in VALID_RESUME:
         issues.append(
             f"`resume_from_db` must be one of {VALID_RESUME}, got {trainer.resume_from_db!r}."
@@ -188,6 +195,32 @@ def output_dir_for(trainer: "LLMTrainer", model_identifier: str) -> str:
     )
 
 
+def _ray_use_gpu(ray_configs) -> t.Optional[bool]:
+    """``ScalingConfig.use_gpu`` of ``ray_configs`` (None for a local training)."""
+    if ray_configs is None:
+        return None
+    if hasattr(ray_configs, "unpack"):
+        ray_configs = ray_configs.unpack()
+    scaling = (ray_configs or {}).get("scaling_config") if isinstance(ray_configs, dict) else None
+    use_gpu = scaling.get("use_gpu") if isinstance(scaling, dict) else getattr(scaling, "use_gpu", False)
+    return bool(use_gpu)
+
+
+def precision_for(trainer: "LLMTrainer") -> resolved.Precision:
+    """The training precision of ``trainer``: its explicit ``bf16``/``fp16``, else the hardware's.
+
+    The one place it is resolved: the ``SFTConfig``, the QLoRA compute dtype and
+    prediction all read this value.
+    """
+    tk = trainer.training_kwargs or {}
+    device = resolved.training_device(
+        bool(tk.get("use_cpu")),
+        getattr(trainer, "num_gpus", None),
+        _ray_use_gpu(getattr(trainer, "ray_configs", None)),
+    )
+    return resolved.resolve_precision(device, tk.get("bf16"), tk.get("fp16"))
+
+
 def build_sft_config(trainer: "LLMTrainer", output_dir: str, has_eval: bool, **overrides):
     """Turn the trainer's settings into trl's ``SFTConfig``.
 
@@ -218,6 +251,13 @@ def build_sft_config(trainer: "LLMTrainer", output_dir: str, has_eval: bool, **o
     if trainer.num_gpus == 0:
         kwargs["use_cpu"] = True
     kwargs.update(overrides)
+    # trl turns bf16 on by default, also on CPUs that only emulate it (20x slower):
+    # the precision is resolved from the hardware unless the user set it.
+    precision = precision_for(trainer)
+    kwargs.update(precision.trainer_kwargs())
+    from superduper import logging
+
+    logging.info(f"Precision: {precision.name} on {precision.device} ({precision.reason})")
     # ``save_safetensors`` was removed from TrainingArguments in some releases.
     kwargs = {k: v for k, v in kwargs.items() if k in sft_config_fields()}
     args = SFTConfig(**kwargs)

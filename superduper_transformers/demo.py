@@ -93,6 +93,13 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default="demo_data", help="folder for the db, artifacts and model")
     parser.add_argument("--steps", type=int, default=16, help="training steps")
     parser.add_argument("--fresh", action="store_true", help="start from an empty database")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="auto: bf16 where the hardware computes it natively, else fp32 (the default); "
+        "bf16/fp32 force one (bf16 was trl's default before the plugin chose)",
+    )
     args = parser.parse_args(argv)
 
     data = os.path.abspath(args.data)
@@ -153,6 +160,7 @@ def main(argv=None) -> None:
         save_total_limit=2,
         use_cpu=True,
         seed=0,
+        **({} if args.precision == "auto" else {"bf16": args.precision == "bf16"}),
         disable_tqdm=True,
         output_dir=os.path.join(data, "training", run),
     )

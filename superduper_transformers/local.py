@@ -7,6 +7,7 @@ import typing as t
 from superduper import logging
 
 from superduper_transformers.lora import prepare_lora_training
+from superduper_transformers.settings import precision_of
 from superduper_transformers.loading import load_causal_lm, load_tokenizer
 from superduper_transformers.quantization import (
     create_quantization_config,
@@ -17,11 +18,16 @@ if t.TYPE_CHECKING:
     from superduper_transformers.trainer import LLMTrainer
 
 
-def load_model_for_training(model_kwargs: t.Dict, config: t.Optional["LLMTrainer"], local_rank=None):
-    """Load the base model, quantized when ``config.bits`` is set, then wrap it for LoRA."""
+def load_model_for_training(
+    model_kwargs: t.Dict, config: t.Optional["LLMTrainer"], local_rank=None, precision=None
+):
+    """Load the base model, quantized when ``config.bits`` is set, then wrap it for LoRA.
+
+    ``precision`` (resolved from the training arguments) sets the QLoRA compute dtype.
+    """
     kwargs = dict(model_kwargs)
     if config is not None and config.bits is not None:
-        kwargs["quantization_config"] = create_quantization_config(config)
+        kwargs["quantization_config"] = create_quantization_config(config, precision)
         kwargs.setdefault("device_map", device_map_for_quantized(local_rank))
     model = load_causal_lm(kwargs)
     if config is not None:
@@ -67,7 +73,9 @@ def train_func(
     # seed first, so the same settings give the same run in any process.
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(tokenizer_kwargs)
-    model = load_model_for_training(model_kwargs, config, kwargs.get("local_rank"))
+    model = load_model_for_training(
+        model_kwargs, config, kwargs.get("local_rank"), precision_of(training_args)
+    )
     if isinstance(eval_datasets, dict) and not eval_datasets:
         eval_datasets = None
     trainer = SFTTrainer(

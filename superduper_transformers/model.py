@@ -157,6 +157,14 @@ class LLM(Model):
         logging.info(f"LLM {self.identifier}: loaded {self.model_name_or_path} + {path}")
         return model, tokenizer
 
+    def precision(self):
+        """The precision of prediction: the trainer's explicit ``bf16``/``fp16``, else the
+        one training chooses on this hardware (bf16 where native, else fp32 on the CPU)."""
+        from superduper_transformers.settings import resolve_precision
+
+        tk = getattr(self.trainer, "training_kwargs", None) or {}
+        return resolve_precision(loading.default_device(), tk.get("bf16"), tk.get("fp16"))
+
     def _get_pipeline(self):
         if self._pipeline is None:
             self._pipeline = self._load()
@@ -185,7 +193,11 @@ class LLM(Model):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         kwargs = {**DEFAULT_PREDICT_KWARGS, **(self.predict_kwargs or {})}
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-        with torch.no_grad():
+        precision = self.precision()
+        autocast = torch.autocast(
+            model.device.type, dtype=precision.torch_dtype, enabled=precision.name != "fp32"
+        )
+        with torch.no_grad(), autocast:
             out = model.generate(**batch, **kwargs)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -11,24 +11,21 @@ if t.TYPE_CHECKING:
 
 
 def compute_dtype(config: "LLMTrainer"):
-    """The dtype for computation: bf16 or fp16 when the trainer asks for it, else fp32."""
-    import torch
+    """The 4-bit compute dtype: the training precision resolved for ``config`` (bf16/fp16/fp32)."""
+    from superduper_transformers.config import precision_for
 
-    tk = config.training_kwargs or {}
-    if tk.get("bf16"):
-        return torch.bfloat16
-    if tk.get("fp16"):
-        return torch.float16
-    return torch.float32
+    return precision_for(config).torch_dtype
 
 
-def create_quantization_config(config: "LLMTrainer"):
+def create_quantization_config(config: "LLMTrainer", precision=None):
     """Create the bitsandbytes quantization config for ``config.bits``.
 
     4 bits: NF4 with double quantization and the compute dtype of the training
     precision (bf16/fp16/fp32). 8 bits: LLM.int8. ``bits=None``: no quantization.
 
     :param config: The ``LLMTrainer`` whose ``bits`` and precision settings are used.
+    :param precision: The resolved training precision (a ``settings.Precision``); by
+        default resolved from ``config`` and the hardware, as the trainer does.
     :return: a ``transformers.BitsAndBytesConfig`` or None.
     """
     if config.bits is None:
@@ -41,7 +38,7 @@ def create_quantization_config(config: "LLMTrainer"):
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(config),
+            bnb_4bit_compute_dtype=(precision.torch_dtype if precision else compute_dtype(config)),
         )
     if config.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)

@@ -30,7 +30,7 @@ def test_cli_lists_models_checkpoints_and_answers(tiny_model_dir, tmp_path, caps
 
         cli.main(["--data", str(tmp_path), "checkpoints", "--model", "tiny"])
         lines = capsys.readouterr().out.strip().splitlines()
-        assert [re.search(r"step=(\d+)", line).group(1) for line in lines] == ["150", "300"]
+        assert [re.search(r"step=(\d+)", line).group(1) for line in lines] == ["225", "450"]
         assert [line.split()[1] for line in lines if line.startswith("*")] == [adapter]
         assert all("eval_loss=" in line for line in lines)
 

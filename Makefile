@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo test test-slow test-gpu test-all clean
+.PHONY: install demo lint test test-slow test-gpu test-all clean
 
 # CPU torch first (PyPI's default torch is a ~3 GB CUDA build), then the package.
 .venv/.installed: pyproject.toml
@@ -24,7 +24,13 @@ install: .venv/.installed
 demo: install
 	$(PY) -m superduper_transformers.demo
 
-test: install
+# Lint, format check and the import contracts (the layers in pyproject.toml).
+lint: install
+	.venv/bin/ruff check superduper_transformers plugin_tests benchmarks
+	.venv/bin/ruff format --check superduper_transformers plugin_tests benchmarks
+	.venv/bin/lint-imports
+
+test: install lint
 	$(PY) -m pytest -q
 
 test-slow: install

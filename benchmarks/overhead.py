@@ -83,7 +83,7 @@ def run_baseline(model_dir, data, settings, lora, seq, out):
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from superduper_transformers.data import build_dataset
+    from superduper_transformers.hf.data import build_dataset
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ds = build_dataset(tok, data, "x", "y", seq)
@@ -115,7 +115,7 @@ def run_plugin(model_dir, data, settings, lora, seq, out, store):
     from superduper.base import apply as sd_apply
 
     from superduper_transformers import LLM, LLMTrainer
-    from superduper_transformers.callback import LLMCallback
+    from superduper_transformers.launch.callback import LLMCallback
 
     sd_apply.console.quiet = True
     spent = {"on_save": 0.0, "saves": 0}

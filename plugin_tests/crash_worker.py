@@ -73,19 +73,22 @@ def main(args: dict) -> None:
     """Apply the LLM described by ``args`` (training it, or resuming its interrupted run)."""
     from superduper import CFG
 
-    from superduper_transformers.datalayer import connect
+    from superduper_transformers.store.datalayer import connect
 
     CFG.artifact_store = f"filesystem://{args['store']}"
 
+    import dataclasses as dc
+
     from plugin_tests import fixtures
-    from superduper_transformers import training
+    from superduper_transformers.hf import train as hf_train
 
-    train_func = training.train_func
+    run_job = hf_train.run_job
 
-    def probed_train_func(*a, callbacks=None, **kw):
-        return train_func(*a, callbacks=[*(callbacks or []), _probe_callback(args["probe"], args.get("hold"))], **kw)
+    def probed_run_job(job):
+        probe = _probe_callback(args["probe"], args.get("hold"))
+        return run_job(dc.replace(job, callbacks=[*job.callbacks, probe]))
 
-    training.train_func = probed_train_func
+    hf_train.run_job = probed_run_job
     db = connect(args["uri"], force_apply=True)
     llm = fixtures.make_llm(
         db, args["model_dir"], identifier=args["identifier"], table=args["table"], **args["settings"]

@@ -20,7 +20,9 @@ import typing as t
 import pytest
 
 from plugin_tests import fixtures
-from superduper_transformers import _faults, artifacts, resume
+from superduper_transformers import _faults, resume
+from superduper_transformers.trainer import run_settings
+from superduper_transformers.store import artifacts
 from superduper_transformers.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -278,19 +280,21 @@ def _raise_at_step(monkeypatch, step: int) -> None:
     """Make trainings in this process fail at ``step`` (an interruption without a kill)."""
     from transformers import TrainerCallback
 
-    from superduper_transformers import training
+    import dataclasses as dc
+
+    from superduper_transformers.hf import train as hf_train
 
     class Fail(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == step:
                 raise RuntimeError(f"interrupted at step {step}")
 
-    train_func = training.train_func
+    run_job = hf_train.run_job
 
-    def failing(*args, callbacks=None, **kwargs):
-        return train_func(*args, callbacks=[*callbacks, Fail()], **kwargs)
+    def failing(job):
+        return run_job(dc.replace(job, callbacks=[*job.callbacks, Fail()]))
 
-    monkeypatch.setattr(training, "train_func", failing)
+    monkeypatch.setattr(hf_train, "run_job", failing)
 
 
 def test_resume_skips_a_checkpoint_that_fails_verification(
@@ -333,7 +337,7 @@ def test_only_a_compatible_interrupted_run_is_resumed(db, tiny_model_dir, tmp_pa
                 resume.run_identifier("tiny", experiment_id),
                 model="tiny",
                 experiment_id=experiment_id,
-                settings=resume.run_settings(model, model.trainer), started_at=time.time(),
+                settings=run_settings(model, model.trainer), started_at=time.time(),
             ),
             force=True, jobs=False,
         )
@@ -344,15 +348,15 @@ def test_only_a_compatible_interrupted_run_is_resumed(db, tiny_model_dir, tmp_pa
     assert resume.is_interrupted(db, "tiny")
     # Bookkeeping and the length of training may change: the run resumes.
     longer = llm(max_steps=2 * STEPS, logging_steps=10)
-    assert resume.start_run(db, longer, longer.trainer, out).experiment_id == "old"
+    assert resume.start_run(db, longer, run_settings(longer, longer.trainer), out).experiment_id == "old"
     # A setting that shapes the optimisation changed: a fresh run.
     changed = llm(learning_rate=LR / 2)
-    fresh = resume.start_run(db, changed, changed.trainer, out)
+    fresh = resume.start_run(db, changed, run_settings(changed, changed.trainer), out)
     assert fresh.experiment_id != "old" and fresh.step == 0
     assert db.load("TrainingRun", resume.run_identifier("tiny", "old")).state == resume.ABANDONED
     # `resume_from_db="never"`: a fresh run even with the same settings.
     never = llm(learning_rate=LR / 2, resume_from_db="never")
-    plan = resume.start_run(db, never, never.trainer, out)
+    plan = resume.start_run(db, never, run_settings(never, never.trainer), out, "never")
     assert plan.experiment_id not in {"old", fresh.experiment_id}
     run = db.load("TrainingRun", resume.run_identifier("tiny", fresh.experiment_id))
     assert run.state == resume.ABANDONED
@@ -510,7 +514,7 @@ def test_reapply_resumes_when_killed_between_the_model_update_and_the_run_record
     db.apply(
         resume.TrainingRun(
             resume.run_identifier("tiny", "old"), model="tiny", experiment_id="old",
-            settings=resume.run_settings(model, model.trainer), started_at=time.time(),
+            settings=run_settings(model, model.trainer), started_at=time.time(),
         ),
         force=True, jobs=False,
     )

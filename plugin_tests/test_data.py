@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from superduper_transformers.data import IGNORE_INDEX, DataError, check_rows
+from superduper_transformers.hf.data import IGNORE_INDEX, DataError, check_rows
 from superduper_transformers.training import tokenize
 
 

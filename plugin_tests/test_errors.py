@@ -10,9 +10,9 @@ import pytest
 from plugin_tests import fixtures
 from superduper_transformers import LLM, LLMTrainer
 from superduper_transformers.checkpoint import CheckpointError, list_checkpoints
-from superduper_transformers.config import ConfigError, UnknownKeywordError
-from superduper_transformers.data import DataError
-from superduper_transformers.loading import ModelPathError
+from superduper_transformers.trainer_args import ConfigError, UnknownKeywordError
+from superduper_transformers.hf.data import DataError
+from superduper_transformers.hf.loading import ModelPathError
 from superduper_transformers.training import LLMCallback
 
 
@@ -145,7 +145,7 @@ def test_adapter_path_that_does_not_exist(tiny_model_dir, tmp_path):
 
 
 def test_num_gpus_zero_trains_on_the_cpu(db):
-    from superduper_transformers.config import build_sft_config
+    from superduper_transformers.trainer_args import build_sft_config
 
     trainer = LLMTrainer("t", key=("x", "y"), select=db["facts"].select(), num_gpus=0)
     args = build_sft_config(trainer, output_dir="/tmp/unused", has_eval=False)

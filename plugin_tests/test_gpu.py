@@ -44,7 +44,7 @@ def test_several_gpus_without_a_choice_is_an_error(db, tiny_model_dir, monkeypat
 
 def test_num_gpus_one_uses_one_gpu(db):
     from superduper_transformers import LLMTrainer
-    from superduper_transformers.config import build_sft_config
+    from superduper_transformers.trainer_args import build_sft_config
 
     trainer = LLMTrainer("t", key=("x", "y"), select=db["facts"].select(), num_gpus=1, **GPU)
     args = build_sft_config(trainer, output_dir="/tmp/unused", has_eval=False)

@@ -317,8 +317,8 @@ class StepLog(TrainerCallback):
 
 
 def tokenized_facts(model_dir):
-    from superduper_transformers.data import build_dataset
-    from superduper_transformers.loading import load_tokenizer
+    from superduper_transformers.hf.data import build_dataset
+    from superduper_transformers.hf.loading import load_tokenizer
 
     tokenizer = load_tokenizer({"pretrained_model_name_or_path": model_dir})
     rows = [{"x": x, "y": y} for x, y in fixtures.FACTS]
@@ -332,7 +332,7 @@ def test_dead_worker_is_restarted_and_resumes_from_the_latest_checkpoint(
     from ray.train import FailureConfig, RunConfig
 
     from superduper_transformers import LLM, LLMTrainer
-    from superduper_transformers.config import build_sft_config
+    from superduper_transformers.trainer_args import build_sft_config
     from superduper_transformers.training import train
 
     db = sqlite_db
@@ -448,8 +448,8 @@ def test_train_on_a_running_cluster(sqlite_db, tiny_model_dir, tmp_path, ray_hea
 # -- 5. bad set-ups fail before anything is written ---------------------------
 def test_missing_scaling_config_is_an_error(tmp_path):
     from superduper_transformers import LLMTrainer
-    from superduper_transformers.config import ConfigError
-    from superduper_transformers.ray_config import RayConfigError
+    from superduper_transformers.trainer_args import ConfigError
+    from superduper_transformers.launch.ray_settings import RayConfigError
     from superduper_transformers.training import train
 
     with pytest.raises(ConfigError, match="`ray_configs` needs a `scaling_config`"):
@@ -465,7 +465,7 @@ def test_missing_scaling_config_is_an_error(tmp_path):
 def test_relative_artifact_store_is_refused_before_the_apply(tiny_model_dir, tmp_path, ray_tmp, monkeypatch):
     from superduper import CFG, superduper
 
-    from superduper_transformers.ray_config import RayConfigError
+    from superduper_transformers.launch.ray_settings import RayConfigError
 
     # superduper writes the trainer's ray_configs blob to the (relative) store while it
     # plans the apply, before the refusal: keep that file out of the repository.
@@ -484,7 +484,7 @@ def test_relative_artifact_store_is_refused_before_the_apply(tiny_model_dir, tmp
 
 
 def test_in_process_database_is_refused(db, tiny_model_dir, ray_tmp):
-    from superduper_transformers.ray_config import RayConfigError
+    from superduper_transformers.launch.ray_settings import RayConfigError
 
     llm = fixtures.make_llm(db, tiny_model_dir, ray_configs=ray_configs(ray_tmp))
     with pytest.raises(RayConfigError, match=r"`mongomock://.*` lives inside this process"):
@@ -493,7 +493,7 @@ def test_in_process_database_is_refused(db, tiny_model_dir, ray_tmp):
 
 
 def test_unreachable_address_fails_fast_and_writes_nothing(sqlite_db, tiny_model_dir):
-    from superduper_transformers.ray_config import RayConfigError
+    from superduper_transformers.launch.ray_settings import RayConfigError
 
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     llm = fixtures.make_llm(sqlite_db, tiny_model_dir, ray_configs=ray_configs(None, address=address))
@@ -506,18 +506,18 @@ def test_unreachable_address_fails_fast_and_writes_nothing(sqlite_db, tiny_model
 
 
 def test_local_only_settings_with_an_address_are_an_error():
-    from superduper_transformers.ray_config import RayConfigError, check_ray_configs
+    from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_configs
 
     with pytest.raises(RayConfigError, match="both `address` and `temp_dir`"):
         check_ray_configs({"scaling_config": {}, "address": "10.0.0.5:6379", "temp_dir": "/tmp/x"})
     with pytest.raises(RayConfigError, match="not `host:port`"):
-        from superduper_transformers.ray_config import check_address
+        from superduper_transformers.launch.ray_settings import check_address
 
         check_address("my-cluster")
 
 
 def test_workers_get_an_offline_environment_and_the_artifact_store(sqlite_db, artifact_store, monkeypatch):
-    from superduper_transformers.ray import worker_env
+    from superduper_transformers.launch.ray_train import worker_env
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("PYTHONPATH", REPO)
@@ -532,7 +532,7 @@ def test_ray_configs_survive_the_database(db):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from superduper_transformers import LLMTrainer
-    from superduper_transformers.ray_config import ray_config_objects
+    from superduper_transformers.launch.ray_settings import ray_config_objects
 
     run = RunConfig(
         name="run",

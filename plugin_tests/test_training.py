@@ -160,7 +160,7 @@ def test_opening_the_db_survives_a_checkpoint_pruned_meanwhile(tmp_path, monkeyp
     from superduper.base.exceptions import NotFound
 
     from superduper_transformers.checkpoint import register_checkpoint
-    from superduper_transformers.datalayer import connect
+    from superduper_transformers.store.datalayer import connect
 
     monkeypatch.setattr(CFG, "artifact_store", f"filesystem://{tmp_path / 'store'}")
     uri = f"sqlite:///{tmp_path / 'db.sqlite'}"

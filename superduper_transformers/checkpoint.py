@@ -1,7 +1,7 @@
 """The ``Checkpoint`` component: a training checkpoint folder stored in the datalayer.
 
 A checkpoint's files are copied into the datalayer's artifact store before its row
-is written (atomically: see :mod:`superduper_transformers.artifacts`); the row records
+is written (atomically: see :mod:`superduper_transformers.store.artifacts`); the row records
 the run (``model``, ``experiment_id``), the global ``step``, the metrics at that step
 and a manifest (name, size, sha256 of every file, computed from the trained files)
 used to verify the stored copy before anything is loaded from it.
@@ -158,7 +158,7 @@ def register_checkpoint(
     """Copy a checkpoint folder into the artifact store and record it in the db.
 
     The row becomes visible only after every file is in the store and matches the
-    manifest of the source folder (see :mod:`superduper_transformers.artifacts`).
+    manifest of the source folder (see :mod:`superduper_transformers.store.artifacts`).
     Registering a step that is already registered (and intact) is a no-op.
 
     :param db: The datalayer.
@@ -170,7 +170,7 @@ def register_checkpoint(
     """
     from superduper.base.datatype import FileItem
 
-    from superduper_transformers import artifacts
+    from superduper_transformers.store import artifacts
 
     identifier = checkpoint_identifier(model, experiment_id, step)
     existing = _intact_checkpoint(db, identifier)

@@ -24,7 +24,7 @@ def _connect(args):
 
     store = args.artifact_store or f"filesystem://{os.path.abspath(os.path.join(args.data, 'artifact_store'))}"
     CFG.artifact_store = store
-    from superduper_transformers.datalayer import connect
+    from superduper_transformers.store.datalayer import connect
     from superduper.base import apply as sd_apply
 
     sd_apply.console.quiet = True

@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     sd_apply.console.quiet = True  # no deployment-plan panels on every checkpoint
 
     from superduper_transformers import LLM, LLMTrainer
-    from superduper_transformers.datalayer import connect
+    from superduper_transformers.store.datalayer import connect
     from superduper_transformers.checkpoint import list_checkpoints
 
     t0 = time.time()

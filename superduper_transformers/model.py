@@ -10,9 +10,10 @@ from superduper import logging
 from superduper.base.annotations import trigger
 from superduper.components.model import Model
 
-from superduper_transformers import loading
+from superduper_transformers import resume
+from superduper_transformers.hf import loading
 from superduper_transformers.checkpoint import Checkpoint, CheckpointError
-from superduper_transformers.data import build_prompt
+from superduper_transformers.hf.data import build_prompt
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
 
@@ -86,27 +87,9 @@ class LLM(Model):
                 f"the LLM `{self.identifier}`'s `adapter_id` to another checkpoint."
             ) from e
         self._pipeline = None
-        self._show_interrupted_run()
+        if self.trainer is not None:
+            resume.show_interrupted_run(self)
         return self
-
-    def _show_interrupted_run(self) -> None:
-        """Carry an interrupted training run on this copy of the model (in memory).
-
-        superduper skips an apply whose model equals the stored one, and it loads and
-        sets up the stored copy to compare them. A process killed right after a
-        re-apply wrote the freshly built model, but before its fit job recorded the run
-        on it, leaves a stored row equal to a freshly built ``LLM``: the next re-apply
-        would do nothing, for ever. Showing the run here makes the two differ, so the
-        re-apply goes ahead and resumes the run (``LLM.create_jobs``).
-        """
-        marker = (self.metric_values or {}).get("training_run") or {}
-        if self.db is None or self.trainer is None or marker.get("state") == "running":
-            return
-        from superduper_transformers import resume
-
-        if resume.is_interrupted(self.db, self.identifier):
-            run = resume.unfinished_runs(self.db, self.identifier)[-1]
-            self.metric_values["training_run"] = {"experiment_id": run.experiment_id, "state": "running"}
 
     def model_load_kwargs(self) -> t.Dict[str, t.Any]:
         """Keyword arguments for loading the base model."""
@@ -139,7 +122,7 @@ class LLM(Model):
         bits = getattr(self.trainer, "bits", None)
         if bits is not None and path and loading.is_adapter_dir(path):
             # A QLoRA adapter was trained against the quantized base: predict with the same.
-            from superduper_transformers.quantization import (
+            from superduper_transformers.hf.quantization import (
                 create_quantization_config,
                 device_map_for_quantized,
             )
@@ -209,11 +192,8 @@ class LLM(Model):
         superduper plans an apply (this method) before it executes the plan, so an
         error raised here leaves the database as it was.
         """
-        if requires and self.trainer is not None:
-            from superduper_transformers.resume import is_interrupted
-
-            if is_interrupted(self.db, self.identifier):
-                requires = None  # re-applying a model whose training was cut off trains it again
+        if requires and self.trainer is not None and resume.is_interrupted(self.db, self.identifier):
+            requires = None  # re-applying a model whose training was cut off trains it again
         triggers = self.get_triggers(event_type, requires=requires)
         if "fit_in_db" in triggers and self.trainer is not None:
             from superduper_transformers.trainer import preflight

@@ -1,5 +1,10 @@
 """Training runs in the db, and resuming an interrupted one from its latest checkpoint.
 
+This module owns the run lifecycle: the ``TrainingRun`` row, the ``training_run``
+marker on the model row (:func:`start_run`, :func:`finish_run`,
+:func:`show_interrupted_run`), and the decision to train again on a re-apply
+(:func:`is_interrupted`, asked by ``LLM.create_jobs``).
+
 Every training of an ``LLM`` is a ``TrainingRun`` row (``state='running'``) from its
 start until ``fit`` returns (``state='finished'``). A process that is killed, or a
 training that raises, leaves the row ``running``: the run is *interrupted*. Applying
@@ -15,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses as dc
-import json
 import os
 import re
 import shutil
@@ -24,15 +28,13 @@ import typing as t
 import uuid
 
 from superduper import Component, logging
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from superduper_transformers import artifacts
+from superduper_transformers.store import artifacts
 from superduper_transformers import checkpoint as ckpts
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
-
-    from superduper_transformers.model import LLM
-    from superduper_transformers.trainer import LLMTrainer
 
 RUNNING, FINISHED, ABANDONED = "running", "finished", "abandoned"
 
@@ -97,27 +99,6 @@ def run_identifier(model: str, experiment_id: str) -> str:
     return f"{model}-run-{experiment_id}"
 
 
-def run_settings(model: "LLM", trainer: "LLMTrainer") -> t.Dict[str, t.Any]:
-    """The settings that shape a training, as JSON (compared before resuming).
-
-    :param model: The ``LLM``.
-    :param trainer: Its ``LLMTrainer``.
-    """
-    settings = dict(trainer.training_kwargs or {})
-    for name in (
-        "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-        "lora_bias", "lora_modules_to_save", "bits", "max_seq_length", "setup_chat_format",
-    ):
-        settings[name] = getattr(trainer, name)
-    settings.update(
-        key=trainer.key,
-        model_name_or_path=model.model_name_or_path,
-        prompt_template=model.prompt_template,
-    )
-    kept = {k: v for k, v in settings.items() if k not in CHANGES_THAT_RESUME}
-    return json.loads(json.dumps(kept, default=repr, sort_keys=True))
-
-
 def unfinished_runs(db: "Datalayer", model: str) -> t.List[TrainingRun]:
     """The runs of ``model`` left ``running`` in the db, oldest first."""
     from superduper.base import exceptions
@@ -178,18 +159,18 @@ def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
     """
     os.makedirs(output_dir, exist_ok=True)
     for name in os.listdir(output_dir):
-        m = re.fullmatch(r"checkpoint-(\d+)", name)
+        m = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
         if m and int(m.group(1)) >= ckpt.step:
             shutil.rmtree(os.path.join(output_dir, name))
-    dest = os.path.join(output_dir, f"checkpoint-{ckpt.step}")
+    dest = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{ckpt.step}")
     shutil.copytree(ckpt.local_path, dest)
     ckpts.verify_directory(dest, ckpt.manifest, ckpt.identifier)
     return dest
 
 
-def _resumable(run: TrainingRun, trainer: "LLMTrainer", settings: t.Dict) -> bool:
+def _resumable(run: TrainingRun, policy: str, settings: t.Dict) -> bool:
     """Whether the interrupted ``run`` may be resumed with these settings (logs why not)."""
-    if trainer.resume_from_db == "never":
+    if policy == "never":
         logging.info(
             f"Run {run.experiment_id} was interrupted; `resume_from_db='never'`: starting fresh"
         )
@@ -206,20 +187,24 @@ def _resumable(run: TrainingRun, trainer: "LLMTrainer", settings: t.Dict) -> boo
     return True
 
 
-def start_run(db: "Datalayer", model: "LLM", trainer: "LLMTrainer", output_dir: str) -> RunPlan:
+def start_run(
+    db: "Datalayer", model: t.Any, settings: t.Dict[str, t.Any], output_dir: str,
+    resume_from_db: str = "auto",
+) -> RunPlan:
     """Resume the interrupted run of ``model`` or record a new one; return how to start.
 
     Removes the model's orphaned checkpoint folders first (what a crash left).
 
     :param db: The datalayer.
-    :param model: The ``LLM`` about to be trained.
-    :param trainer: Its ``LLMTrainer``.
+    :param model: The ``LLM`` component about to be trained (its row records the run).
+    :param settings: The settings that shape the training, as JSON (compared with the
+        interrupted run's before resuming it).
     :param output_dir: The HF trainer's output folder (the checkpoint is copied there).
+    :param resume_from_db: ``"auto"`` resumes a compatible interrupted run; ``"never"``.
     """
     artifacts.cleanup_orphan_artifacts(db, model.identifier)
-    settings = run_settings(model, trainer)
     runs = unfinished_runs(db, model.identifier)
-    run = runs.pop() if runs and _resumable(runs[-1], trainer, settings) else None
+    run = runs.pop() if runs and _resumable(runs[-1], resume_from_db, settings) else None
     for stale in runs:
         stale.state = ABANDONED
         db.apply(stale, force=True, jobs=False)
@@ -260,7 +245,7 @@ def finish_run(db: "Datalayer", model: str, experiment_id: str) -> None:
     _mark_model(db.load("LLM", model), run)
 
 
-def _mark_model(model: "LLM", run: TrainingRun) -> None:
+def _mark_model(model: t.Any, run: TrainingRun) -> None:
     """Record the run on the model row too.
 
     Besides telling the user, this makes the stored row differ from a freshly built
@@ -269,3 +254,23 @@ def _mark_model(model: "LLM", run: TrainingRun) -> None:
     """
     model.metric_values["training_run"] = {"experiment_id": run.experiment_id, "state": run.state}
     model.save()
+
+
+def show_interrupted_run(model: t.Any) -> None:
+    """Carry an interrupted training run on this copy of ``model`` (in memory).
+
+    superduper skips an apply whose model equals the stored one, and it loads and
+    sets up the stored copy to compare them. A process killed right after a
+    re-apply wrote the freshly built model, but before its fit job recorded the run
+    on it, leaves a stored row equal to a freshly built ``LLM``: the next re-apply
+    would do nothing, for ever. Showing the run here (``LLM.setup`` calls this) makes
+    the two differ, so the re-apply goes ahead and resumes the run.
+
+    :param model: The ``LLM`` component being set up.
+    """
+    marker = (model.metric_values or {}).get("training_run") or {}
+    if model.db is None or marker.get("state") == RUNNING:
+        return
+    if is_interrupted(model.db, model.identifier):
+        run = unfinished_runs(model.db, model.identifier)[-1]
+        model.metric_values["training_run"] = {"experiment_id": run.experiment_id, "state": RUNNING}

@@ -156,3 +156,91 @@ def training_device(use_cpu: bool, num_gpus: t.Optional[int], ray_use_gpu: t.Opt
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dc.dataclass(frozen=True)
+class LoraSettings:
+    """What peft's ``LoraConfig`` is built from.
+
+    :param r: LoRA rank.
+    :param alpha: Scaling numerator.
+    :param dropout: Dropout on the LoRA branch.
+    :param target_modules: ``"all-linear"`` or module names.
+    :param bias: ``"none"``, ``"all"`` or ``"lora_only"``.
+    :param modules_to_save: Modules trained and saved in full beside the adapter.
+    """
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.05
+    target_modules: t.Union[str, t.Tuple[str, ...]] = "all-linear"
+    bias: str = "none"
+    modules_to_save: t.Optional[t.Tuple[str, ...]] = None
+
+
+@dc.dataclass(frozen=True)
+class TrainSettings:
+    """Everything below the components needs to know about one training, resolved once.
+
+    Built by :func:`from_trainer` from an ``LLMTrainer`` (or anything with its fields)
+    and the resolved ``SFTConfig``; handed to ``hf`` and ``launch``, which never see a
+    component.
+
+    :param lora: LoRA settings, None for full fine-tuning.
+    :param bits: 4 or 8 to load the base quantized (QLoRA), None for no quantization.
+    :param precision: The resolved precision (trainer, QLoRA compute dtype, predict).
+    :param gradient_checkpointing: As resolved in the ``SFTConfig``.
+    :param log_to_db: Record checkpoints and metrics in the db during training.
+    """
+
+    lora: t.Optional[LoraSettings] = LoraSettings()
+    bits: t.Optional[int] = None
+    precision: Precision = Precision(FP32, "cpu", "default")
+    gradient_checkpointing: bool = False
+    log_to_db: bool = True
+
+    @classmethod
+    def from_trainer(cls, trainer: t.Any, training_args: t.Any = None) -> "TrainSettings":
+        """Resolve the settings of an ``LLMTrainer``-like object.
+
+        :param trainer: An object with the ``LLMTrainer`` fields (``use_lora``,
+            ``lora_*``, ``bits``, ``log_to_db``, ``training_kwargs``, ``num_gpus``).
+        :param training_args: The built ``SFTConfig``: its precision and gradient
+            checkpointing are the resolved values; without it they are resolved here
+            from the trainer's keywords and the hardware, as the ``SFTConfig`` would be.
+        """
+        tk = getattr(trainer, "training_kwargs", None) or {}
+        lora = None
+        if getattr(trainer, "use_lora", True):
+            targets = getattr(trainer, "lora_target_modules", "all-linear")
+            saved = getattr(trainer, "lora_modules_to_save", None)
+            lora = LoraSettings(
+                r=getattr(trainer, "lora_r", 8),
+                alpha=getattr(trainer, "lora_alpha", 16),
+                dropout=getattr(trainer, "lora_dropout", 0.05),
+                target_modules=targets if isinstance(targets, str) else tuple(targets),
+                bias=getattr(trainer, "lora_bias", "none"),
+                modules_to_save=tuple(saved) if saved else None,
+            )
+        if training_args is not None:
+            precision = precision_of(training_args)
+            checkpointing = bool(getattr(training_args, "gradient_checkpointing", False))
+        else:
+            device = training_device(bool(tk.get("use_cpu")), getattr(trainer, "num_gpus", None))
+            precision = resolve_precision(device, tk.get("bf16"), tk.get("fp16"))
+            checkpointing = bool(tk.get("gradient_checkpointing", False))
+        return cls(
+            lora=lora,
+            bits=getattr(trainer, "bits", None),
+            precision=precision,
+            gradient_checkpointing=checkpointing,
+            log_to_db=bool(getattr(trainer, "log_to_db", True)),
+        )
+
+
+def as_train_settings(config: t.Any) -> t.Optional[TrainSettings]:
+    """``config`` as :class:`TrainSettings`: itself, resolved from an ``LLMTrainer``-like
+    object (the seed's public functions take the trainer), or None."""
+    if config is None or isinstance(config, TrainSettings):
+        return config
+    return TrainSettings.from_trainer(config)

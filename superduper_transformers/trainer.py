@@ -10,23 +10,50 @@ from __future__ import annotations
 
 import dataclasses as dc
 import functools
+import inspect
+import json
 import typing as t
 
 from superduper import logging
 from superduper.components.model import Trainer
 from superduper.misc import typing as st
 
-from superduper_transformers import config as cfg
-from superduper_transformers import data
-from superduper_transformers.loading import check_model_path, load_tokenizer
+from superduper_transformers import resume
+from superduper_transformers import trainer_args as cfg
+from superduper_transformers.hf import data
+from superduper_transformers.hf.job import TrainJob
+from superduper_transformers.hf.loading import check_model_path, load_tokenizer
+from superduper_transformers.launch.dispatch import check_devices, launch
+from superduper_transformers.settings import TrainSettings
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
-    from superduper_transformers.model import LLM
+#: The ``LLM`` component (typed loosely: model.py imports this module).
+LLM = t.Any
 
 
-class LLMTrainer(Trainer):
+class _LLMTrainerFields(Trainer):
+    """The stored fields of :class:`LLMTrainer` (see there)."""
+
+    use_lora: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: t.Union[str, t.List[str]] = "all-linear"
+    lora_bias: str = "none"
+    lora_modules_to_save: t.Optional[t.List[str]] = None
+    bits: t.Optional[int] = None
+    max_seq_length: int = 512
+    setup_chat_format: bool = False
+    log_to_db: bool = True
+    training_kwargs: t.Dict = dc.field(default_factory=dict)
+    num_gpus: t.Optional[int] = None
+    ray_configs: t.Optional[st.Dill] = None
+    resume_from_db: str = "auto"
+
+
+class LLMTrainer(_LLMTrainerFields):
     """Fine-tune an ``LLM`` with transformers + trl + peft on rows selected from the db.
 
     Any keyword of transformers' ``TrainingArguments`` / trl's ``SFTConfig``
@@ -54,21 +81,18 @@ class LLMTrainer(Trainer):
         checkpoint in the db; ``"never"`` always starts fresh.
     """
 
-    use_lora: bool = True
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: t.Union[str, t.List[str]] = "all-linear"
-    lora_bias: str = "none"
-    lora_modules_to_save: t.Optional[t.List[str]] = None
-    bits: t.Optional[int] = None
-    max_seq_length: int = 512
-    setup_chat_format: bool = False
-    log_to_db: bool = True
-    training_kwargs: t.Dict = dc.field(default_factory=dict)
-    num_gpus: t.Optional[int] = None
-    ray_configs: t.Optional[st.Dill] = None
-    resume_from_db: str = "auto"
+
+    def __init__(self, identifier: str, *args, **kwargs):
+        """Take ``TrainingArguments``/``SFTConfig`` keywords directly (into ``training_kwargs``).
+
+        The generated dataclass ``__init__`` (of :class:`_LLMTrainerFields`) knows only
+        the component's fields; anything else that is a training keyword is moved into
+        ``training_kwargs``, and an unknown keyword is refused with the closest names.
+        """
+        own_kwargs, training = cfg.split_unknown_kwargs(kwargs, _OWN_FIELDS)
+        if training:
+            own_kwargs["training_kwargs"] = {**(own_kwargs.get("training_kwargs") or {}), **training}
+        super().__init__(identifier, *args, **own_kwargs)
 
     def postinit(self):
         """Validate every setting at construction, before anything reaches the db."""
@@ -78,7 +102,7 @@ class LLMTrainer(Trainer):
 
     def fit(
         self,
-        model: "LLM",
+        model: LLM,
         db: "Datalayer",
         train_dataset: t.List,
         valid_dataset: t.List,
@@ -90,9 +114,6 @@ class LLMTrainer(Trainer):
         :param train_dataset: Training values mapped by ``key`` (``_fold == 'train'``).
         :param valid_dataset: Validation values mapped by ``key`` (``_fold == 'valid'``).
         """
-        from superduper_transformers import resume
-        from superduper_transformers.training import train
-
         X, y = cfg.input_output_keys(self.key)
         train_rows = data.rows_from_values(train_dataset, X, y)
         data.check_rows(train_rows, X, y, "training rows")
@@ -124,34 +145,59 @@ class LLMTrainer(Trainer):
             has_eval=bool(eval_rows),
             **overrides,
         )
+        settings = TrainSettings.from_trainer(self, training_args)
         with resume.active(model.identifier):
             # Resume the model's interrupted run (same experiment_id) or record a new one.
-            plan = resume.start_run(db, model, self, training_args.output_dir)
+            plan = resume.start_run(
+                db, model, run_settings(model, self), training_args.output_dir, self.resume_from_db
+            )
             logging.info(
                 f"Training {model.identifier} (run {plan.experiment_id}, from step {plan.step}): "
                 f"{len(train_rows)} rows, eval sets {list(eval_rows)}, lora={self.use_lora}, "
-                f"bits={self.bits}, output_dir={training_args.output_dir}"
+                f"bits={self.bits}, precision={settings.precision.name}, "
+                f"output_dir={training_args.output_dir}"
             )
-            result = train(
+            job = TrainJob(
                 training_args,
                 train_ds,
                 eval_ds or None,
                 model.model_load_kwargs(),
                 model.tokenizer_load_kwargs(),
-                db=db,
-                llm=model,
-                ray_configs=self.ray_configs,
-                config=self,
+                settings=settings,
                 experiment_id=plan.experiment_id,
                 resume_from_checkpoint=plan.resume_from_checkpoint,
             )
+            check_devices(self.ray_configs, self.num_gpus)
+            result = launch(job, db=db, llm=model, ray_configs=self.ray_configs)
             resume.finish_run(db, model.identifier, plan.experiment_id)
         # The job stores fit's return value as JSON: of a ray.train.Result, its metrics.
         return result.metrics if self.ray_configs is not None else result
 
 
+def run_settings(model: LLM, trainer: LLMTrainer) -> t.Dict[str, t.Any]:
+    """The settings that shape a training, as JSON (compared before resuming).
+
+    :param model: The ``LLM``.
+    :param trainer: Its ``LLMTrainer``.
+    """
+    settings = dict(trainer.training_kwargs or {})
+    for name in (
+        "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+        "lora_bias", "lora_modules_to_save", "bits", "max_seq_length", "setup_chat_format",
+    ):
+        settings[name] = getattr(trainer, name)
+    settings.update(
+        key=trainer.key,
+        model_name_or_path=model.model_name_or_path,
+        prompt_template=model.prompt_template,
+    )
+    kept = {k: v for k, v in settings.items() if k not in resume.CHANGES_THAT_RESUME}
+    return json.loads(json.dumps(kept, default=repr, sort_keys=True))
+
+
+
 def named_eval_rows(
-    model: "LLM", db: "Datalayer", valid_values, X: str, y: t.Optional[str]
+    model: LLM, db: "Datalayer", valid_values, X: str, y: t.Optional[str]
 ) -> t.Dict[str, t.List]:
     """Evaluation rows by name: ``valid`` (rows with ``_fold='valid'``) and each
     dataset of the model's ``validation``, under its own identifier."""
@@ -175,7 +221,7 @@ def _fold_rows(trainer: LLMTrainer, db: "Datalayer", fold: str) -> t.List[t.Dict
     return [dict(r) for r in select.filter(table["_fold"] == fold).execute()]
 
 
-def preflight(model: "LLM", db: "Datalayer") -> None:
+def preflight(model: LLM, db: "Datalayer") -> None:
     """Check what training needs before the apply writes anything to the db.
 
     :param model: The ``LLM`` about to be applied with its trainer.
@@ -186,9 +232,7 @@ def preflight(model: "LLM", db: "Datalayer") -> None:
     if not isinstance(trainer, LLMTrainer):
         return
     check_model_path(model.model_name_or_path)
-    from superduper_transformers.training import check_devices
-
-    check_devices(trainer)
+    check_devices(trainer.ray_configs, trainer.num_gpus)
     X, y = cfg.input_output_keys(trainer.key)
     if trainer.select is None:
         raise data.DataError("LLMTrainer needs a `select` query returning the training rows.")
@@ -214,30 +258,13 @@ def preflight(model: "LLM", db: "Datalayer") -> None:
 
         require("bitsandbytes", "quant", f"`bits={trainer.bits}` (QLoRA)")
     if trainer.ray_configs is not None:
-        from superduper_transformers.ray_config import check_ray_setup
+        from superduper_transformers.launch.ray_settings import check_ray_setup
 
         check_ray_setup(trainer.ray_configs, db)  # settings, shared storage, cluster address
 
 
-def _accept_training_keywords(cls):
-    """Let ``cls(...)`` take ``TrainingArguments``/``SFTConfig`` keywords directly.
-
-    The component is a dataclass; its generated ``__init__`` knows only its own
-    fields. This wrapper moves the training keywords into ``training_kwargs`` and
-    rejects anything else with the closest valid names.
-    """
-    init = cls.__init__
-    own = {f.name for f in dc.fields(cls)} | {"db"}
-
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        own_kwargs, training = cfg.split_unknown_kwargs(kwargs, own)
-        if training:
-            own_kwargs["training_kwargs"] = {**(own_kwargs.get("training_kwargs") or {}), **training}
-        init(self, *args, **own_kwargs)
-
-    cls.__init__ = __init__
-    return cls
-
-
-_accept_training_keywords(LLMTrainer)
+#: Keywords that are the component's own fields (the rest are training keywords).
+_OWN_FIELDS = frozenset(f.name for f in dc.fields(LLMTrainer)) | {"db"}
+# superduper reads a component's fields from ``inspect.signature(cls.__init__)`` when it
+# rebuilds one from the db: show it the fields' signature, not ``**kwargs``.
+LLMTrainer.__init__.__signature__ = inspect.signature(_LLMTrainerFields.__init__)

@@ -1,20 +1,25 @@
 """The documented public module: training entry points and components.
 
-``train`` is the entry point used by ``LLMTrainer.fit``; ``train_func`` runs one
-training on one process; the rest are the building blocks they compose.
+A facade only: it re-exports the building blocks and composes ``train`` from them.
+Nothing in the package imports this module (an import contract checks it), so it can
+never become a knot of the dependency graph again.
 """
 
 from __future__ import annotations
 
 import typing as t
 
-from superduper_transformers.callback import LLMCallback
 from superduper_transformers.checkpoint import Checkpoint
-from superduper_transformers.data import tokenize
-from superduper_transformers.local import train_func
-from superduper_transformers.lora import prepare_lora_training
+from superduper_transformers.hf.data import tokenize
+from superduper_transformers.hf.job import TrainJob
+from superduper_transformers.hf.lora import prepare_lora_training
+from superduper_transformers.hf.quantization import create_quantization_config
+from superduper_transformers.hf.train import train_func
+from superduper_transformers.launch.dispatch import check_devices, launch
+from superduper_transformers.launch.ray_train import handle_ray_results
 from superduper_transformers.model import LLM
-from superduper_transformers.quantization import create_quantization_config
+from superduper_transformers.settings import as_train_settings
+from superduper_transformers.launch.callback import LLMCallback
 from superduper_transformers.trainer import LLMTrainer
 
 if t.TYPE_CHECKING:
@@ -34,24 +39,6 @@ __all__ = [
 ]
 
 
-def check_devices(config) -> None:
-    """Refuse to pick a multi-GPU mode silently.
-
-    Several visible GPUs and neither ``ray_configs`` nor ``num_gpus``: the user must
-    choose (one GPU locally, or Ray across them); we never switch modes for them.
-    """
-    import torch
-
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if visible > 1 and config is not None and config.ray_configs is None and config.num_gpus is None:
-        raise ValueError(
-            f"{visible} GPUs are visible and the LLMTrainer sets neither `num_gpus` nor "
-            "`ray_configs`. Choose explicitly: `num_gpus=1` trains on one GPU here; "
-            "`ray_configs={'scaling_config': ScalingConfig(num_workers=N, use_gpu=True)}` "
-            "trains on N GPUs with Ray (or set CUDA_VISIBLE_DEVICES)."
-        )
-
-
 def train(
     training_args,
     train_dataset,
@@ -61,6 +48,11 @@ def train(
     db: t.Optional["Datalayer"] = None,
     llm: t.Optional[LLM] = None,
     ray_configs: t.Optional[t.Dict[str, t.Any]] = None,
+    *,
+    config: t.Any = None,
+    experiment_id: t.Optional[str] = None,
+    resume_from_checkpoint: t.Optional[str] = None,
+    callbacks: t.Optional[t.Sequence] = None,
     **kwargs,
 ):
     """Train an LLM locally, or on Ray Train when ``ray_configs`` is given.
@@ -76,48 +68,24 @@ def train(
     :param db: The datalayer to record the run in.
     :param llm: The ``LLM`` being trained.
     :param ray_configs: ``scaling_config`` (required), ``run_config``, ``address``.
-    :param kwargs: ``config`` (the ``LLMTrainer``), ``experiment_id``, and keywords
-        passed on to :func:`train_func`.
+    :param config: LoRA/quantization settings: the ``LLMTrainer`` (or ``TrainSettings``).
+    :param experiment_id: The run's identifier (its checkpoints carry it).
+    :param resume_from_checkpoint: A local checkpoint folder to resume from.
+    :param callbacks: Extra ``TrainerCallback`` instances.
+    :param kwargs: Other keywords for the trainer: all are passed to trl's ``SFTTrainer``
+        (``compute_metrics``, ``data_collator``, ``optimizers``, ...).
     """
-    config = kwargs.get("config")
-    check_devices(config)
-    if ray_configs is not None:
-        from superduper_transformers.ray import ray_train
-
-        return ray_train(
-            training_args,
-            train_dataset,
-            eval_datasets,
-            model_kwargs,
-            tokenizer_kwargs,
-            db=db,
-            llm=llm,
-            ray_configs=ray_configs,
-            **kwargs,
-        )
-    experiment_id = kwargs.pop("experiment_id", None)
-    callbacks = list(kwargs.pop("callbacks", None) or [])
-    log_to_db = config.log_to_db if config is not None else True
-    if db is not None and llm is not None and log_to_db:
-        callbacks.append(LLMCallback(db=db, llm=llm, experiment_id=experiment_id))
-    return train_func(
+    check_devices(ray_configs, getattr(config, "num_gpus", None))
+    job = TrainJob(
         training_args,
         train_dataset,
         eval_datasets,
         model_kwargs,
         tokenizer_kwargs,
-        callbacks=callbacks,
-        **kwargs,
+        settings=as_train_settings(config),
+        experiment_id=experiment_id,
+        resume_from_checkpoint=resume_from_checkpoint,
+        callbacks=list(callbacks or []),
+        trainer_kwargs=kwargs,
     )
-
-
-def handle_ray_results(db: t.Optional["Datalayer"], llm: t.Optional[LLM], results):
-    """Register the final checkpoint of a Ray run in the db (when ``log_to_db`` was off).
-
-    :param db: The datalayer (None: return the results untouched).
-    :param llm: The trained ``LLM`` (None: return the results untouched).
-    :param results: The ``ray.train.Result`` of ``TorchTrainer.fit()``.
-    """
-    from superduper_transformers.ray import handle_ray_results as _handle
-
-    return _handle(db, llm, results)
+    return launch(job, db=db, llm=llm, ray_configs=ray_configs)

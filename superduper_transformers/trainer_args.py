@@ -15,8 +15,6 @@ import typing as t
 
 from superduper_transformers import settings as resolved
 
-if t.TYPE_CHECKING:
-    from superduper_transformers.trainer import LLMTrainer
 
 #: Valid values of ``LLMTrainer.bits``.
 VALID_BITS = (None, 4, 8)
@@ -82,7 +80,7 @@ def split_unknown_kwargs(
     return own, training
 
 
-def validate_trainer(trainer: "LLMTrainer") -> None:
+def validate_trainer(trainer: t.Any) -> None:
     """Check the settings of an ``LLMTrainer``; raise one error listing every problem.
 
     :param trainer: The trainer component to check.
@@ -187,7 +185,7 @@ def input_output_keys(key: t.Any) -> t.Tuple[str, t.Optional[str]]:
     return key[0], key[1]
 
 
-def output_dir_for(trainer: "LLMTrainer", model_identifier: str) -> str:
+def output_dir_for(trainer: t.Any, model_identifier: str) -> str:
     """The training output folder: the user's ``output_dir`` or ``superduper_training/<model>``."""
     return os.path.abspath(
         trainer.training_kwargs.get("output_dir")
@@ -206,7 +204,7 @@ def _ray_use_gpu(ray_configs) -> t.Optional[bool]:
     return bool(use_gpu)
 
 
-def precision_for(trainer: "LLMTrainer") -> resolved.Precision:
+def precision_for(trainer: t.Any) -> resolved.Precision:
     """The training precision of ``trainer``: its explicit ``bf16``/``fp16``, else the hardware's.
 
     The one place it is resolved: the ``SFTConfig``, the QLoRA compute dtype and
@@ -221,12 +219,12 @@ def precision_for(trainer: "LLMTrainer") -> resolved.Precision:
     return resolved.resolve_precision(device, tk.get("bf16"), tk.get("fp16"))
 
 
-def build_sft_config(trainer: "LLMTrainer", output_dir: str, has_eval: bool, **overrides):
+def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **overrides):
     """Turn the trainer's settings into trl's ``SFTConfig``.
 
     Defaults differ from transformers' only where this plugin needs it:
     ``report_to='none'`` (no third-party trackers are contacted), and datasets are
-    pre-tokenized by :func:`superduper_transformers.data.tokenize`, so trl keeps our
+    pre-tokenized by :func:`superduper_transformers.hf.data.tokenize`, so trl keeps our
     labels (prompt masked with -100) as they are.
 
     :param trainer: The trainer component.

@@ -14,13 +14,13 @@ import uuid
 
 from superduper import logging
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from superduper_transformers import checkpoint as ckpts
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
-    from superduper_transformers.model import LLM
 
 
 def best_metric_name(args) -> t.Tuple[t.Optional[str], bool]:
@@ -70,7 +70,7 @@ class LLMCallback(TrainerCallback):
         cfg: t.Optional[t.Any] = None,
         identifier: t.Optional[str] = None,
         db: t.Optional["Datalayer"] = None,
-        llm: t.Optional["LLM"] = None,
+        llm: t.Optional[t.Any] = None,
         experiment_id: t.Optional[str] = None,
     ):
         if not ((db is not None and llm is not None) or (cfg is not None and identifier)):
@@ -91,10 +91,10 @@ class LLMCallback(TrainerCallback):
         """Rebuild the datalayer and load the model (Ray workers, rank 0 only)."""
         if self.db is not None and self.llm is not None:
             return
-        from superduper_transformers.datalayer import datalayer_from_config
+        from superduper_transformers.store.datalayer import datalayer_from_config
 
         self.db = datalayer_from_config(self.cfg)
-        self.llm = self.db.load("LLM", self.identifier)
+        self.llm = self.db.load(t.Any, self.identifier)
 
     @property
     def run_id(self) -> str:
@@ -107,7 +107,7 @@ class LLMCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self._connect()
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        path = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         ckpt = ckpts.register_checkpoint(
             self.db,
             model=self.identifier,

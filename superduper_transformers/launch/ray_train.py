@@ -1,4 +1,4 @@
-"""The Ray Train path: ``train_func`` on every worker of a ``TorchTrainer``.
+"""The Ray Train path: a ``TrainJob`` run on every worker of a ``TorchTrainer``.
 
 The driver never pickles the datalayer. Workers receive the tokenized datasets,
 the training settings and the serialized db config; rank 0 rebuilds the
@@ -14,18 +14,17 @@ import json
 import os
 import tempfile
 import time
-import types
 import typing as t
 import uuid
 
 from superduper import logging
 
-from superduper_transformers.ray_config import RayConfigError, check_ray_setup  # noqa: F401
+from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_setup  # noqa: F401
+
+from superduper_transformers.hf.job import TrainJob
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
-
-    from superduper_transformers.model import LLM
 
 #: Environment the workers need, taken from the driver when set: offline hub,
 #: quiet tokenizers, threads per worker, import path.
@@ -53,27 +52,6 @@ def worker_env(db: t.Optional["Datalayer"]) -> t.Dict[str, str]:
     if db is not None:
         env["SUPERDUPER_ARTIFACT_STORE"] = db.cfg.artifact_store
     return env
-
-
-def worker_settings(config: t.Any) -> t.Optional[types.SimpleNamespace]:
-    """The trainer's plain settings (LoRA, bits, ...) for the workers.
-
-    The ``LLMTrainer`` itself holds a query bound to the datalayer; only its
-    JSON-able fields travel.
-    """
-    if config is None:
-        return None
-    out = {}
-    for f in dc.fields(config):
-        value = getattr(config, f.name, None)
-        if f.name in ("ray_configs", "select", "db"):
-            continue
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        out[f.name] = value
-    return types.SimpleNamespace(**out)
 
 
 # -- driver ---------------------------------------------------------------
@@ -134,58 +112,44 @@ def default_run_config(training_args, identifier: str, experiment_id: str):
 
 
 def ray_train(
-    training_args,
-    train_dataset,
-    eval_datasets,
-    model_kwargs: t.Dict[str, t.Any],
-    tokenizer_kwargs: t.Dict[str, t.Any],
+    job: TrainJob,
     db: t.Optional["Datalayer"] = None,
-    llm: t.Optional["LLM"] = None,
+    llm: t.Any = None,
     ray_configs: t.Optional[t.Dict[str, t.Any]] = None,
-    **kwargs,
 ):
-    """Train on Ray Train's ``TorchTrainer``: ``train_func`` on every worker.
+    """Train ``job`` on Ray Train's ``TorchTrainer``: the job runs on every worker.
 
     With ``log_to_db`` on, rank 0 records every checkpoint in the db during the run;
     with it off, the final Ray checkpoint is registered at the end
     (:func:`handle_ray_results`).
 
-    :param training_args: trl ``SFTConfig``.
-    :param train_dataset: Tokenized training dataset (pickled to the workers).
-    :param eval_datasets: A tokenized dataset, a dict name -> dataset, or None.
-    :param model_kwargs: ``from_pretrained`` keywords of the base model.
-    :param tokenizer_kwargs: ``from_pretrained`` keywords of the tokenizer.
+    :param job: The training (pickled to the workers; its callbacks must pickle).
     :param db: The datalayer to record the run in (not sent to the workers).
     :param llm: The ``LLM`` being trained; it must already be in ``db``.
     :param ray_configs: ``scaling_config`` (required), ``run_config``, ``address``,
         ``temp_dir``, ``num_cpus``, ``runtime_env``.
-    :param kwargs: ``config`` (the ``LLMTrainer``), ``experiment_id``, ``callbacks``
-        (picklable ``TrainerCallback`` instances), and keywords for :func:`train_func`.
     :return: The ``ray.train.Result``.
     """
     recording = db is not None and llm is not None
     ray_configs, scaling_config, run_config = check_ray_setup(ray_configs, db if recording else None)
     from ray.train.torch import TorchTrainer
 
-    config = kwargs.pop("config", None)
-    log_to_db = config.log_to_db if config is not None else True
+    log_to_db = job.settings.log_to_db if job.settings is not None else True
     # Made once here, so that restarted workers register under the same run.
-    experiment_id = kwargs.pop("experiment_id", None) or uuid.uuid4().hex[:8]
+    experiment_id = job.experiment_id or uuid.uuid4().hex[:8]
+    job = dc.replace(job, experiment_id=experiment_id)
     if recording and log_to_db and llm.identifier not in db.show("LLM"):
         raise RayConfigError(
             f"LLM `{llm.identifier}` is not in the database: Ray workers load it by identifier. "
             "Apply it first (`db.apply(llm, force=True)`), or pass `db=None`."
         )
     loop_config = dict(
-        args=(training_args, train_dataset, eval_datasets, model_kwargs, tokenizer_kwargs),
+        job=job,
         cfg=db.cfg.dict() if recording and log_to_db else None,
         identifier=llm.identifier if llm is not None else None,
-        experiment_id=experiment_id,
-        callbacks=list(kwargs.pop("callbacks", None) or []),
-        kwargs={**kwargs, "config": worker_settings(config)},
     )
     identifier = llm.identifier if llm is not None else "llm"
-    run_config = run_config or default_run_config(training_args, identifier, experiment_id)
+    run_config = run_config or default_run_config(job.training_args, identifier, experiment_id)
     env = worker_env(db if recording else None)
     with ray_session(ray_configs, env):
         trainer = TorchTrainer(
@@ -203,7 +167,7 @@ def ray_train(
     return result
 
 
-def _refresh(db: "Datalayer", llm: "LLM") -> None:
+def _refresh(db: "Datalayer", llm: t.Any) -> None:
     """Copy what rank 0 stored (adapter, metrics) into the driver's ``llm``.
 
     Without it a later ``llm.save()`` in this process would write back the stale copy.
@@ -223,35 +187,40 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     import ray.train
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 
-    from superduper_transformers.callback import LLMCallback
-    from superduper_transformers.local import train_func
+    from superduper_transformers.hf.train import run_job
+    from superduper_transformers.launch.callback import LLMCallback
 
+    job: TrainJob = loop["job"]
     callbacks = []
     if loop["cfg"] is not None:
         callbacks.append(
-            LLMCallback(cfg=loop["cfg"], identifier=loop["identifier"], experiment_id=loop["experiment_id"])
+            LLMCallback(cfg=loop["cfg"], identifier=loop["identifier"], experiment_id=job.experiment_id)
         )
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
     # Ray; the restarted run re-saves that step and its re-registration is a no-op.
-    callbacks += [*loop["callbacks"], RayTrainReportCallback()]
-    training_args, *data = loop["args"]
+    callbacks += [*job.callbacks, RayTrainReportCallback()]
     # The driver's args carry its cached device set-up (one process, rank 0); rebuilt
     # here they see this worker's process group, so only rank 0 saves and logs.
-    training_args = dc.replace(training_args)
-    kwargs = dict(loop["kwargs"])
-    kwargs["local_rank"] = ray.train.get_context().get_local_rank()
+    job = dc.replace(
+        job,
+        training_args=dc.replace(job.training_args),
+        callbacks=callbacks,
+        trainer_prepare_func=prepare_trainer,
+        local_rank=ray.train.get_context().get_local_rank(),
+    )
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as folder:
         if folder is not None:
             # A restart after a failure: continue where Ray's last checkpoint left off.
-            kwargs["resume_from_checkpoint"] = os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME)
-            logging.info(f"Resuming from {kwargs['resume_from_checkpoint']}")
-        train_func(training_args, *data, trainer_prepare_func=prepare_trainer, callbacks=callbacks, **kwargs)
+            resume = os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME)
+            job = dc.replace(job, resume_from_checkpoint=resume)
+            logging.info(f"Resuming from {resume}")
+        run_job(job)
 
 
 # -- results --------------------------------------------------------------
 def handle_ray_results(
-    db: t.Optional["Datalayer"], llm: t.Optional["LLM"], results, experiment_id: t.Optional[str] = None
+    db: t.Optional["Datalayer"], llm: t.Any, results, experiment_id: t.Optional[str] = None
 ):
     """Register the final checkpoint of a Ray run and point ``llm`` at it.
 
@@ -267,7 +236,7 @@ def handle_ray_results(
     if db is None or llm is None:
         return results
     from superduper_transformers import checkpoint as ckpts
-    from superduper_transformers.callback import latest_metrics
+    from superduper_transformers.launch.callback import latest_metrics
 
     if results.checkpoint is None:
         raise RayConfigError(

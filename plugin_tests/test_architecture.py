@@ -1,0 +1,40 @@
+"""The package's imports form no cycle, and the layer contracts hold."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_no_import_cycle_in_the_package():
+    grimp = __import__("grimp")
+    graph = grimp.build_graph("superduper_transformers")
+    modules = set(graph.modules)
+    edges = {m: set(graph.find_modules_directly_imported_by(m)) & modules for m in modules}
+    cycles, done, path = [], set(), []
+
+    def visit(m):
+        path.append(m)
+        for n in sorted(edges[m]):
+            if n in path:
+                cycles.append(path[path.index(n):] + [n])
+            elif n not in done:
+                visit(n)
+        path.pop()
+        done.add(m)
+
+    for m in sorted(modules):
+        if m not in done:
+            visit(m)
+    assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_layer_contracts_hold():
+    exe = shutil.which("lint-imports", path=os.path.dirname(sys.executable)) or "lint-imports"
+    out = subprocess.run([exe], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout

@@ -1,0 +1,41 @@
+"""``TrainJob``: everything one training needs, handed explicitly from layer to layer."""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import typing as t
+
+from superduper_transformers.settings import TrainSettings
+
+
+@dc.dataclass
+class TrainJob:
+    """One training, as the launchers run it (locally, or pickled to each Ray worker).
+
+    :param training_args: trl ``SFTConfig`` (or ``TrainingArguments``), resolved.
+    :param train_dataset: Tokenized ``datasets.Dataset`` (``input_ids``, ``labels``).
+    :param eval_datasets: One tokenized dataset, a dict name -> dataset, or None.
+    :param model_kwargs: ``from_pretrained`` keywords of the base model.
+    :param tokenizer_kwargs: ``from_pretrained`` keywords of the tokenizer.
+    :param settings: LoRA, quantization and precision (None: all weights, unquantized).
+    :param experiment_id: The run's identifier (its checkpoints carry it).
+    :param resume_from_checkpoint: A local checkpoint folder to resume from.
+    :param callbacks: ``TrainerCallback`` instances added to the trainer.
+    :param trainer_kwargs: More keywords for trl's ``SFTTrainer`` (``compute_metrics``,
+        ``data_collator``, ``optimizers``, ``preprocess_logits_for_metrics``, ...).
+    :param trainer_prepare_func: Applied to the built trainer before training.
+    :param local_rank: This process's device index (a Ray worker's), for quantized loading.
+    """
+
+    training_args: t.Any
+    train_dataset: t.Any
+    eval_datasets: t.Any
+    model_kwargs: t.Dict[str, t.Any]
+    tokenizer_kwargs: t.Dict[str, t.Any]
+    settings: t.Optional[TrainSettings] = None
+    experiment_id: t.Optional[str] = None
+    resume_from_checkpoint: t.Optional[str] = None
+    callbacks: t.List[t.Any] = dc.field(default_factory=list)
+    trainer_kwargs: t.Dict[str, t.Any] = dc.field(default_factory=dict)
+    trainer_prepare_func: t.Optional[t.Callable] = None
+    local_rank: t.Optional[int] = None

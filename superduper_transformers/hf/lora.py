@@ -1,0 +1,49 @@
+"""LoRA preparation: k-bit preparation and peft wrapping. No I/O."""
+
+from __future__ import annotations
+
+import typing as t
+
+from superduper_transformers.settings import LoraSettings, TrainSettings, as_train_settings
+
+
+def lora_config(lora: LoraSettings):
+    """The peft ``LoraConfig`` for these LoRA settings."""
+    from peft import LoraConfig
+
+    targets = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        bias=lora.bias,
+        modules_to_save=list(lora.modules_to_save) if lora.modules_to_save else None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def prepare_lora_training(model, config: t.Union[TrainSettings, t.Any]):
+    """Wrap ``model`` for LoRA training.
+
+    With ``bits`` set, the quantized model is first prepared for k-bit training
+    (norms in fp32, input gradients on, optional gradient checkpointing). Without
+    quantization but with gradient checkpointing, input embeddings must require
+    gradients or the frozen base cuts the graph before the adapters.
+
+    :param model: A ``PreTrainedModel`` (possibly quantized).
+    :param config: The resolved ``TrainSettings``, or the ``LLMTrainer`` (resolved here).
+    :return: the peft model (``model`` unchanged for full fine-tuning).
+    """
+    settings = as_train_settings(config)
+    if settings is None or settings.lora is None:
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if settings.bits is not None:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=settings.gradient_checkpointing
+        )
+    elif settings.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, lora_config(settings.lora))

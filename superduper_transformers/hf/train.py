@@ -1,0 +1,119 @@
+"""One training on this process: build the SFT trainer from a ``TrainJob`` and run it."""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import typing as t
+
+from superduper import logging
+
+if t.TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+from superduper_transformers.hf.job import TrainJob
+from superduper_transformers.hf.loading import load_causal_lm, load_tokenizer
+from superduper_transformers.hf.lora import prepare_lora_training
+from superduper_transformers.hf.quantization import (
+    create_quantization_config,
+    device_map_for_quantized,
+)
+from superduper_transformers.settings import TrainSettings, as_train_settings, precision_of
+
+
+def load_model_for_training(
+    model_kwargs: t.Dict, settings: t.Optional[TrainSettings], local_rank: t.Optional[int] = None
+):
+    """Load the base model, quantized when ``settings.bits`` is set, then wrap it for LoRA."""
+    kwargs = dict(model_kwargs)
+    if settings is not None and settings.bits is not None:
+        kwargs["quantization_config"] = create_quantization_config(settings)
+        kwargs.setdefault("device_map", device_map_for_quantized(local_rank))
+    model = load_causal_lm(kwargs)
+    model = prepare_lora_training(model, settings)
+    if hasattr(model, "print_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        logging.info(f"Trainable parameters: {trainable:,} of {total:,}")
+    return model
+
+
+def run_job(job: TrainJob):
+    """Run ``job`` on this process (one device, or one Ray worker).
+
+    :return: the ``TrainOutput`` of ``trainer.train()``.
+    """
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    # LoRA weights are initialised from the global RNG before the HF trainer seeds it:
+    # seed first, so the same settings give the same run in any process.
+    set_seed(job.training_args.seed)
+    tokenizer = load_tokenizer(job.tokenizer_kwargs)
+    settings = job.settings
+    if settings is not None and job.training_args is not None:
+        # The trainer's arguments are the resolved truth for precision.
+        settings = dc.replace(settings, precision=precision_of(job.training_args))
+    model = load_model_for_training(job.model_kwargs, settings, job.local_rank)
+    eval_datasets = job.eval_datasets
+    if isinstance(eval_datasets, dict) and not eval_datasets:
+        eval_datasets = None
+    trainer = SFTTrainer(
+        model=model,
+        args=job.training_args,
+        train_dataset=job.train_dataset,
+        eval_dataset=eval_datasets,
+        processing_class=tokenizer,
+        callbacks=list(job.callbacks),
+        **job.trainer_kwargs,
+    )
+    if job.trainer_prepare_func is not None:
+        trainer = job.trainer_prepare_func(trainer)
+    return trainer.train(resume_from_checkpoint=job.resume_from_checkpoint)
+
+
+def train_func(
+    training_args: "TrainingArguments",
+    train_dataset: "Dataset",
+    eval_datasets: t.Union["Dataset", t.Dict[str, "Dataset"], None],
+    model_kwargs: t.Dict[str, t.Any],
+    tokenizer_kwargs: t.Dict[str, t.Any],
+    trainer_prepare_func: t.Optional[t.Callable] = None,
+    callbacks: t.Optional[t.Sequence] = None,
+    *,
+    config: t.Any = None,
+    resume_from_checkpoint: t.Optional[str] = None,
+    **kwargs,
+):
+    """Run one training on this process (one device, or one Ray worker).
+
+    :param training_args: trl ``SFTConfig`` (or ``TrainingArguments``).
+    :param train_dataset: Tokenized ``datasets.Dataset`` (``input_ids``, ``labels``).
+    :param eval_datasets: One tokenized dataset, a dict name -> dataset, or None.
+    :param model_kwargs: ``from_pretrained`` keywords of the base model
+        (``pretrained_model_name_or_path`` and options).
+    :param tokenizer_kwargs: ``from_pretrained`` keywords of the tokenizer.
+    :param trainer_prepare_func: Applied to the built trainer before training
+        (e.g. ``ray.train.huggingface.transformers.prepare_trainer``).
+    :param callbacks: Extra ``TrainerCallback`` instances (e.g. ``LLMCallback``).
+    :param config: LoRA/quantization settings: an ``LLMTrainer`` or ``TrainSettings``
+        (without it all weights are trained unquantized).
+    :param resume_from_checkpoint: A checkpoint folder to resume from.
+    :param kwargs: Other keywords for the trainer: all are passed to trl's
+        ``SFTTrainer`` (``compute_metrics``, ``data_collator``, ``optimizers``,
+        ``preprocess_logits_for_metrics``, ...).
+    :return: the ``TrainOutput`` of ``trainer.train()``.
+    """
+    return run_job(
+        TrainJob(
+            training_args=training_args,
+            train_dataset=train_dataset,
+            eval_datasets=eval_datasets,
+            model_kwargs=model_kwargs,
+            tokenizer_kwargs=tokenizer_kwargs,
+            settings=as_train_settings(config),
+            resume_from_checkpoint=resume_from_checkpoint,
+            callbacks=list(callbacks or []),
+            trainer_kwargs=kwargs,
+            trainer_prepare_func=trainer_prepare_func,
+        )
+    )

@@ -1,0 +1,25 @@
+"""Run a training on this process, recording it in the db through ``LLMCallback``."""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import typing as t
+
+from superduper_transformers.hf import train as hf_train
+from superduper_transformers.hf.job import TrainJob
+from superduper_transformers.launch.callback import LLMCallback
+
+
+def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
+    """Train ``job`` here; with ``db`` and ``llm`` (and ``log_to_db``), record it.
+
+    :param job: The training.
+    :param db: The datalayer to record the run in.
+    :param llm: The ``LLM`` being trained (a component in ``db``).
+    :return: the ``TrainOutput``.
+    """
+    log_to_db = job.settings.log_to_db if job.settings is not None else True
+    if db is not None and llm is not None and log_to_db:
+        recorder = LLMCallback(db=db, llm=llm, experiment_id=job.experiment_id)
+        job = dc.replace(job, callbacks=[*job.callbacks, recorder])
+    return hf_train.run_job(job)

@@ -94,7 +94,7 @@ class LLMCallback(TrainerCallback):
         from superduper_transformers.store.datalayer import datalayer_from_config
 
         self.db = datalayer_from_config(self.cfg)
-        self.llm = self.db.load(t.Any, self.identifier)
+        self.llm = self.db.load("LLM", self.identifier)
 
     @property
     def run_id(self) -> str:

@@ -59,6 +59,13 @@ class LLM(Model):
                 model=self.identifier,
                 manifest=file_manifest(path),
             )
+        from superduper_transformers.settings import secret_issues
+
+        secrets = secret_issues(self.model_kwargs, "model_kwargs") + secret_issues(
+            self.tokenizer_kwargs, "tokenizer_kwargs"
+        )
+        if secrets:
+            raise ValueError(f"LLM `{self.identifier}`: " + " ".join(secrets))
         if "{input}" not in (self.prompt_template or "{input}"):
             raise ValueError(
                 f"LLM `{self.identifier}`: `prompt_template`={self.prompt_template!r} has no "

@@ -244,3 +244,80 @@ def as_train_settings(config: t.Any) -> t.Optional[TrainSettings]:
     if config is None or isinstance(config, TrainSettings):
         return config
     return TrainSettings.from_trainer(config)
+
+
+# -- secrets ------------------------------------------------------------------
+#: A setting whose name has one of these words (as a ``_``-separated part) holds a credential.
+_SECRET_PATTERN = r"(^|_)(token|password|passwd|secret|api_?key|credentials?)($|_)"
+#: Names of tokenizer special tokens, which are not credentials.
+_SPECIAL_TOKENS = frozenset(
+    f"{n}_token" for n in ("eos", "pad", "bos", "unk", "sep", "cls", "mask", "additional_special")
+)
+
+
+def is_secret_setting(name: str, value: t.Any) -> bool:
+    """Whether the setting ``name=value`` carries a credential (``hub_token="hf_..."``).
+
+    Only a non-empty string counts: ``use_auth_token=True`` names no secret.
+    """
+    import re
+
+    lowered = str(name).lower()
+    if lowered in _SPECIAL_TOKENS or not isinstance(value, str) or not value:
+        return False
+    return re.search(_SECRET_PATTERN, lowered) is not None
+
+
+def secret_issues(settings: t.Mapping[str, t.Any], where: str) -> t.List[str]:
+    """One message per credential in ``settings``, naming the key, never the value.
+
+    :param settings: Keyword arguments about to be stored with a component.
+    :param where: Which field holds them (``training_kwargs``, ``model_kwargs``...).
+    """
+    return [
+        f"`{where}` has `{k}`, a credential: components are stored in the database, where "
+        f"anyone who can read it would find it. Remove `{k}` and give it through the "
+        "environment instead (`HF_TOKEN` for the Hugging Face hub)."
+        for k, v in sorted((settings or {}).items())
+        if is_secret_setting(k, v)
+    ]
+
+
+def redact_uri(uri: t.Optional[str]) -> str:
+    """``uri`` with its password (and any query string) replaced: safe for messages and logs.
+
+    ``mongodb://user:pw@host/db?authSource=x`` -> ``mongodb://user:***@host/db?***``.
+    """
+    import re
+
+    if not uri:
+        return str(uri)
+    out = re.sub(r"^([a-zA-Z][\w+.-]*://)([^:/@]*):[^@/]*@", r"\1\2:***@", str(uri))
+    return re.sub(r"\?.*$", "?***", out)
+
+
+class Secret:
+    """A value that travels (pickled) but never shows: ``repr``/``str`` are redacted.
+
+    Ray Train records ``train_loop_config`` as run metadata by walking dicts and calling
+    ``str`` on everything else: a ``Secret`` appears there as ``<redacted>``.
+
+    :param value: The value to carry (e.g. the datalayer config with its URI).
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: t.Any):
+        self._value = value
+
+    def reveal(self) -> t.Any:
+        """The carried value (only where it is used: rank 0's datalayer)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        return (Secret, (self._value,))

@@ -16,7 +16,6 @@ import typing as t
 
 from superduper import logging
 from superduper.components.model import Trainer
-from superduper.misc import typing as st
 
 from superduper_transformers import resume
 from superduper_transformers import trainer_args as cfg
@@ -24,6 +23,7 @@ from superduper_transformers.hf import data
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import check_model_path, load_tokenizer
 from superduper_transformers.launch.dispatch import check_devices, launch
+from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
 from superduper_transformers.settings import TrainSettings
 
 if t.TYPE_CHECKING:
@@ -49,7 +49,7 @@ class _LLMTrainerFields(Trainer):
     log_to_db: bool = True
     training_kwargs: t.Dict = dc.field(default_factory=dict)
     num_gpus: t.Optional[int] = None
-    ray_configs: t.Optional[st.Dill] = None
+    ray_configs: t.Optional[t.Dict] = None
     resume_from_db: str = "auto"
 
 
@@ -77,6 +77,8 @@ class LLMTrainer(_LLMTrainerFields):
     :param training_kwargs: ``TrainingArguments``/``SFTConfig`` keywords.
     :param num_gpus: GPUs to use locally; must be set explicitly when several are visible.
     :param ray_configs: Train on Ray: ``scaling_config`` (required), ``run_config``, ``address``.
+        Stored as JSON: Ray's config dataclasses become dicts of their set fields (rebuilt
+        on use); values that are not plain data are refused.
     :param resume_from_db: ``"auto"`` resumes an interrupted run from its latest
         checkpoint in the db; ``"never"`` always starts fresh.
     """
@@ -97,6 +99,10 @@ class LLMTrainer(_LLMTrainerFields):
     def postinit(self):
         """Validate every setting at construction, before anything reaches the db."""
         self.training_kwargs = dict(self.training_kwargs or {})
+        try:
+            self.ray_configs = plain_ray_configs(self.ray_configs)
+        except RayConfigError as e:
+            raise cfg.ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
         cfg.validate_trainer(self)
         super().postinit()
 

@@ -95,6 +95,12 @@ def validate_trainer(trainer: t.Any) -> None:
         issues.append(
             f"`training_kwargs` has `{k}`, which is not a field of TrainingArguments/SFTConfig.{hint}"
         )
+    issues += resolved.secret_issues(tk, "training_kwargs")
+    if getattr(trainer, "transform", None) is not None:
+        issues.append(
+            "`transform` is not used by LLMTrainer (rows are tokenized from `key`), and "
+            "superduper would store it pickled, which the plugin never does: remove it."
+        )
     if trainer.bits not in VALID_BITS:
         issues.append(
             f"`bits` must be None (no quantization), 4 (QLoRA NF4) or 8, got {trainer.bits!r}."
@@ -147,9 +153,7 @@ def validate_trainer(trainer: t.Any) -> None:
             "(one worker per GPU). Set `ray_configs={'scaling_config': ScalingConfig("
             f"num_workers={trainer.num_gpus}, use_gpu=True)}}`, or `num_gpus=1`."
         )
-    # Reloaded from the db, `ray_configs` is a lazy Blob: it was checked when first
-    # built, and `train` checks it again once unpacked.
-    if trainer.ray_configs is not None and not hasattr(trainer.ray_configs, "unpack"):
+    if trainer.ray_configs is not None:
         if not isinstance(trainer.ray_configs, dict):
             issues.append(
                 f"`ray_configs` must be a dict with a `scaling_config`, got {type(trainer.ray_configs).__name__}."
@@ -197,8 +201,6 @@ def _ray_use_gpu(ray_configs) -> t.Optional[bool]:
     """``ScalingConfig.use_gpu`` of ``ray_configs`` (None for a local training)."""
     if ray_configs is None:
         return None
-    if hasattr(ray_configs, "unpack"):
-        ray_configs = ray_configs.unpack()
     scaling = (ray_configs or {}).get("scaling_config") if isinstance(ray_configs, dict) else None
     use_gpu = scaling.get("use_gpu") if isinstance(scaling, dict) else getattr(scaling, "use_gpu", False)
     return bool(use_gpu)
@@ -253,6 +255,8 @@ def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **override
     # the precision is resolved from the hardware unless the user set it.
     precision = precision_for(trainer)
     kwargs.update(precision.trainer_kwargs())
+    if precision.device == "cpu" and precision.name != resolved.FP32:
+        kwargs["use_cpu"] = True  # transformers refuses half precision on the CPU otherwise
     from superduper import logging
 
     logging.info(f"Precision: {precision.name} on {precision.device} ({precision.reason})")

@@ -39,3 +39,12 @@ class TrainJob:
     trainer_kwargs: t.Dict[str, t.Any] = dc.field(default_factory=dict)
     trainer_prepare_func: t.Optional[t.Callable] = None
     local_rank: t.Optional[int] = None
+
+    def __repr__(self) -> str:
+        # Short on purpose: Ray records its train_loop_config (this job) with `str`, and
+        # the full dataclass repr would carry every training argument and dataset.
+        rows = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else "?"
+        return (
+            f"TrainJob(run={self.experiment_id}, rows={rows}, "
+            f"output_dir={getattr(self.training_args, 'output_dir', None)!r})"
+        )

@@ -12,6 +12,8 @@ import os
 import socket
 import typing as t
 
+from superduper_transformers.settings import redact_uri
+
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
@@ -26,12 +28,82 @@ RAY_CONFIG_KEYS = {
 }
 #: Seconds to wait for a cluster address to accept a connection.
 CONNECT_TIMEOUT_S = 10.0
-
-
+_PLAIN = (type(None), bool, int, float, str)
 
 
 class RayConfigError(ValueError):
     """Invalid ``ray_configs`` or a set-up the workers cannot use; the message has the fix."""
+
+
+# -- plain data -------------------------------------------------------------
+def plain_ray_configs(ray_configs: t.Any) -> t.Optional[t.Dict[str, t.Any]]:
+    """``ray_configs`` as plain JSON data: Ray's dataclasses become dicts of their set fields.
+
+    The trainer stores ``ray_configs`` in the db as JSON, never pickled: unpickling a
+    stored blob runs whatever code it names, and anyone who can write the artifact
+    store could plant one. :func:`ray_config_objects` rebuilds the Ray objects on use.
+
+    :param ray_configs: A dict of ``scaling_config`` (``ScalingConfig`` or dict),
+        ``run_config`` (``RunConfig`` or dict), ``address``, ``temp_dir``, ``num_cpus``,
+        ``runtime_env``.
+    :raises RayConfigError: naming the key of a value that is not plain data.
+    """
+    if ray_configs is None:
+        return None
+    if not isinstance(ray_configs, dict):
+        raise RayConfigError(
+            f"`ray_configs` must be a dict with a `scaling_config`, got {type(ray_configs).__name__}."
+        )
+    issues: t.List[str] = []
+    out = {k: _plain(v, f"ray_configs['{k}']", issues) for k, v in ray_configs.items()}
+    if issues:
+        raise RayConfigError(
+            "`ray_configs` is stored in the database as JSON (never pickled), so it must hold "
+            "plain data:\n" + "\n".join(f"- {i}" for i in issues)
+        )
+    return out
+
+
+def _plain(value: t.Any, where: str, issues: t.List[str]) -> t.Any:
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]", issues) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                issues.append(f"`{where}` has a key {k!r} that is not a string.")
+                continue
+            out[k] = _plain(v, f"{where}['{k}']", issues)
+        return out
+    if dc.is_dataclass(value) and not isinstance(value, type):
+        fields = {}
+        for f in dc.fields(value):
+            v = getattr(value, f.name)
+            if not f.init or _is_default(f, v):
+                continue  # only what the user set travels (and Ray's deprecation sentinels do not)
+            fields[f.name] = _plain(v, f"{where}.{f.name}", issues)
+        return fields
+    issues.append(
+        f"`{where}` is a {type(value).__name__}, which is not plain data (str, number, bool, "
+        "None, list, dict or a Ray config dataclass of those). Give its settings as plain "
+        "values, e.g. a `storage_path` string instead of a filesystem object."
+    )
+    return None
+
+
+def _is_default(field: dc.Field, value: t.Any) -> bool:
+    if field.default is not dc.MISSING:
+        default = field.default
+    elif field.default_factory is not dc.MISSING:  # type: ignore[misc]
+        default = field.default_factory()  # type: ignore[misc]
+    else:
+        return False
+    try:
+        return bool(value == default) or (isinstance(value, str) and value == "DEPRECATED")
+    except Exception:  # objects whose == raises or is ambiguous
+        return False
 
 
 # -- checks ---------------------------------------------------------------
@@ -80,8 +152,6 @@ def check_ray_setup(ray_configs: t.Any, db: t.Optional["Datalayer"] = None):
     from superduper_transformers._optional import require
 
     require("ray", "ray", "Training on Ray (`ray_configs`)")
-    if hasattr(ray_configs, "unpack"):  # a trainer reloaded without setup(): a lazy Blob
-        ray_configs = ray_configs.unpack()
     check_ray_configs(ray_configs, db)
     scaling, run = ray_config_objects(ray_configs)
     if ray_configs.get("address"):
@@ -102,14 +172,15 @@ def _shared_storage_issues(db: "Datalayer") -> t.List[str]:
             "SUPERDUPER_ARTIFACT_STORE, before building the datalayer."
         )
     backend = db.cfg.data_backend or ""
+    shown = redact_uri(backend)
     if backend.startswith("mongomock://"):
         issues.append(
-            f"The database `{backend}` lives inside this process; Ray workers cannot write to it. "
+            f"The database `{shown}` lives inside this process; Ray workers cannot write to it. "
             "Use a database server (`mongodb://...`) or a SQLite file (`sqlite:////abs/path.db`)."
         )
     elif backend.startswith("sqlite://") and not backend.startswith("sqlite:////"):
         issues.append(
-            f"The database `{backend}` is a relative SQLite path: use `sqlite:////abs/path.db` "
+            f"The database `{shown}` is a relative SQLite path: use `sqlite:////abs/path.db` "
             "so that every worker opens the same file."
         )
     return issues

@@ -22,6 +22,7 @@ from superduper import logging
 from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_setup  # noqa: F401
 
 from superduper_transformers.hf.job import TrainJob
+from superduper_transformers.settings import Secret
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -143,9 +144,11 @@ def ray_train(
             f"LLM `{llm.identifier}` is not in the database: Ray workers load it by identifier. "
             "Apply it first (`db.apply(llm, force=True)`), or pass `db=None`."
         )
+    # Ray records train_loop_config as run metadata (dashboard, export events): the
+    # datalayer config (its URI may hold a password) travels as a redacted `Secret`.
     loop_config = dict(
         job=job,
-        cfg=db.cfg.dict() if recording and log_to_db else None,
+        cfg=Secret(db.cfg.dict()) if recording and log_to_db else None,
         identifier=llm.identifier if llm is not None else None,
     )
     identifier = llm.identifier if llm is not None else "llm"
@@ -194,7 +197,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     callbacks = []
     if loop["cfg"] is not None:
         callbacks.append(
-            LLMCallback(cfg=loop["cfg"], identifier=loop["identifier"], experiment_id=job.experiment_id)
+            LLMCallback(cfg=loop["cfg"].reveal(), identifier=loop["identifier"], experiment_id=job.experiment_id)
         )
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
     # Ray; the restarted run re-saves that step and its re-registration is a no-op.

@@ -44,3 +44,14 @@ def db(artifact_store, tmp_path):
     fixtures.insert_rows(db)
     yield db
     db.disconnect()
+
+
+@pytest.fixture
+def caplog_loguru():
+    """The messages superduper's (loguru) logger writes during the test."""
+    from loguru import logger
+
+    messages: list = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="DEBUG")
+    yield messages
+    logger.remove(sink)

@@ -34,13 +34,28 @@ def test_whole_text_is_learned_without_y(tokenizer):
     assert IGNORE_INDEX not in out["labels"]
 
 
-def test_prompt_template_and_truncation(tokenizer):
+def test_a_long_prompt_loses_its_start_not_the_completion(tokenizer):
     out = tokenize(
         tokenizer, {"x": "5+1=", "y": "6"}, "x", "y", max_length=6, prompt_template="Q: {input}"
     )
     assert len(out["input_ids"]) == len(out["labels"]) == 6
-    assert tokenizer.decode(out["input_ids"]).startswith("Q: 5+1")
-    assert set(out["labels"]) == {IGNORE_INDEX}  # the completion was cut away
+    # "Q: 5+1=" + "6" + EOS is 9 tokens: the first 3 prompt tokens are dropped
+    assert tokenizer.decode(out["input_ids"][:4]) == "5+1="
+    learned = [t for t in out["labels"] if t != IGNORE_INDEX]
+    assert learned == [tokenizer.convert_tokens_to_ids("6"), tokenizer.eos_token_id]
+
+
+def test_rows_longer_than_max_seq_length_are_counted(tokenizer, caplog_loguru):
+    from superduper_transformers.hf.data import build_dataset
+
+    rows = [{"x": "5+1=", "y": "6"}, {"x": "1234567+1=", "y": "1234568"}, {"x": "1=", "y": "123456789"}]
+    ds = build_dataset(tokenizer, rows, "x", "y", max_length=10)
+    assert [len(r) for r in ds["input_ids"]] == [6, 10, 10]
+    assert any(
+        "2 of 3 rows are longer than max_seq_length=10 tokens: 1 had the start of their prompt "
+        "cut" in m and "1 lost their end" in m
+        for m in caplog_loguru
+    ), caplog_loguru
 
 
 def test_check_rows_messages():

@@ -85,6 +85,7 @@ def test_whole_text_training_with_a_single_key(db, tiny_model_dir):
     db["lines"].insert([{"text": p + c, "_fold": "train"} for p, c in fixtures.FACTS])
     llm, rows = _train_and_reload(
         db, tiny_model_dir, "lines", table="lines", key="text", max_steps=1200, save_steps=1200,
+        eval_strategy="no",
     )
     assert [r["step"] for r in rows] == [1200]
     assert fixtures.answered(llm) >= 31, fixtures.answers(llm)

@@ -66,6 +66,14 @@ class LLM(Model):
         )
         if secrets:
             raise ValueError(f"LLM `{self.identifier}`: " + " ".join(secrets))
+        try:
+            (self.prompt_template or "{input}").format(input="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"LLM `{self.identifier}`: `prompt_template`={self.prompt_template!r} cannot be "
+                f"filled with only `{{input}}` ({type(e).__name__}: {e}). Use `{{input}}` as the "
+                "only placeholder and write literal braces as `{{` and `}}`."
+            ) from e
         if "{input}" not in (self.prompt_template or "{input}"):
             raise ValueError(
                 f"LLM `{self.identifier}`: `prompt_template`={self.prompt_template!r} has no "
@@ -202,7 +210,9 @@ class LLM(Model):
         if requires and self.trainer is not None and resume.is_interrupted(self.db, self.identifier):
             requires = None  # re-applying a model whose training was cut off trains it again
         triggers = self.get_triggers(event_type, requires=requires)
-        if "fit_in_db" in triggers and self.trainer is not None:
+        # Saves of a model this process is training (each checkpoint) are not applies to
+        # check again: the preflight builds an SFTConfig, which resets accelerate's state.
+        if "fit_in_db" in triggers and self.trainer is not None and not resume.is_active(self.identifier):
             from superduper_transformers.trainer import preflight
 
             preflight(self, self.db)

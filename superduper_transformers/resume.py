@@ -18,6 +18,7 @@ state), under the same ``experiment_id``, so later checkpoints continue its step
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses as dc
 import os
@@ -51,7 +52,7 @@ CHANGES_THAT_RESUME = frozenset(
 
 #: Identifiers of the models this process is training right now (their runs are live,
 #: not interrupted).
-_ACTIVE: t.Set[str] = set()
+_ACTIVE: t.Counter[str] = collections.Counter()
 
 
 class TrainingRun(Component):
@@ -122,17 +123,22 @@ def is_interrupted(db: "Datalayer", model: str) -> bool:
     :param db: The datalayer.
     :param model: Identifier of the ``LLM``.
     """
-    return model not in _ACTIVE and bool(unfinished_runs(db, model))
+    return not is_active(model) and bool(unfinished_runs(db, model))
+
+
+def is_active(model: str) -> bool:
+    """Whether this process is training ``model`` now (its saves are not re-applies)."""
+    return _ACTIVE[model] > 0
 
 
 @contextlib.contextmanager
 def active(model: str):
-    """Mark ``model`` as being trained by this process (its saves are not re-applies)."""
-    _ACTIVE.add(model)
+    """Mark ``model`` as being trained by this process (nested uses count)."""
+    _ACTIVE[model] += 1
     try:
         yield
     finally:
-        _ACTIVE.discard(model)
+        _ACTIVE[model] -= 1
 
 
 def latest_verified_checkpoint(

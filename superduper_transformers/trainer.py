@@ -141,16 +141,7 @@ class LLMTrainer(_LLMTrainerFields):
         if list(eval_ds) == ["valid"]:
             eval_ds = eval_ds["valid"]  # one set: metrics are plain `eval_loss`
 
-        overrides = {}
-        if eval_rows and not self.training_kwargs.get("metric_for_best_model"):
-            first = next(iter(eval_rows))
-            overrides["metric_for_best_model"] = "loss" if len(eval_rows) == 1 else f"{first}_loss"
-        training_args = cfg.build_sft_config(
-            self,
-            output_dir=cfg.output_dir_for(self, model.identifier),
-            has_eval=bool(eval_rows),
-            **overrides,
-        )
+        training_args = training_args_for(self, model.identifier, list(eval_rows))
         settings = TrainSettings.from_trainer(self, training_args)
         with resume.active(model.identifier):
             # Resume the model's interrupted run (same experiment_id) or record a new one.
@@ -202,6 +193,53 @@ def run_settings(model: LLM, trainer: LLMTrainer) -> t.Dict[str, t.Any]:
 
 
 
+def eval_metric_names(eval_sets: t.Sequence[str]) -> t.List[str]:
+    """The metrics evaluation produces for these eval sets (without the ``eval_`` prefix).
+
+    One set of ``_fold='valid'`` rows gives ``loss``; several sets (or a named
+    validation dataset) give ``<set>_loss`` each.
+    """
+    if not eval_sets:
+        return []
+    return ["loss"] if list(eval_sets) == ["valid"] else [f"{name}_loss" for name in eval_sets]
+
+
+def training_args_for(trainer: LLMTrainer, identifier: str, eval_sets: t.Sequence[str]):
+    """The resolved ``SFTConfig`` of a training of ``identifier`` with these eval sets.
+
+    Built in the preflight too, so that a setting transformers or trl refuses (or a
+    best-model metric no evaluation produces) fails before the apply writes anything.
+
+    :raises ConfigError: naming the setting, the value and the fix.
+    """
+    produced = eval_metric_names(eval_sets)
+    overrides = {}
+    metric = trainer.training_kwargs.get("metric_for_best_model")
+    if metric is None and produced:
+        overrides["metric_for_best_model"] = produced[0]
+    elif metric is not None:
+        bare = metric[len("eval_"):] if metric.startswith("eval_") else metric
+        if bare not in produced:
+            where = f"the eval sets {list(eval_sets)} produce {produced}" if produced else "there is no evaluation data"
+            raise cfg.ConfigError(
+                f"`metric_for_best_model`={metric!r} is a metric no evaluation produces: {where}. "
+                f"Use one of {produced or ['(none: add rows with `_fold=' + repr('valid') + '`)']}."
+            )
+    try:
+        return cfg.build_sft_config(
+            trainer,
+            output_dir=cfg.output_dir_for(trainer, identifier),
+            has_eval=bool(eval_sets),
+            **overrides,
+        )
+    except cfg.ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # transformers' / trl's own checks
+        raise cfg.ConfigError(
+            f"Invalid LLMTrainer settings: transformers/trl refused them: {e}"
+        ) from e
+
+
 def named_eval_rows(
     model: LLM, db: "Datalayer", valid_values, X: str, y: t.Optional[str]
 ) -> t.Dict[str, t.List]:
@@ -223,6 +261,13 @@ def named_eval_rows(
 
 def _fold_rows(trainer: LLMTrainer, db: "Datalayer", fold: str) -> t.List[t.Dict]:
     select = trainer.select
+    tables = db.show("Table")
+    if select.table not in tables:
+        raise data.DataError(
+            f"`select` reads the table `{select.table}`, which is not in the database (tables: "
+            f"{sorted(t for t in tables if not t[:1].isupper())}). Create it with "
+            "`db.apply(Table(...))` and insert the rows, or fix the query."
+        )
     table = db[select.table]
     return [dict(r) for r in select.filter(table["_fold"] == fold).execute()]
 
@@ -259,6 +304,10 @@ def preflight(model: LLM, db: "Datalayer") -> None:
     valid_rows = _fold_rows(trainer, db, "valid")
     if valid_rows:
         data.check_rows(valid_rows, X, y, "validation rows (`_fold='valid'`)")
+    eval_sets = (["valid"] if valid_rows else []) + [
+        ds.identifier for ds in (model.validation.datasets if model.validation is not None else [])
+    ]
+    training_args_for(trainer, model.identifier, eval_sets)
     if trainer.bits is not None:
         from superduper_transformers._optional import require
 

@@ -115,8 +115,10 @@ def validate_trainer(trainer: t.Any) -> None:
             issues.append(f"`lora_r` must be a positive integer, got {trainer.lora_r!r}.")
         if not isinstance(trainer.lora_alpha, (int, float)) or trainer.lora_alpha <= 0:
             issues.append(f"`lora_alpha` must be positive, got {trainer.lora_alpha!r}.")
-        if not (0.0 <= float(trainer.lora_dropout) < 1.0):
-            issues.append(f"`lora_dropout` must be in [0, 1), got {trainer.lora_dropout!r}.")
+        if not _is_number(trainer.lora_dropout) or not (0.0 <= trainer.lora_dropout < 1.0):
+            issues.append(
+                f"`lora_dropout` must be a number in [0, 1) (e.g. 0.05), got {trainer.lora_dropout!r}."
+            )
         if trainer.lora_bias not in VALID_LORA_BIAS:
             issues.append(
                 f"`lora_bias` must be one of {VALID_LORA_BIAS}, got {trainer.lora_bias!r}."
@@ -130,6 +132,7 @@ def validate_trainer(trainer: t.Any) -> None:
             "`max_length` was given as a training keyword; set `max_seq_length` instead "
             "(it becomes SFTConfig's `max_length`)."
         )
+    issues += _range_issues(tk)
     limit = tk.get("save_total_limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         issues.append(
@@ -165,10 +168,11 @@ def validate_trainer(trainer: t.Any) -> None:
                 f"{sorted(trainer.ray_configs)}."
             )
     key = trainer.key
+    names = [key] if isinstance(key, str) else list(key) if isinstance(key, (list, tuple)) else None
     if not (
-        isinstance(key, str)
-        or (isinstance(key, (list, tuple)) and len(key) == 2 and all(isinstance(k, str) for k in key))
-        or (isinstance(key, (list, tuple)) and len(key) == 1 and isinstance(key[0], str))
+        names is not None
+        and 1 <= len(names) <= 2
+        and all(isinstance(k, str) and k.strip() for k in names)
     ):
         issues.append(
             f"`key` must be a column name (learn the whole text) or a pair (X, y) of column "
@@ -178,6 +182,47 @@ def validate_trainer(trainer: t.Any) -> None:
         raise ConfigError(
             "Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues)
         )
+
+
+def _is_number(value: t.Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: Numeric training settings: (name, kind, lower bound, inclusive, example of a valid value).
+_RANGES = (
+    ("learning_rate", float, 0, False, "2e-4"),
+    ("num_train_epochs", float, 0, False, "3"),
+    ("per_device_train_batch_size", int, 1, True, "8"),
+    ("per_device_eval_batch_size", int, 1, True, "8"),
+    ("gradient_accumulation_steps", int, 1, True, "4"),
+    ("save_steps", float, 0, False, "100"),
+    ("eval_steps", float, 0, False, "100"),
+    ("logging_steps", float, 0, False, "10"),
+    ("warmup_steps", float, 0, True, "0"),
+    ("weight_decay", float, 0, True, "0.0"),
+    ("max_grad_norm", float, 0, True, "1.0"),
+)
+
+
+def _range_issues(tk: t.Mapping[str, t.Any]) -> t.List[str]:
+    """Type and range of numeric training settings: caught here, not in the middle of ``fit``."""
+    issues = []
+    for name, kind, low, inclusive, example in _RANGES:
+        if name not in tk or tk[name] is None:
+            continue
+        value = tk[name]
+        ok_type = _is_number(value) and (kind is float or float(value).is_integer())
+        ok = ok_type and (value >= low if inclusive else value > low)
+        if not ok:
+            bound = f">= {low}" if inclusive else f"> {low}"
+            what = "an integer" if kind is int else "a number"
+            issues.append(f"`{name}` must be {what} {bound} (e.g. {example}), got {value!r}.")
+    steps = tk.get("max_steps")
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and (steps > 0 or steps == -1)):
+        issues.append(
+            f"`max_steps` must be a positive integer (or -1 to train `num_train_epochs`), got {steps!r}."
+        )
+    return issues
 
 
 def input_output_keys(key: t.Any) -> t.Tuple[str, t.Optional[str]]:
@@ -242,6 +287,12 @@ def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **override
     kwargs["max_length"] = trainer.max_seq_length
     kwargs.setdefault("gradient_checkpointing", False)
     if not has_eval:
+        if str(kwargs.get("eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
+            raise ConfigError(
+                f"`eval_strategy`={kwargs['eval_strategy']!r} needs evaluation data, and there is "
+                "none: insert rows with `_fold='valid'`, give the model a `validation` with "
+                "datasets, or set `eval_strategy='no'`."
+            )
         kwargs["eval_strategy"] = "no"
         if kwargs.get("load_best_model_at_end"):
             raise ConfigError(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import typing as t
 
+from superduper import logging
+
 IGNORE_INDEX = -100
 
 
@@ -66,12 +68,23 @@ def tokenize(
     :param X: The input (prompt) column.
     :param y: The output (completion) column. When given, the prompt tokens get label
         -100 so only the completion is learned; when None the whole text is learned.
-    :param max_length: Truncate the sequence to this many tokens.
+    :param max_length: At most this many tokens. A longer example loses the start of its
+        prompt, so the completion and its EOS are kept whole; a completion (or whole
+        text) that alone is longer is cut at the end.
     :param prompt_template: Template with ``{input}`` applied to the input, as the
         ``LLM`` does at prediction time.
     :param chat_format: Wrap the prompt as the user turn of the tokenizer's chat template
         (``LLMTrainer(setup_chat_format=True)``); the completion is the assistant's answer.
     """
+    return _encode(tokenizer, example, X, y, max_length, prompt_template, chat_format)[0]
+
+
+#: What happened to an example longer than ``max_length``.
+FITS, PROMPT_CUT, END_LOST = "fits", "prompt_cut", "end_lost"
+
+
+def _encode(tokenizer, example, X, y, max_length, prompt_template, chat_format):
+    """:func:`tokenize`, and ``FITS``, ``PROMPT_CUT`` or ``END_LOST``."""
     prompt = build_prompt(tokenizer, example[X], prompt_template, chat_format)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     # a chat template writes its own special tokens
@@ -83,9 +96,19 @@ def tokenize(
         completion_ids = tokenizer(example[y], add_special_tokens=False)["input_ids"] + eos
         input_ids = prompt_ids + completion_ids
         labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
-    if max_length is not None:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+    status = FITS
+    if max_length is not None and len(input_ids) > max_length:
+        status = END_LOST
+        if y is not None and len(completion_ids) < max_length:
+            status = PROMPT_CUT
+            # Too long: drop the *start* of the prompt, so the completion (what is learned)
+            # and its EOS survive; cutting the end would leave nothing to learn.
+            cut = len(input_ids) - max_length
+            input_ids, labels = input_ids[cut:], labels[cut:]
+        else:
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+    encoded = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+    return encoded, status
 
 
 def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str) -> None:
@@ -137,11 +160,17 @@ def build_dataset(
     """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``."""
     from datasets import Dataset
 
-    encoded = [
-        tokenize(
-            tokenizer, row, X, y, max_length=max_length, prompt_template=prompt_template,
-            chat_format=chat_format,
+    encoded, statuses = [], {FITS: 0, PROMPT_CUT: 0, END_LOST: 0}
+    for row in rows:
+        example, status = _encode(tokenizer, row, X, y, max_length, prompt_template, chat_format)
+        encoded.append(example)
+        statuses[status] += 1
+    if statuses[PROMPT_CUT] or statuses[END_LOST]:
+        logging.warn(
+            f"{statuses[PROMPT_CUT] + statuses[END_LOST]} of {len(rows)} rows are longer than "
+            f"max_seq_length={max_length} tokens: {statuses[PROMPT_CUT]} had the start of "
+            f"their prompt cut (the completion is kept whole), {statuses[END_LOST]} lost their "
+            "end (the completion or text alone is longer, so its EOS is not learned). Raise "
+            "`max_seq_length` to keep them whole."
         )
-        for row in rows
-    ]
     return Dataset.from_list(encoded)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses as dc
 import typing as t
 
+from superduper_transformers import resume
 from superduper_transformers.hf import train as hf_train
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.launch.callback import LLMCallback
@@ -22,4 +24,6 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
     if db is not None and llm is not None and log_to_db:
         recorder = LLMCallback(db=db, llm=llm, experiment_id=job.experiment_id)
         job = dc.replace(job, callbacks=[*job.callbacks, recorder])
-    return hf_train.run_job(job)
+    # While it trains, saves of the model are bookkeeping, not re-applies to check.
+    with resume.active(llm.identifier) if llm is not None else contextlib.nullcontext():
+        return hf_train.run_job(job)

@@ -190,6 +190,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     import ray.train
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 
+    from superduper_transformers import resume as runs
     from superduper_transformers.hf.train import run_job
     from superduper_transformers.launch.callback import LLMCallback
 
@@ -218,7 +219,8 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
             resume = os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME)
             job = dc.replace(job, resume_from_checkpoint=resume)
             logging.info(f"Resuming from {resume}")
-        run_job(job)
+        with runs.active(loop["identifier"] or ""):  # saves by rank 0 are not re-applies
+            run_job(job)
 
 
 # -- results --------------------------------------------------------------

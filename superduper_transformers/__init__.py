@@ -2,8 +2,9 @@
 
 from superduper_transformers.checkpoint import Checkpoint
 from superduper_transformers.model import LLM
+from superduper_transformers.resume import delete_model
 from superduper_transformers.trainer import LLMTrainer
 
 __version__ = "0.11.0"
 
-__all__ = ["Checkpoint", "LLM", "LLMTrainer"]
+__all__ = ["Checkpoint", "LLM", "LLMTrainer", "delete_model"]

@@ -216,6 +216,8 @@ class LLM(Model):
             from superduper_transformers.trainer import preflight
 
             preflight(self, self.db)
+            if self.identifier not in self.db.show("LLM"):  # new, or deleted and re-created
+                resume.abandon_runs_of_a_deleted_model(self.db, self.identifier)
         return super().create_jobs(
             context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
         )

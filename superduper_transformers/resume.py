@@ -280,3 +280,58 @@ def show_interrupted_run(model: t.Any) -> None:
     if is_interrupted(model.db, model.identifier):
         run = unfinished_runs(model.db, model.identifier)[-1]
         model.metric_values["training_run"] = {"experiment_id": run.experiment_id, "state": RUNNING}
+
+
+def abandon_runs_of_a_deleted_model(db: "Datalayer", model: str) -> t.List[str]:
+    """Mark ``abandoned`` the runs of ``model`` left ``running`` when the model itself is gone.
+
+    A model deleted with ``db.teardown`` (not :func:`delete_model`) leaves its runs
+    behind; a new model applied under the same name must start afresh, not continue
+    the deleted one's optimizer state. ``LLM.create_jobs`` calls this when it plans
+    the apply of a model that is not in the db.
+
+    :return: the experiment ids marked.
+    """
+    marked = []
+    for run in unfinished_runs(db, model):
+        run.state = ABANDONED
+        db.apply(run, force=True, jobs=False)
+        marked.append(run.experiment_id)
+    if marked:
+        logging.warn(f"{model}: runs {marked} belonged to a deleted model: not resuming them")
+    return marked
+
+
+def delete_model(db: "Datalayer", identifier: str) -> t.Dict[str, int]:
+    """Remove the ``LLM`` ``identifier`` with its trainer, all its checkpoints (rows and
+    files) and its training runs. Works when checkpoint folders are already gone.
+
+    :param db: The datalayer.
+    :param identifier: The ``LLM``'s identifier.
+    :return: how many of each were removed: ``{"models", "checkpoints", "runs", "folders"}``.
+    """
+    removed = {"models": 0, "checkpoints": 0, "runs": 0, "folders": 0}
+    if identifier in db.show("LLM"):
+        db.teardown("LLM", identifier, recursive=True, force=True)
+        removed["models"] = 1
+    for row in ckpts.list_checkpoints(db, identifier):
+        if row["identifier"] in db.show("Checkpoint"):
+            ckpts.delete_checkpoint(db, row["identifier"])
+            removed["checkpoints"] += 1
+    for run in _all_runs(db, identifier):
+        db.teardown("TrainingRun", run, force=True)
+        removed["runs"] += 1
+    removed["folders"] = len(artifacts.cleanup_orphan_artifacts(db, identifier))
+    logging.info(f"Deleted {identifier}: {removed}")
+    return removed
+
+
+def _all_runs(db: "Datalayer", model: str) -> t.List[str]:
+    from superduper.base import exceptions
+
+    table = db["TrainingRun"]
+    try:
+        rows = table.filter(table["model"] == model).select("identifier").execute()
+    except exceptions.NotFound:
+        return []
+    return sorted({r["identifier"] for r in rows})

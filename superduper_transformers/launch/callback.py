@@ -8,6 +8,7 @@ model at its best (else last) checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import typing as t
 import uuid
@@ -162,6 +163,47 @@ class LLMCallback(TrainerCallback):
         self.llm.adapter_id = self.db.load("Checkpoint", chosen["identifier"])
         self.llm.save()
         logging.info(f"{self.identifier}: adapter set to checkpoint {chosen['identifier']}")
+
+
+def register_final_checkpoint(db: "Datalayer", llm: t.Any, folder: str, experiment_id: str):
+    """Register the HF checkpoint ``folder`` (the end of a run) and point ``llm`` at it.
+
+    For runs recorded only at the end: a Ray run with ``log_to_db=False``
+    (``handle_ray_results``) and a local one likewise.
+
+    :param db: The datalayer.
+    :param llm: The trained ``LLM``.
+    :param folder: An HF checkpoint folder (with ``trainer_state.json``).
+    :param experiment_id: The run's identifier.
+    :return: the registered ``Checkpoint``.
+    """
+    with open(os.path.join(folder, "trainer_state.json")) as f:
+        state = json.load(f)
+    ckpt = ckpts.register_checkpoint(
+        db,
+        model=llm.identifier,
+        experiment_id=experiment_id,
+        path=folder,
+        step=state["global_step"],
+        metrics=latest_metrics(state.get("log_history", []), state["global_step"]),
+    )
+    llm.adapter_id = ckpt
+    llm.save()
+    return ckpt
+
+
+class SaveTheLastStep(TrainerCallback):
+    """Save at the last step, whatever the save schedule says.
+
+    With ``save_strategy="no"`` (or ``save_steps`` that do not divide ``max_steps``) the
+    HF trainer never saves the final weights, and a training recorded in the db would
+    leave nothing behind: the run would be ``finished`` with its weights lost.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True
+        return control
 
 
 def _eval_prefix(metrics: t.Dict[str, float]) -> str:

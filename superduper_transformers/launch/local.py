@@ -6,10 +6,16 @@ import contextlib
 import dataclasses as dc
 import typing as t
 
+from transformers.trainer_utils import get_last_checkpoint
+
 from superduper_transformers import resume
 from superduper_transformers.hf import train as hf_train
 from superduper_transformers.hf.job import TrainJob
-from superduper_transformers.launch.callback import LLMCallback
+from superduper_transformers.launch.callback import (
+    LLMCallback,
+    SaveTheLastStep,
+    register_final_checkpoint,
+)
 
 
 def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
@@ -21,9 +27,16 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
     :return: the ``TrainOutput``.
     """
     log_to_db = job.settings.log_to_db if job.settings is not None else True
-    if db is not None and llm is not None and log_to_db:
-        recorder = LLMCallback(db=db, llm=llm, experiment_id=job.experiment_id)
-        job = dc.replace(job, callbacks=[*job.callbacks, recorder])
+    recording = db is not None and llm is not None
+    callbacks = [SaveTheLastStep()] if recording else []
+    if recording and log_to_db:
+        callbacks.append(LLMCallback(db=db, llm=llm, experiment_id=job.experiment_id))
+    job = dc.replace(job, callbacks=[*job.callbacks, *callbacks])
     # While it trains, saves of the model are bookkeeping, not re-applies to check.
     with resume.active(llm.identifier) if llm is not None else contextlib.nullcontext():
-        return hf_train.run_job(job)
+        output = hf_train.run_job(job)
+        if recording and not log_to_db:
+            # Recorded at the end only, as a Ray run with log_to_db=False is.
+            last = get_last_checkpoint(job.training_args.output_dir)
+            register_final_checkpoint(db, llm, last, job.experiment_id or "local")
+    return output

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses as dc
-import json
 import os
 import tempfile
 import time
@@ -192,7 +191,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
 
     from superduper_transformers import resume as runs
     from superduper_transformers.hf.train import run_job
-    from superduper_transformers.launch.callback import LLMCallback
+    from superduper_transformers.launch.callback import LLMCallback, SaveTheLastStep
 
     job: TrainJob = loop["job"]
     callbacks = []
@@ -202,7 +201,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
         )
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
     # Ray; the restarted run re-saves that step and its re-registration is a no-op.
-    callbacks += [*job.callbacks, RayTrainReportCallback()]
+    callbacks += [*job.callbacks, SaveTheLastStep(), RayTrainReportCallback()]
     # The driver's args carry its cached device set-up (one process, rank 0); rebuilt
     # here they see this worker's process group, so only rank 0 saves and logs.
     job = dc.replace(
@@ -240,8 +239,7 @@ def handle_ray_results(
     """
     if db is None or llm is None:
         return results
-    from superduper_transformers import checkpoint as ckpts
-    from superduper_transformers.launch.callback import latest_metrics
+    from superduper_transformers.launch.callback import register_final_checkpoint
 
     if results.checkpoint is None:
         raise RayConfigError(
@@ -253,17 +251,5 @@ def handle_ray_results(
     with tempfile.TemporaryDirectory() as tmp:
         local = results.checkpoint.to_directory(os.path.join(tmp, "ray"))
         folder = os.path.join(local, "checkpoint")  # RayTrainReportCallback's layout
-        folder = folder if os.path.isdir(folder) else local
-        with open(os.path.join(folder, "trainer_state.json")) as f:
-            state = json.load(f)
-        ckpt = ckpts.register_checkpoint(
-            db,
-            model=llm.identifier,
-            experiment_id=experiment_id,
-            path=folder,
-            step=state["global_step"],
-            metrics=latest_metrics(state.get("log_history", []), state["global_step"]),
-        )
-    llm.adapter_id = ckpt
-    llm.save()
+        register_final_checkpoint(db, llm, folder if os.path.isdir(folder) else local, experiment_id)
     return results

@@ -73,18 +73,25 @@ class LLM(Model):
         superduper calls ``setup`` on every save of the model (it reloads the stored
         copy to diff it), so loading weights here would cost a model load per checkpoint.
         """
+        self._adapter_error = None
         try:
             super().setup()
         except FileNotFoundError as e:
             # superduper resolves the adapter's files while decoding it: a deleted
             # artifact surfaces as a bare FileNotFoundError from the artifact store.
+            # The error is kept for the first load of the weights, not raised here:
+            # superduper sets up a model to tear it down or to diff it on save, and
+            # neither needs the files (a lost folder must not make the model undeletable).
             identifier = getattr(self.adapter_id, "identifier", self.adapter_id)
-            raise CheckpointError(
+            self._adapter_error = CheckpointError(
                 f"Checkpoint `{identifier}`: its files are missing from the artifact store "
                 f"({e.filename}). The artifact store must be the one the checkpoint was "
                 "written to (CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE); otherwise set "
                 f"the LLM `{self.identifier}`'s `adapter_id` to another checkpoint."
-            ) from e
+            )
+            self._adapter_error.__cause__ = e
+            self._missing_adapter = self.adapter_id  # a new adapter_id clears the error
+            logging.warn(str(self._adapter_error))
         self._pipeline = None
         self._show_interrupted_run()
         return self
@@ -118,6 +125,9 @@ class LLM(Model):
 
     def adapter_path(self) -> t.Optional[str]:
         """Local folder of the adapter/checkpoint, verified against its manifest."""
+        error = getattr(self, "_adapter_error", None)
+        if error is not None and self.adapter_id is getattr(self, "_missing_adapter", None):
+            raise error
         if self.adapter_id is None:
             return None
         adapter = self.adapter_id

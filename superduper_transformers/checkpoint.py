@@ -304,6 +304,35 @@ def load_checkpoint(db: "Datalayer", identifier: str) -> Checkpoint:
     return ckpt
 
 
+def checkpoint_without_files(db: "Datalayer", identifier: str) -> Checkpoint:
+    """The registered checkpoint ``identifier`` built from its row, its folder not resolved.
+
+    For when the folder is gone from the artifact store: the component can still be
+    compared (hashed) and deleted, but :attr:`Checkpoint.local_path` raises.
+
+    :param db: The datalayer.
+    :param identifier: The checkpoint's identifier.
+    """
+    from superduper.base.datatype import FileItem
+
+    from superduper_transformers import artifacts
+
+    table = db["Checkpoint"]
+    rows = table.filter(table["identifier"] == identifier).select(*_ROW_COLUMNS, "version").execute()
+    if not rows:
+        raise CheckpointError(f"Checkpoint `{identifier}` is not registered in this database.")
+    row = max(rows, key=lambda r: r.get("version") or 0)
+    folder = os.path.join(artifacts.store_root(db), row["artifact_id"] or identifier)
+    ckpt = Checkpoint(
+        identifier,
+        path=FileItem(identifier=row["artifact_id"], path=folder),
+        **{k: row[k] for k in ("step", "model", "experiment_id", "metrics", "manifest", "artifact_id")},
+        db=db,
+    )
+    ckpt.version = row.get("version")
+    return ckpt
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

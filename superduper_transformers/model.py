@@ -82,19 +82,31 @@ class LLM(Model):
             # The error is kept for the first load of the weights, not raised here:
             # superduper sets up a model to tear it down or to diff it on save, and
             # neither needs the files (a lost folder must not make the model undeletable).
-            identifier = getattr(self.adapter_id, "identifier", self.adapter_id)
-            self._adapter_error = CheckpointError(
-                f"Checkpoint `{identifier}`: its files are missing from the artifact store "
-                f"({e.filename}). The artifact store must be the one the checkpoint was "
-                "written to (CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE); otherwise set "
-                f"the LLM `{self.identifier}`'s `adapter_id` to another checkpoint."
-            )
-            self._adapter_error.__cause__ = e
+            self._adapter_error = self._missing_adapter_error(e)
             self._missing_adapter = self.adapter_id  # a new adapter_id clears the error
+            if getattr(self.adapter_id, "object", False) is None:
+                # Resolve the reference from the row alone, so that superduper can hash
+                # (diff) this copy without the files.
+                from superduper_transformers.checkpoint import checkpoint_without_files
+
+                self.adapter_id.object = checkpoint_without_files(
+                    self.db, self.adapter_id.identifier
+                )
             logging.warn(str(self._adapter_error))
         self._pipeline = None
         self._show_interrupted_run()
         return self
+
+    def _missing_adapter_error(self, e: FileNotFoundError) -> CheckpointError:
+        identifier = getattr(self.adapter_id, "identifier", self.adapter_id)
+        error = CheckpointError(
+            f"Checkpoint `{identifier}`: its files are missing from the artifact store "
+            f"({e.filename}). The artifact store must be the one the checkpoint was "
+            "written to (CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE); otherwise set "
+            f"the LLM `{self.identifier}`'s `adapter_id` to another checkpoint."
+        )
+        error.__cause__ = e
+        return error
 
     def _show_interrupted_run(self) -> None:
         """Carry an interrupted training run on this copy of the model (in memory).
@@ -131,8 +143,11 @@ class LLM(Model):
         if self.adapter_id is None:
             return None
         adapter = self.adapter_id
-        if not isinstance(adapter, Checkpoint):  # a reference not yet resolved
-            adapter = adapter.unpack() if hasattr(adapter, "unpack") else adapter
+        if not isinstance(adapter, Checkpoint) and hasattr(adapter, "unpack"):
+            try:  # a reference not yet resolved
+                adapter = adapter.unpack()
+            except FileNotFoundError as e:
+                raise self._missing_adapter_error(e) from e
         return adapter.local_path
 
     def _load(self):

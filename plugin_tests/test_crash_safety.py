@@ -214,7 +214,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(ws, sdb, db):
     assert run.state == resume.FINISHED
     assert [r["step"] for r in run.resumes] == [50, 50, 150]
     # Only referenced checkpoint folders remain in the store.
-    tag = artifacts.model_tag("tiny")
+    tag = artifacts.model_tag(sdb, "tiny")
     assert set(ws.store_entries(tag)) == {r["artifact_id"] for r in rows}
 
     # The resumed model is the uninterrupted one: same weights, same answers.
@@ -375,7 +375,7 @@ def test_concurrent_trainings_prune_and_resume_only_their_own(ws, sdb):
     beta = ws.spawn("beta", beta_settings, hold={"step": 300, "until": release})
     alpha = ws.spawn("alpha", alpha_settings, kill="copy:75")
     ws.wait(alpha, KILLED)
-    partial_alpha = ws.store_entries(artifacts.PARTIAL_PREFIX + artifacts.model_tag("alpha"))
+    partial_alpha = ws.store_entries(artifacts.PARTIAL_PREFIX + artifacts.model_tag(sdb, "alpha"))
     assert len(partial_alpha) == 1
     alpha = ws.spawn("alpha", alpha_settings)
     ws.wait(alpha, 0)
@@ -394,7 +394,7 @@ def test_concurrent_trainings_prune_and_resume_only_their_own(ws, sdb):
         run = sdb.load("TrainingRun", resume.run_identifier(model, experiment_id))
         assert run.state == resume.FINISHED
         assert [r["step"] for r in run.resumes] == ([50] if model == "alpha" else [])
-        assert set(ws.store_entries(artifacts.model_tag(model))) == {r["artifact_id"] for r in rows}
+        assert set(ws.store_entries(artifacts.model_tag(sdb, model))) == {r["artifact_id"] for r in rows}
         assert sdb.load("LLM", model).adapter_id.identifier in {r["identifier"] for r in rows}
 
 
@@ -416,7 +416,7 @@ def _wait_for_training(ws: Workspace, proc: subprocess.Popen, timeout: float = 1
 def _leftovers(ws: Workspace, db) -> int:
     """Checkpoint folders in the store that no row references (crash leftovers)."""
     referenced = artifacts.referenced_artifact_ids(db)
-    tag = artifacts.model_tag("tiny")
+    tag = artifacts.model_tag(db, "tiny")
     return sum(
         1
         for n in os.listdir(ws.store)

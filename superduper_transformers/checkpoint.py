@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import typing as t
 
 from superduper import Component, logging
@@ -87,8 +88,16 @@ class Checkpoint(Component):
         return str(path)
 
 
-def file_manifest(directory: str) -> t.Dict[str, t.List]:
-    """``{relative name: [size, sha256]}`` for every file under ``directory``."""
+def file_manifest(directory: str, identifier: t.Optional[str] = None) -> t.Dict[str, t.List]:
+    """``{relative name: [size, sha256]}`` for every file under ``directory``.
+
+    :param directory: The checkpoint folder.
+    :param identifier: The checkpoint's identifier, for error messages.
+    :raises CheckpointError: when the folder holds a symlink (it is not followed).
+    """
+    from superduper_transformers.artifacts import refuse_links
+
+    refuse_links(directory, _label(directory, identifier))
     out: t.Dict[str, t.List] = {}
     for root, _, files in os.walk(directory):
         for name in sorted(files):
@@ -102,19 +111,71 @@ def file_manifest(directory: str) -> t.Dict[str, t.List]:
     return dict(sorted(out.items()))
 
 
+def _label(directory: str, identifier: t.Optional[str]) -> str:
+    return f"Checkpoint `{identifier}`" if identifier else f"Checkpoint folder {directory}"
+
+
+def check_manifest_entries(manifest: t.Dict[str, t.List], identifier: str) -> None:
+    """Refuse manifest entries that could name a file outside the checkpoint folder.
+
+    An entry must be a relative path in normal form (as :func:`file_manifest` writes it):
+    no absolute path, no ``..``, no ``.`` or empty parts. Otherwise a tampered row could make
+    verification read (and report the size of) any file on the machine.
+
+    :param manifest: ``{relative file name: [size, sha256]}`` as stored in the row.
+    :param identifier: The checkpoint's identifier, for error messages.
+    :raises CheckpointError: naming the checkpoint and the entry.
+    """
+    for rel, value in manifest.items():
+        parts = str(rel).replace("\\", "/").split("/")
+        if (
+            not isinstance(rel, str)
+            or os.path.isabs(rel)
+            or any(p in ("", ".", "..") for p in parts)
+            or "\x00" in rel
+        ):
+            raise CheckpointError(
+                f"Checkpoint `{identifier}`: its manifest names {rel!r}, which is not a plain "
+                "relative file name inside the checkpoint folder (absolute, `..` or `.` parts). "
+                "The row was altered: delete the checkpoint (`delete_checkpoint`) and use another."
+            )
+        if not (isinstance(value, (list, tuple)) and len(value) == 2):
+            raise CheckpointError(
+                f"Checkpoint `{identifier}`: its manifest entry {rel!r} is {value!r}, not "
+                "[size, sha256]. The row was altered: delete the checkpoint and use another."
+            )
+
+
 def verify_directory(directory: str, manifest: t.Dict[str, t.List], identifier: str) -> None:
     """Check that ``directory`` holds exactly the manifest's files with their sizes and hashes.
 
-    :raises CheckpointError: naming the checkpoint and the first bad file.
+    :param directory: The checkpoint folder.
+    :param manifest: ``{relative file name: [size, sha256]}`` from the checkpoint's row.
+    :param identifier: The checkpoint's identifier, for error messages.
+    :raises CheckpointError: naming the checkpoint and the first bad file or manifest entry.
     """
+    from superduper_transformers.artifacts import refuse_links
+
     if not os.path.isdir(directory):
         raise CheckpointError(
             f"Checkpoint `{identifier}`: its files are missing from the artifact store "
             f"(expected the folder {directory}). The artifact store must be the one the "
             "checkpoint was written to (check CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE)."
         )
+    check_manifest_entries(manifest or {}, identifier)
+    # Before any entry is opened: a link would lead the checks below outside the folder.
+    refuse_links(directory, f"Checkpoint `{identifier}`")
     if not manifest:
+        # A checkpoint always holds files: an empty manifest cannot vouch for them.
+        actual = file_manifest(directory, identifier)
+        if actual:
+            raise CheckpointError(
+                f"Checkpoint `{identifier}`: its manifest is empty but {directory} holds "
+                f"{len(actual)} file(s) (e.g. `{next(iter(actual))}`): they cannot be verified. "
+                "Register the folder again (`register_checkpoint`) to record its manifest."
+            )
         return
+    # Cheap checks first: a missing or truncated file is found without hashing anything.
     for rel, (size, sha) in manifest.items():
         full = os.path.join(directory, rel)
         if not os.path.isfile(full):
@@ -126,8 +187,14 @@ def verify_directory(directory: str, manifest: t.Dict[str, t.List], identifier: 
                 f"Checkpoint `{identifier}`: file `{rel}` has {os.path.getsize(full)} bytes, "
                 f"the manifest says {size}: the stored copy is altered or truncated."
             )
-    actual = file_manifest(directory)
+    actual = file_manifest(directory, identifier)
     for rel, (size, sha) in manifest.items():
+        if rel not in actual:  # e.g. a name the folder does not list as it is written
+            raise CheckpointError(
+                f"Checkpoint `{identifier}`: manifest entry `{rel}` matches no file listed "
+                f"in {directory}. The row or the folder was altered: delete the checkpoint "
+                "(`delete_checkpoint`) and use another."
+            )
         if actual[rel][1] != sha:
             raise CheckpointError(
                 f"Checkpoint `{identifier}`: file `{rel}` does not match its sha256 in the "
@@ -176,8 +243,8 @@ def register_checkpoint(
     existing = _intact_checkpoint(db, identifier)
     if existing is not None:
         return existing
-    manifest = file_manifest(path)  # of the trained files, before anything is copied
-    artifact_id = artifacts.new_artifact_id(model)
+    manifest = file_manifest(path, identifier)  # of the trained files, before anything is copied
+    artifact_id = artifacts.new_artifact_id(db, model)
     stored = artifacts.store_directory(
         db,
         os.path.abspath(path),
@@ -197,6 +264,8 @@ def register_checkpoint(
         artifact_id=artifact_id,
     )
     db.apply(ckpt, force=True, jobs=False)
+    # superduper's apply makes the (already present) folder 0o777 again.
+    artifacts.restrict_permissions(os.path.dirname(stored))
     _faults.crash_point("registered", step)
     logging.info(f"Registered checkpoint {ckpt.identifier} (step {step})")
     return ckpt
@@ -232,6 +301,35 @@ def load_checkpoint(db: "Datalayer", identifier: str) -> Checkpoint:
             "was written to (check CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE)."
         ) from e
     ckpt.local_path  # verifies
+    return ckpt
+
+
+def checkpoint_without_files(db: "Datalayer", identifier: str) -> Checkpoint:
+    """The registered checkpoint ``identifier`` built from its row, its folder not resolved.
+
+    For when the folder is gone from the artifact store: the component can still be
+    compared (hashed) and deleted, but :attr:`Checkpoint.local_path` raises.
+
+    :param db: The datalayer.
+    :param identifier: The checkpoint's identifier.
+    """
+    from superduper.base.datatype import FileItem
+
+    from superduper_transformers import artifacts
+
+    table = db["Checkpoint"]
+    rows = table.filter(table["identifier"] == identifier).select(*_ROW_COLUMNS, "version").execute()
+    if not rows:
+        raise CheckpointError(f"Checkpoint `{identifier}` is not registered in this database.")
+    row = max(rows, key=lambda r: r.get("version") or 0)
+    folder = os.path.join(artifacts.store_root(db), row["artifact_id"] or identifier)
+    ckpt = Checkpoint(
+        identifier,
+        path=FileItem(identifier=row["artifact_id"], path=folder),
+        **{k: row[k] for k in ("step", "model", "experiment_id", "metrics", "manifest", "artifact_id")},
+        db=db,
+    )
+    ckpt.version = row.get("version")
     return ckpt
 
 
@@ -301,5 +399,37 @@ def checkpoints_to_prune(
 
 
 def delete_checkpoint(db: "Datalayer", identifier: str) -> None:
-    """Remove a checkpoint row and its files from the artifact store."""
-    db.teardown("Checkpoint", identifier, force=True)
+    """Remove a checkpoint row and its files from the artifact store.
+
+    A checkpoint whose folder is already gone from the store is removed too (with a
+    warning): deleting metadata must not need the files, or one lost folder would make
+    every later prune of the run fail.
+
+    :param db: The datalayer.
+    :param identifier: The checkpoint's identifier.
+    """
+    from superduper_transformers import artifacts
+
+    placeholder = None
+    try:
+        for _ in range(2):
+            try:
+                db.teardown("Checkpoint", identifier, force=True)
+                return
+            except FileNotFoundError as e:
+                # superduper decodes the row (resolving its folder) before deleting it.
+                # A lost folder: put an empty stand-in there so the row can be decoded
+                # and removed with superduper's own bookkeeping (relations, artifacts).
+                root = artifacts.store_root(db)
+                missing = os.path.abspath(str(e.filename or ""))
+                if placeholder is not None or os.path.dirname(missing) != os.path.abspath(root):
+                    raise
+                logging.warn(
+                    f"Checkpoint `{identifier}`: its folder {missing} is gone from the artifact "
+                    "store; removing the row without its files."
+                )
+                placeholder = missing
+                os.makedirs(os.path.join(placeholder, "missing"))
+    finally:
+        if placeholder is not None:  # superduper removes it; be sure nothing stays
+            shutil.rmtree(placeholder, ignore_errors=True)

@@ -89,22 +89,41 @@ class LLM(Model):
         superduper calls ``setup`` on every save of the model (it reloads the stored
         copy to diff it), so loading weights here would cost a model load per checkpoint.
         """
+        self._adapter_error = None
         try:
             super().setup()
         except FileNotFoundError as e:
             # superduper resolves the adapter's files while decoding it: a deleted
             # artifact surfaces as a bare FileNotFoundError from the artifact store.
-            identifier = getattr(self.adapter_id, "identifier", self.adapter_id)
-            raise CheckpointError(
-                f"Checkpoint `{identifier}`: its files are missing from the artifact store "
-                f"({e.filename}). The artifact store must be the one the checkpoint was "
-                "written to (CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE); otherwise set "
-                f"the LLM `{self.identifier}`'s `adapter_id` to another checkpoint."
-            ) from e
+            # The error is kept for the first load of the weights, not raised here:
+            # superduper sets up a model to tear it down or to diff it on save, and
+            # neither needs the files (a lost folder must not make the model undeletable).
+            self._adapter_error = self._missing_adapter_error(e)
+            self._missing_adapter = self.adapter_id  # a new adapter_id clears the error
+            if getattr(self.adapter_id, "object", False) is None:
+                # Resolve the reference from the row alone, so that superduper can hash
+                # (diff) this copy without the files.
+                from superduper_transformers.checkpoint import checkpoint_without_files
+
+                self.adapter_id.object = checkpoint_without_files(
+                    self.db, self.adapter_id.identifier
+                )
+            logging.warn(str(self._adapter_error))
         self._pipeline = None
         if self.trainer is not None:
             resume.show_interrupted_run(self)
         return self
+
+    def _missing_adapter_error(self, e: FileNotFoundError) -> CheckpointError:
+        identifier = getattr(self.adapter_id, "identifier", self.adapter_id)
+        error = CheckpointError(
+            f"Checkpoint `{identifier}`: its files are missing from the artifact store "
+            f"({e.filename}). The artifact store must be the one the checkpoint was "
+            "written to (CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE); otherwise set "
+            f"the LLM `{self.identifier}`'s `adapter_id` to another checkpoint."
+        )
+        error.__cause__ = e
+        return error
 
     def model_load_kwargs(self) -> t.Dict[str, t.Any]:
         """Keyword arguments for loading the base model."""
@@ -116,11 +135,17 @@ class LLM(Model):
 
     def adapter_path(self) -> t.Optional[str]:
         """Local folder of the adapter/checkpoint, verified against its manifest."""
+        error = getattr(self, "_adapter_error", None)
+        if error is not None and self.adapter_id is getattr(self, "_missing_adapter", None):
+            raise error
         if self.adapter_id is None:
             return None
         adapter = self.adapter_id
-        if not isinstance(adapter, Checkpoint):  # a reference not yet resolved
-            adapter = adapter.unpack() if hasattr(adapter, "unpack") else adapter
+        if not isinstance(adapter, Checkpoint) and hasattr(adapter, "unpack"):
+            try:  # a reference not yet resolved
+                adapter = adapter.unpack()
+            except FileNotFoundError as e:
+                raise self._missing_adapter_error(e) from e
         return adapter.local_path
 
     def _load(self):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses as dc
 import difflib
 import functools
+import hashlib
 import os
+import re
 import typing as t
 
 from superduper_transformers import settings as resolved
@@ -234,12 +236,48 @@ def input_output_keys(key: t.Any) -> t.Tuple[str, t.Optional[str]]:
     return key[0], key[1]
 
 
+#: Longest folder name made from a model identifier (before the hash suffix).
+_MAX_FOLDER_NAME = 100
+
+
+def safe_folder_name(identifier: str) -> str:
+    """A folder name for ``identifier`` that stays one level below its parent.
+
+    Path separators, ``..``, leading dots and anything but letters, digits, ``_``, ``-``
+    and ``.`` become ``_``; a name that had to change gets ``-<8 hex>`` of the original,
+    so two identifiers that differ only in those characters keep separate folders. A
+    plain identifier (``tiny``, ``my-model.v2``) is kept as it is.
+
+    :param identifier: The model identifier.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", identifier)
+    name = re.sub(r"\.{2,}", "_", name).lstrip(".")[:_MAX_FOLDER_NAME]
+    if name == identifier and name:
+        return name
+    return f"{name or 'model'}-{hashlib.sha256(identifier.encode()).hexdigest()[:8]}"
+
+
 def output_dir_for(trainer: t.Any, model_identifier: str) -> str:
-    """The training output folder: the user's ``output_dir`` or ``superduper_training/<model>``."""
-    return os.path.abspath(
-        trainer.training_kwargs.get("output_dir")
-        or os.path.join(DEFAULT_OUTPUT_ROOT, model_identifier)
-    )
+    """The training output folder: the user's ``output_dir`` or ``superduper_training/<model>``.
+
+    The default folder is made from the identifier by :func:`safe_folder_name`: checkpoint
+    rotation deletes folders in it, so an identifier such as ``../../x`` must not place it
+    outside ``superduper_training``.
+
+    :param trainer: The trainer component.
+    :param model_identifier: Identifier of the ``LLM`` being trained.
+    """
+    given = trainer.training_kwargs.get("output_dir")
+    if given:
+        return os.path.abspath(given)
+    root = os.path.abspath(DEFAULT_OUTPUT_ROOT)
+    path = os.path.abspath(os.path.join(root, safe_folder_name(model_identifier)))
+    if os.path.dirname(path) != root:  # cannot happen with a safe name; never rotate elsewhere
+        raise ConfigError(
+            f"Model identifier {model_identifier!r} gives the output folder {path}, outside "
+            f"{root}. Give the trainer an explicit `output_dir`."
+        )
+    return path
 
 
 def _ray_use_gpu(ray_configs) -> t.Optional[bool]:

@@ -14,8 +14,15 @@ the final name, and a later copy to the same file id is silently skipped
 A crash before 3 leaves a ``.partial-*`` folder; a crash between 3 and 4, or in the middle
 of a teardown (superduper deletes the row before the files), leaves a complete folder that
 no row references. :func:`cleanup_orphan_artifacts` removes both; training calls it for
-its own model before it starts. File ids carry a tag of the model (``ckpt-<tag>-...``), so
-one model's clean-up never touches another model's files.
+its own model before it starts. File ids carry a tag of the database and of the model
+(``ckpt-<db tag>-<model tag>-...``), so one model's clean-up never touches another model's
+files, and one database's clean-up never touches the files of another database that
+shares the artifact store (it cannot see that database's rows, so every folder of it
+would look orphaned).
+
+Copies are made safe for a shared store: a symlink in a checkpoint folder is refused
+(following it would copy whatever it points at, e.g. a key file, into the store), and the
+copied folders and files are readable by their owner only (:data:`DIR_MODE`, :data:`FILE_MODE`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import typing as t
+import urllib.parse
 import uuid
 
 from superduper import logging
@@ -37,19 +46,86 @@ if t.TYPE_CHECKING:
 CHECKPOINT_PREFIX = "ckpt-"
 #: Prefix of a checkpoint folder whose copy has not finished.
 PARTIAL_PREFIX = ".partial-"
+#: Modes of the copied checkpoint folders and files: owner only. Weights memorise their
+#: training rows, which the database guards with credentials; a store shared by several
+#: users or services must not let them read or alter each other's checkpoints (superduper
+#: itself makes its folders 0o777). Giving others access is a deliberate choice (a group
+#: ACL), not a default.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 
-def model_tag(model: str) -> str:
-    """``ckpt-<12 hex>``: the prefix of every checkpoint folder of ``model`` in the store.
+def database_identity(db: "Datalayer") -> str:
+    """The database's URI without credentials, query or fragment.
 
-    A hash, not the identifier itself: identifiers may hold characters a folder name cannot.
+    Credentials are left out so that rotating a password keeps the identity; the query
+    holds connection options (auth source, TLS, timeouts), not which database it is.
     """
-    return CHECKPOINT_PREFIX + hashlib.sha256(model.encode()).hexdigest()[:12]
+    uri = getattr(db.databackend, "uri", None) or db.cfg.data_backend
+    parts = urllib.parse.urlsplit(str(uri))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path, "", ""))
 
 
-def new_artifact_id(model: str) -> str:
+def _hash12(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def database_tag(db: "Datalayer") -> str:
+    """``ckpt-<12 hex>-``: the prefix of every checkpoint folder written by ``db``.
+
+    Several databases may share one artifact store; each cleans up only its own folders.
+    """
+    return f"{CHECKPOINT_PREFIX}{_hash12(database_identity(db))}-"
+
+
+def model_tag(db: "Datalayer", model: str) -> str:
+    """``ckpt-<db hex>-<model hex>``: the prefix of every checkpoint folder of ``model`` in ``db``.
+
+    Hashes, not the identifiers themselves: identifiers may hold characters a folder name
+    cannot, and a URI may hold a password.
+    """
+    return database_tag(db) + _hash12(model)
+
+
+def new_artifact_id(db: "Datalayer", model: str) -> str:
     """A fresh artifact id for a checkpoint of ``model`` (random: never reused after a crash)."""
-    return f"{model_tag(model)}-{uuid.uuid4().hex}"
+    return f"{model_tag(db, model)}-{uuid.uuid4().hex}"
+
+
+def refuse_links(directory: str, what: str) -> None:
+    """Raise if anything under ``directory`` is a symlink.
+
+    A checkpoint written by a trainer holds none; following one would copy (and hash)
+    whatever it points at, such as a file outside the output folder, into the shared store.
+
+    :param directory: The folder to check.
+    :param what: Names the checkpoint in the error.
+    :raises CheckpointError: naming the link.
+    """
+    from superduper_transformers.checkpoint import CheckpointError
+
+    for root, dirs, files in os.walk(directory):
+        for name in sorted(dirs + files):
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                raise CheckpointError(
+                    f"{what}: `{os.path.relpath(full, directory)}` in {directory} is a symbolic "
+                    f"link (to {os.readlink(full)!r}); checkpoints may only hold regular files "
+                    "and folders. Replace the link with a copy of the file, or remove it."
+                )
+
+
+def restrict_permissions(directory: str) -> None:
+    """Set ``directory``, its folders to :data:`DIR_MODE` and its files to :data:`FILE_MODE`."""
+    os.chmod(directory, DIR_MODE)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), DIR_MODE)
+        for name in files:
+            full = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(full).st_mode):  # never chmod through a link
+                os.chmod(full, FILE_MODE)
 
 
 def store_root(db: "Datalayer") -> str:
@@ -86,23 +162,31 @@ def store_directory(
     :param verify: Called with the copied folder before it becomes visible; raises if bad.
     :param step: The checkpoint's step (names the crash point of fault-injection tests).
     :return: ``<store>/<artifact_id>/<basename of source>``.
+    :raises CheckpointError: when ``source`` holds a symlink.
     """
     root = store_root(db)
     partial = os.path.join(root, PARTIAL_PREFIX + artifact_id)
     name = os.path.basename(os.path.normpath(source))
+    what = f"Checkpoint folder {source}"
+    refuse_links(source, what)
     copied = []
 
     def copy(src, dst):
-        shutil.copy2(src, dst)
+        if os.path.islink(src):  # appeared after the check above
+            refuse_links(source, what)
+        shutil.copy2(src, dst, follow_symlinks=False)
         copied.append(dst)
         if len(copied) == 1:
             _faults.crash_point("copy", step)
 
     try:
-        shutil.copytree(source, os.path.join(partial, name), copy_function=copy)
+        # symlinks=True: a folder link is recreated as a link (and refused by the
+        # manifest check in `verify`), never followed.
+        shutil.copytree(source, os.path.join(partial, name), symlinks=True, copy_function=copy)
         for path in copied:
             _fsync(path)
         verify(os.path.join(partial, name))
+        restrict_permissions(partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -136,13 +220,15 @@ def cleanup_orphan_artifacts(db: "Datalayer", model: t.Optional[str] = None) -> 
     Training runs this for its own model before it starts.
 
     :param db: The datalayer.
-    :param model: Only this model's folders. ``None``: every model's; then no training
-        may be writing checkpoints into this artifact store at the same time (a copy in
-        progress looks exactly like an orphan).
+    :param model: Only this model's folders. ``None``: every model's (of this database);
+        then no training may be writing checkpoints into this database at the same time
+        (a copy in progress looks exactly like an orphan).
     :return: The removed folders.
     """
     root = store_root(db)
-    prefix = model_tag(model) if model is not None else CHECKPOINT_PREFIX
+    # Only folders this database wrote: another database sharing the store has rows
+    # this one cannot see, so all its folders would look orphaned.
+    prefix = model_tag(db, model) if model is not None else database_tag(db)
     referenced = referenced_artifact_ids(db)
     removed = []
     for name in sorted(os.listdir(root)):

@@ -1,0 +1,232 @@
+"""Data safety: a shared artifact store, lost folders, unsafe identifiers, tampered manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import types
+
+import pytest
+
+from plugin_tests import fixtures
+from superduper_transformers import LLM, LLMTrainer, artifacts
+from superduper_transformers import checkpoint as ckpts
+from superduper_transformers.checkpoint import (
+    CheckpointError,
+    file_manifest,
+    list_checkpoints,
+    load_checkpoint,
+    register_checkpoint,
+    verify_directory,
+)
+from superduper_transformers.config import DEFAULT_OUTPUT_ROOT, output_dir_for
+
+
+def _folder(path, files=None) -> str:
+    """A checkpoint-like folder holding ``files`` ({relative name: bytes})."""
+    files = files or {"adapter_model.safetensors": b"w" * 64, "sub/trainer_state.json": b"{}"}
+    for rel, data in files.items():
+        full = os.path.join(path, rel)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)
+    return str(path)
+
+
+def _register(db, tmp_path, model="tiny", step=10):
+    source = _folder(tmp_path / "out" / f"checkpoint-{step}")
+    return register_checkpoint(db, model=model, experiment_id="run1", path=source, step=step)
+
+
+def _stored_folder(db, ckpt) -> str:
+    return os.path.join(artifacts.store_root(db), ckpt.artifact_id)
+
+
+# -- one artifact store, two databases ----------------------------------------
+
+
+def test_cleanup_in_another_database_keeps_this_databases_checkpoints(
+    db, tiny_model_dir, tmp_path
+):
+    from superduper import superduper
+
+    db.apply(fixtures.make_llm(db, tiny_model_dir, max_steps=10, save_steps=10, eval_steps=10), force=True)
+    (row,) = list_checkpoints(db, "tiny")
+
+    other = superduper(f"mongomock://other-{tmp_path.name}", force_apply=True)
+    try:
+        assert list_checkpoints(other, "tiny") == []  # it cannot see db's rows
+        assert artifacts.cleanup_orphan_artifacts(other, "tiny") == []
+        assert artifacts.cleanup_orphan_artifacts(other) == []
+    finally:
+        other.disconnect()
+    load_checkpoint(db, row["identifier"])  # still there, verified
+
+    orphan = os.path.join(artifacts.store_root(db), artifacts.new_artifact_id(db, "tiny"))
+    os.makedirs(orphan)
+    assert artifacts.cleanup_orphan_artifacts(db, "tiny") == [orphan]  # its own orphans go
+
+
+def test_database_tag_ignores_credentials_and_options():
+    def fake(uri):
+        return types.SimpleNamespace(databackend=types.SimpleNamespace(uri=uri))
+
+    plain = fake("mongodb://db.example:27017/prod")
+    with_auth = fake("mongodb://alice:s3cret@db.example:27017/prod?authSource=admin&tls=true")
+    assert artifacts.database_identity(with_auth) == "mongodb://db.example:27017/prod"
+    assert artifacts.database_tag(with_auth) == artifacts.database_tag(plain)
+    assert artifacts.database_tag(fake("mongodb://db.example:27017/test")) != artifacts.database_tag(plain)
+    assert artifacts.model_tag(plain, "tiny").startswith(artifacts.database_tag(plain))
+
+
+# -- a checkpoint folder lost from the store ----------------------------------
+
+
+def test_deleting_a_checkpoint_whose_folder_is_gone(db, tmp_path, monkeypatch):
+    ckpt = _register(db, tmp_path)
+    shutil.rmtree(_stored_folder(db, ckpt))
+    warnings = []
+    monkeypatch.setattr(ckpts.logging, "warn", lambda msg, *a, **k: warnings.append(msg))
+
+    ckpts.delete_checkpoint(db, ckpt.identifier)
+
+    assert list_checkpoints(db, "tiny") == []
+    assert ckpt.identifier not in db.show("Checkpoint")
+    assert any(ckpt.identifier in w and "is gone from the artifact store" in w for w in warnings)
+    assert not os.path.exists(_stored_folder(db, ckpt))  # the stand-in folder is removed
+
+
+def test_a_lost_checkpoint_folder_does_not_stop_pruning(db, tiny_model_dir, tmp_path, monkeypatch):
+    register = ckpts.register_checkpoint
+
+    def lose_step_10_then_register(db, **kwargs):
+        if kwargs["step"] == 20:  # the folder of checkpoint 10 disappears from the store
+            (row,) = list_checkpoints(db, "tiny")
+            shutil.rmtree(os.path.join(artifacts.store_root(db), row["artifact_id"]))
+        return register(db, **kwargs)
+
+    monkeypatch.setattr(ckpts, "register_checkpoint", lose_step_10_then_register)
+    llm = fixtures.make_llm(
+        db, tiny_model_dir, max_steps=20, save_steps=10, eval_strategy="no",
+        save_total_limit=1, output_dir=str(tmp_path / "out"),
+    )
+    db.apply(llm, force=True)  # pruning checkpoint 10 (folder gone) must not raise
+    assert [r["step"] for r in list_checkpoints(db, "tiny")] == [20]
+    assert db.load("LLM", "tiny").adapter_id.step == 20
+
+
+def test_an_llm_whose_adapter_folder_is_gone_can_be_torn_down(db, tiny_model_dir, tmp_path):
+    ckpt = _register(db, tmp_path)
+    db.apply(LLM("lost", model_name_or_path=tiny_model_dir, adapter_id=ckpt), force=True)
+    shutil.rmtree(_stored_folder(db, ckpt))
+
+    with pytest.raises(CheckpointError, match=rf"Checkpoint `{ckpt.identifier}`: its files are missing"):
+        db.load("LLM", "lost").adapter_path()  # using the weights still fails clearly
+    db.teardown("LLM", "lost", force=True)
+    assert "lost" not in db.show("LLM")
+    ckpts.delete_checkpoint(db, ckpt.identifier)
+    assert list_checkpoints(db, "tiny") == []
+
+
+# -- the default output folder ------------------------------------------------
+
+
+@pytest.mark.parametrize("identifier", ["../../x", "/etc/cron.d", "a/../../b", "..", "."])
+def test_default_output_dir_stays_under_the_root(db, tmp_path, monkeypatch, identifier):
+    monkeypatch.chdir(tmp_path)
+    trainer = LLMTrainer("t", key=("x", "y"), select=db["facts"].select())
+    path = output_dir_for(trainer, identifier)
+    assert os.path.dirname(path) == str(tmp_path / DEFAULT_OUTPUT_ROOT)
+    assert os.path.basename(path) not in ("", ".", "..")
+
+
+def test_default_output_dir_is_readable_and_distinct(db, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trainer = LLMTrainer("t", key=("x", "y"), select=db["facts"].select())
+    root = tmp_path / DEFAULT_OUTPUT_ROOT
+    assert output_dir_for(trainer, "tiny") == str(root / "tiny")  # unchanged when safe
+    assert output_dir_for(trainer, "a/b") != output_dir_for(trainer, "a_b")
+    assert os.path.basename(output_dir_for(trainer, "org/model")).startswith("org_model-")
+
+
+# -- manifests ----------------------------------------------------------------
+
+
+def _entry(data: bytes):
+    return [len(data), hashlib.sha256(data).hexdigest()]
+
+
+@pytest.mark.parametrize("outside", ["../secret.txt", "ABS"])
+def test_manifest_entries_outside_the_folder_are_refused(tmp_path, outside):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"s" * 12345)
+    folder = _folder(tmp_path / "ckpt", {"a.bin": b"a"})
+    rel = str(secret) if outside == "ABS" else outside
+    manifest = {"a.bin": _entry(b"a"), rel: [1, "0" * 64]}
+    with pytest.raises(CheckpointError, match=r"Checkpoint `c1`: its manifest names .*not a plain relative") as e:
+        verify_directory(folder, manifest, "c1")
+    assert "12345" not in str(e.value)  # nothing about the outside file leaks
+
+
+def test_an_unexpected_manifest_entry_is_a_checkpoint_error(tmp_path):
+    folder = _folder(tmp_path / "ckpt", {"a.bin": b"a"})
+    for rel in ("./a.bin", "sub//a.bin"):
+        with pytest.raises(CheckpointError, match=rf"Checkpoint `c1`: its manifest names '{rel}'"):
+            verify_directory(folder, {rel: _entry(b"a")}, "c1")
+
+
+def test_an_empty_manifest_on_a_non_empty_folder_is_an_error(tmp_path):
+    folder = _folder(tmp_path / "ckpt", {"a.bin": b"a"})
+    with pytest.raises(CheckpointError, match=r"Checkpoint `c1`: its manifest is empty but .* holds 1 file"):
+        verify_directory(folder, {}, "c1")
+    os.makedirs(tmp_path / "empty")
+    verify_directory(str(tmp_path / "empty"), {}, "c1")  # nothing to vouch for
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_symlinks_in_a_checkpoint_are_refused(db, tmp_path, kind):
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "key.pem").write_bytes(b"KEY")
+    folder = _folder(tmp_path / "out" / "checkpoint-10", {"a.bin": b"a"})
+    target = tmp_path / "private" / ("key.pem" if kind == "file" else "")
+    os.symlink(target, os.path.join(folder, "link"))
+
+    with pytest.raises(CheckpointError, match=r"`link` in .* is a symbolic link"):
+        file_manifest(folder)
+    with pytest.raises(CheckpointError, match=r"Checkpoint `c1`: `link` .* is a symbolic link"):
+        verify_directory(folder, {"a.bin": _entry(b"a")}, "c1")
+    with pytest.raises(CheckpointError, match=r"is a symbolic link"):
+        artifacts.store_directory(db, folder, artifacts.new_artifact_id(db, "tiny"), lambda p: None, 10)
+    with pytest.raises(CheckpointError, match=r"is a symbolic link"):
+        register_checkpoint(db, model="tiny", experiment_id="run1", path=folder, step=10)
+    assert os.listdir(artifacts.store_root(db)) == []  # nothing copied, not even partly
+    assert list_checkpoints(db, "tiny") == []
+
+
+def _modes(folder):
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        out[root] = os.stat(root).st_mode & 0o777
+        for name in files:
+            out[os.path.join(root, name)] = os.stat(os.path.join(root, name)).st_mode & 0o777
+    return out
+
+
+def test_stored_checkpoints_are_owner_only(db, tiny_model_dir, tmp_path):
+    ckpt = _register(db, tmp_path)
+    top = _stored_folder(db, ckpt)
+    modes = _modes(top)
+    assert len(modes) == 5  # top folder, checkpoint folder, sub folder, two files
+    for path, mode in modes.items():
+        expected = artifacts.DIR_MODE if os.path.isdir(path) else artifacts.FILE_MODE
+        assert mode == expected, f"{path}: {oct(mode)}"
+
+    # Every later apply that includes the checkpoint (here: a model pointing at it) makes
+    # superduper chmod the top folder 0o777 again; it never touches what is inside.
+    db.apply(LLM("m", model_name_or_path=tiny_model_dir, adapter_id=ckpt), force=True)
+    db.load("LLM", "m").save()
+    for path, mode in _modes(top).items():
+        if path != top:
+            assert mode == modes[path], f"{path}: {oct(mode)}"
+    load_checkpoint(db, ckpt.identifier)  # still readable by its owner

@@ -10,7 +10,8 @@ import types
 import pytest
 
 from plugin_tests import fixtures
-from superduper_transformers import LLM, LLMTrainer, artifacts
+from superduper_transformers import LLM, LLMTrainer
+from superduper_transformers.store import artifacts
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers.checkpoint import (
     CheckpointError,
@@ -20,7 +21,7 @@ from superduper_transformers.checkpoint import (
     register_checkpoint,
     verify_directory,
 )
-from superduper_transformers.config import DEFAULT_OUTPUT_ROOT, output_dir_for
+from superduper_transformers.trainer_args import DEFAULT_OUTPUT_ROOT, output_dir_for
 
 
 def _folder(path, files=None) -> str:

@@ -19,6 +19,7 @@ from superduper import Component, logging
 from superduper.misc import typing as st
 
 from superduper_transformers import _faults
+from superduper_transformers.store.artifacts import CheckpointError  # re-exported: the public name
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -28,10 +29,6 @@ _CHUNK = 1 << 20
 _ROW_COLUMNS = (
     "identifier", "step", "model", "experiment_id", "metrics", "manifest", "artifact_id"
 )
-
-
-class CheckpointError(RuntimeError):
-    """A stored checkpoint cannot be used; the message names the checkpoint and the file."""
 
 
 class Checkpoint(Component):
@@ -95,7 +92,7 @@ def file_manifest(directory: str, identifier: t.Optional[str] = None) -> t.Dict[
     :param identifier: The checkpoint's identifier, for error messages.
     :raises CheckpointError: when the folder holds a symlink (it is not followed).
     """
-    from superduper_transformers.artifacts import refuse_links
+    from superduper_transformers.store.artifacts import refuse_links
 
     refuse_links(directory, _label(directory, identifier))
     out: t.Dict[str, t.List] = {}
@@ -154,7 +151,7 @@ def verify_directory(directory: str, manifest: t.Dict[str, t.List], identifier: 
     :param identifier: The checkpoint's identifier, for error messages.
     :raises CheckpointError: naming the checkpoint and the first bad file or manifest entry.
     """
-    from superduper_transformers.artifacts import refuse_links
+    from superduper_transformers.store.artifacts import refuse_links
 
     if not os.path.isdir(directory):
         raise CheckpointError(
@@ -315,7 +312,7 @@ def checkpoint_without_files(db: "Datalayer", identifier: str) -> Checkpoint:
     """
     from superduper.base.datatype import FileItem
 
-    from superduper_transformers import artifacts
+    from superduper_transformers.store import artifacts
 
     table = db["Checkpoint"]
     rows = table.filter(table["identifier"] == identifier).select(*_ROW_COLUMNS, "version").execute()
@@ -408,7 +405,7 @@ def delete_checkpoint(db: "Datalayer", identifier: str) -> None:
     :param db: The datalayer.
     :param identifier: The checkpoint's identifier.
     """
-    from superduper_transformers import artifacts
+    from superduper_transformers.store import artifacts
 
     placeholder = None
     try:

@@ -311,13 +311,15 @@ def delete_model(db: "Datalayer", identifier: str) -> t.Dict[str, int]:
     :return: how many of each were removed: ``{"models", "checkpoints", "runs", "folders"}``.
     """
     removed = {"models": 0, "checkpoints": 0, "runs": 0, "folders": 0}
+    rows = ckpts.list_checkpoints(db, identifier)
     if identifier in db.show("LLM"):
+        # recursive: its trainer and the checkpoint it points at go with it
         db.teardown("LLM", identifier, recursive=True, force=True)
         removed["models"] = 1
-    for row in ckpts.list_checkpoints(db, identifier):
+    for row in rows:
         if row["identifier"] in db.show("Checkpoint"):
             ckpts.delete_checkpoint(db, row["identifier"])
-            removed["checkpoints"] += 1
+    removed["checkpoints"] = len(rows)
     for run in _all_runs(db, identifier):
         db.teardown("TrainingRun", run, force=True)
         removed["runs"] += 1

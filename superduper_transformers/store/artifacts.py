@@ -55,6 +55,11 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
+class CheckpointError(RuntimeError):
+    """A stored checkpoint cannot be used; the message names the checkpoint and the file."""
+
+
+
 def database_identity(db: "Datalayer") -> str:
     """The database's URI without credentials, query or fragment.
 
@@ -103,8 +108,6 @@ def refuse_links(directory: str, what: str) -> None:
     :param what: Names the checkpoint in the error.
     :raises CheckpointError: naming the link.
     """
-    from superduper_transformers.checkpoint import CheckpointError
-
     for root, dirs, files in os.walk(directory):
         for name in sorted(dirs + files):
             full = os.path.join(root, name)

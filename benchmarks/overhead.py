@@ -44,9 +44,16 @@ def build_model(folder: str, size: str) -> None:
     hidden, inter, layers, heads, seq, _ = SIZES[size]
     torch.manual_seed(0)
     cfg = LlamaConfig.from_pretrained(folder)
-    cfg.update(dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                    num_attention_heads=heads, num_key_value_heads=heads,
-                    max_position_embeddings=max(seq, 64)))
+    cfg.update(
+        dict(
+            hidden_size=hidden,
+            intermediate_size=inter,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=max(seq, 64),
+        )
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
 
 
@@ -56,17 +63,28 @@ def rows(n: int, seq: int):
 
     rng = random.Random(0)
     return [
-        {"x": "".join(rng.choice("0123456789+=") for _ in range(seq // 2 - 1)),
-         "y": "".join(rng.choice("abcdefgh") for _ in range(seq // 2 - 2))}
+        {
+            "x": "".join(rng.choice("0123456789+=") for _ in range(seq // 2 - 1)),
+            "y": "".join(rng.choice("abcdefgh") for _ in range(seq // 2 - 2)),
+        }
         for _ in range(n)
     ]
 
 
 def common_settings(steps: int, save_steps: int, batch: int, gpu: bool):
     return dict(
-        learning_rate=1e-3, lr_scheduler_type="constant", per_device_train_batch_size=batch,
-        max_steps=steps, save_steps=save_steps, logging_steps=save_steps, seed=0,
-        use_cpu=not gpu, bf16=gpu, disable_tqdm=True, report_to="none", save_total_limit=2,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        save_steps=save_steps,
+        logging_steps=save_steps,
+        seed=0,
+        use_cpu=not gpu,
+        bf16=gpu,
+        disable_tqdm=True,
+        report_to="none",
+        save_total_limit=2,
         dataloader_num_workers=0,
         # trl's SFTConfig turns gradient checkpointing on by default; the plugin turns it
         # off unless asked. Same setting in both arms, or the baseline recomputes.
@@ -90,6 +108,7 @@ def run_baseline(model_dir, data, settings, lora, seq, out):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
     args = SFTConfig(output_dir=out, max_length=seq, eval_strategy="no", **settings)
+
     class Timer(TrainerCallback):
         """Time from on_train_begin to on_train_end, as the plugin arm is timed."""
 
@@ -141,9 +160,15 @@ def run_plugin(model_dir, data, settings, lora, seq, out, store):
     db.apply(Table("rows", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
     db["rows"].insert([{**r, "_fold": "train"} for r in data])
     trainer = LLMTrainer(
-        "bench-trainer", key=("x", "y"), select=db["rows"].select(), max_seq_length=seq,
-        lora_r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
-        output_dir=out, **settings,
+        "bench-trainer",
+        key=("x", "y"),
+        select=db["rows"].select(),
+        max_seq_length=seq,
+        lora_r=lora["r"],
+        lora_alpha=lora["lora_alpha"],
+        lora_dropout=lora["lora_dropout"],
+        output_dir=out,
+        **settings,
     )
     llm = LLM("bench", model_name_or_path=model_dir, trainer=trainer)
     t = time.perf_counter()
@@ -172,21 +197,32 @@ def main():
         model_dir = os.path.join(tmp, "model")
         build_model(model_dir, args.size)
         # warm-up (CUDA context, kernels) so neither arm pays it
-        run_baseline(model_dir, data, {**settings, "max_steps": 3, "save_steps": 1000}, lora, seq, os.path.join(tmp, "w"))
+        run_baseline(
+            model_dir,
+            data,
+            {**settings, "max_steps": 3, "save_steps": 1000},
+            lora,
+            seq,
+            os.path.join(tmp, "w"),
+        )
         # baseline before and after the plugin arm: the faster of the two, so that
         # neither arm gains from running later on warmer caches
         base_1, mean_len = run_baseline(model_dir, data, settings, lora, seq, os.path.join(tmp, "base1"))
-        wall_s, spent = run_plugin(model_dir, data, settings, lora, seq, os.path.join(tmp, "plug"),
-                                   os.path.join(tmp, "store"))
+        wall_s, spent = run_plugin(
+            model_dir, data, settings, lora, seq, os.path.join(tmp, "plug"), os.path.join(tmp, "store")
+        )
         base_2, _ = run_baseline(model_dir, data, settings, lora, seq, os.path.join(tmp, "base2"))
         base_s = min(base_1, base_2)
     tokens = args.steps * batch * mean_len
     plug_s = spent["train_s"]
     result = {
         "device": torch.cuda.get_device_name() if gpu else "cpu",
-        "size": args.size, "steps": args.steps, "save_steps": args.save_steps,
+        "size": args.size,
+        "steps": args.steps,
+        "save_steps": args.save_steps,
         "tokens": int(tokens),
-        "baseline_train_s": round(base_s, 2), "baseline_runs_s": [round(base_1, 2), round(base_2, 2)],
+        "baseline_train_s": round(base_s, 2),
+        "baseline_runs_s": [round(base_1, 2), round(base_2, 2)],
         "plugin_train_s": round(plug_s, 2),
         "plugin_apply_wall_s": round(wall_s, 2),
         "baseline_tokens_per_s": round(tokens / base_s, 1),

@@ -34,9 +34,23 @@ def run_demo(steps: int, precision: str, env_extra: dict, threads: int, model_di
     os.symlink(model_dir, os.path.join(data, "smollm2-135m"))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO, **env_extra)
     out = subprocess.run(
-        [sys.executable, "-m", "superduper_transformers.demo", "--data", data, "--fresh",
-         "--steps", str(steps), "--precision", precision],
-        env=env, cwd=REPO, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "superduper_transformers.demo",
+            "--data",
+            data,
+            "--fresh",
+            "--steps",
+            str(steps),
+            "--precision",
+            precision,
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     m = re.search(r"Training took (\d+) s", out)
     chosen = ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from plugin_tests import fixtures
 from superduper_transformers.checkpoint import list_checkpoints
 
@@ -43,10 +42,14 @@ def test_train_passes_its_kwargs_to_the_trainer(db, tiny_model_dir, tmp_path):
         return {"answer_accuracy": float((predictions[:, :-1] == shifted)[mask].mean())}
 
     train(
-        args, dataset, dataset,
+        args,
+        dataset,
+        dataset,
         {"pretrained_model_name_or_path": tiny_model_dir},
         {"pretrained_model_name_or_path": tiny_model_dir},
-        db=db, llm=llm, config=llm.trainer,
+        db=db,
+        llm=llm,
+        config=llm.trainer,
         compute_metrics=answer_accuracy,
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
     )

@@ -21,7 +21,7 @@ def test_no_import_cycle_in_the_package():
         path.append(m)
         for n in sorted(edges[m]):
             if n in path:
-                cycles.append(path[path.index(n):] + [n])
+                cycles.append(path[path.index(n) :] + [n])
             elif n not in done:
                 visit(n)
         path.pop()

@@ -35,7 +35,10 @@ AT_CONSTRUCTION = [
     (dict(max_steps=0), r"`max_steps` must be a positive integer \(or -1 .*got 0"),
     (dict(per_device_train_batch_size=0), r"`per_device_train_batch_size` must be an integer >= 1 .*got 0"),
     (dict(save_steps=-5), r"`save_steps` must be a number > 0 .*got -5"),
-    (dict(gradient_accumulation_steps=1.5), r"`gradient_accumulation_steps` must be an integer >= 1 .*got 1.5"),
+    (
+        dict(gradient_accumulation_steps=1.5),
+        r"`gradient_accumulation_steps` must be an integer >= 1 .*got 1.5",
+    ),
     (dict(lora_dropout="x"), r"`lora_dropout` must be a number in \[0, 1\) \(e.g. 0.05\), got 'x'"),
     (dict(key=""), r"`key` must be a column name .* got ''"),
     (dict(key=("x", "")), r"`key` must be a column name .* got \('x', ''\)"),
@@ -51,7 +54,10 @@ def test_bad_settings_are_refused_when_built(db, tiny_model_dir, settings, messa
 
 
 def test_a_prompt_template_with_another_placeholder(db, tiny_model_dir):
-    with pytest.raises(ValueError, match=r"`prompt_template`='\{input\} \{x\}' cannot be filled with only `\{input\}` \(KeyError: 'x'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`prompt_template`='\{input\} \{x\}' cannot be filled with only `\{input\}` \(KeyError: 'x'\)",
+    ):
         LLM("tiny", model_name_or_path=tiny_model_dir, prompt_template="{input} {x}")
     _nothing_written(db)
 

@@ -21,7 +21,9 @@ def test_cli_lists_models_checkpoints_and_answers(tiny_model_dir, tmp_path, caps
     try:
         db = superduper(f"sqlite:///{tmp_path / 'demo.db'}", force_apply=True)
         fixtures.insert_rows(db)
-        db.apply(fixtures.make_llm(db, tiny_model_dir, max_steps=450, save_steps=225, eval_steps=225), force=True)
+        db.apply(
+            fixtures.make_llm(db, tiny_model_dir, max_steps=450, save_steps=225, eval_steps=225), force=True
+        )
         adapter = db.load("LLM", "tiny").adapter_id.identifier
         capsys.readouterr()
 
@@ -45,7 +47,10 @@ def test_demo_teaches_smollm2_the_facts(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     out = subprocess.run(
         [sys.executable, "-m", "superduper_transformers.demo", "--data", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=1200,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Learned 4/4 facts" in out.stdout

@@ -21,9 +21,9 @@ import pytest
 
 from plugin_tests import fixtures
 from superduper_transformers import _faults, resume
-from superduper_transformers.trainer import run_settings
-from superduper_transformers.store import artifacts
 from superduper_transformers.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from superduper_transformers.store import artifacts
+from superduper_transformers.trainer import run_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLED = -signal.SIGKILL
@@ -63,7 +63,10 @@ class Workspace:
         return os.path.join(self.root, f"probe-{identifier}.jsonl")
 
     def spawn(
-        self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None,
+        self,
+        identifier: str,
+        settings: t.Dict,
+        kill: t.Optional[str] = None,
         hold: t.Optional[t.Dict] = None,
     ) -> subprocess.Popen:
         """Start a worker that applies (trains or resumes) the LLM ``identifier``.
@@ -87,7 +90,11 @@ class Workspace:
         log = open(os.path.join(self.root, f"worker-{identifier}-{len(self.procs)}.log"), "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "plugin_tests.crash_worker", json.dumps(args)],
-            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         proc.log_path = log.name  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -232,8 +239,13 @@ def test_killed_training_resumes_from_its_last_checkpoint(ws, sdb, db):
 def trained_twice(db, tiny_model_dir, tmp_path):
     """A mongomock db holding two checkpoints (steps 10 and 20) of one short training."""
     llm = fixtures.make_llm(
-        db, tiny_model_dir, max_steps=20, save_steps=10, eval_steps=10,
-        save_total_limit=None, output_dir=str(tmp_path / "out"),
+        db,
+        tiny_model_dir,
+        max_steps=20,
+        save_steps=10,
+        eval_steps=10,
+        save_total_limit=None,
+        output_dir=str(tmp_path / "out"),
     )
     db.apply(llm, force=True)
     rows = list_checkpoints(db, "tiny")
@@ -278,9 +290,9 @@ def test_a_flipped_byte_fails_loading_naming_checkpoint_and_file(trained_twice):
 
 def _raise_at_step(monkeypatch, step: int) -> None:
     """Make trainings in this process fail at ``step`` (an interruption without a kill)."""
-    from transformers import TrainerCallback
-
     import dataclasses as dc
+
+    from transformers import TrainerCallback
 
     from superduper_transformers.hf import train as hf_train
 
@@ -297,11 +309,12 @@ def _raise_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(hf_train, "run_job", failing)
 
 
-def test_resume_skips_a_checkpoint_that_fails_verification(
-    db, tiny_model_dir, tmp_path, monkeypatch
-):
+def test_resume_skips_a_checkpoint_that_fails_verification(db, tiny_model_dir, tmp_path, monkeypatch):
     settings = dict(
-        max_steps=30, save_steps=10, eval_steps=10, save_total_limit=None,
+        max_steps=30,
+        save_steps=10,
+        eval_steps=10,
+        save_total_limit=None,
         output_dir=str(tmp_path / "out"),
     )
     _raise_at_step(monkeypatch, 25)
@@ -337,9 +350,11 @@ def test_only_a_compatible_interrupted_run_is_resumed(db, tiny_model_dir, tmp_pa
                 resume.run_identifier("tiny", experiment_id),
                 model="tiny",
                 experiment_id=experiment_id,
-                settings=run_settings(model, model.trainer), started_at=time.time(),
+                settings=run_settings(model, model.trainer),
+                started_at=time.time(),
             ),
-            force=True, jobs=False,
+            force=True,
+            jobs=False,
         )
 
     out = str(tmp_path / "out")
@@ -420,15 +435,21 @@ def _leftovers(ws: Workspace, db) -> int:
     return sum(
         1
         for n in os.listdir(ws.store)
-        if n.startswith(artifacts.PARTIAL_PREFIX + tag)
-        or (n.startswith(tag) and n not in referenced)
+        if n.startswith(artifacts.PARTIAL_PREFIX + tag) or (n.startswith(tag) and n not in referenced)
     )
 
 
 def format_table(rows: t.List[t.Dict]) -> str:
     columns = [
-        "kill", "phase", "killed after (s)", "step reached", "last registered", "resumed at",
-        "steps lost", "checkpoints (all verified)", "leftovers in store",
+        "kill",
+        "phase",
+        "killed after (s)",
+        "step reached",
+        "last registered",
+        "resumed at",
+        "steps lost",
+        "checkpoints (all verified)",
+        "leftovers in store",
     ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
@@ -478,11 +499,10 @@ def test_random_kills_lose_at_most_save_steps(ws, sdb, tmp_path):
 
     # The step each kill resumed at: where the next worker that got to train began.
     begins = [
-        next((r["step"] for r in ws.records("tiny", p.pid) if r["event"] == "begin"), None)
-        for p in workers
+        next((r["step"] for r in ws.records("tiny", p.pid) if r["event"] == "begin"), None) for p in workers
     ]
     for i, row in enumerate(table):
-        row["resumed"] = next(b for b in begins[i + 1:] if b is not None)
+        row["resumed"] = next(b for b in begins[i + 1 :] if b is not None)
         row["lost"] = (row["reached"] - row["resumed"]) if row["reached"] is not None else 0
     report = format_table(table)
     print("\n" + report)
@@ -502,9 +522,7 @@ def test_random_kills_lose_at_most_save_steps(ws, sdb, tmp_path):
     assert fixtures.answered(sdb.load("LLM", "tiny")) >= 31
 
 
-def test_reapply_resumes_when_killed_between_the_model_update_and_the_run_record(
-    db, tiny_model_dir
-):
+def test_reapply_resumes_when_killed_between_the_model_update_and_the_run_record(db, tiny_model_dir):
     # The window seen in the random-kill test: a re-apply wrote the freshly built model
     # (superduper's Update) and was killed before its fit job marked the run on it. The
     # stored row then equals a freshly built LLM, which superduper would skip as "same".
@@ -513,10 +531,14 @@ def test_reapply_resumes_when_killed_between_the_model_update_and_the_run_record
     db.apply(model, force=True, jobs=False)  # the Update, without its fit job
     db.apply(
         resume.TrainingRun(
-            resume.run_identifier("tiny", "old"), model="tiny", experiment_id="old",
-            settings=run_settings(model, model.trainer), started_at=time.time(),
+            resume.run_identifier("tiny", "old"),
+            model="tiny",
+            experiment_id="old",
+            settings=run_settings(model, model.trainer),
+            started_at=time.time(),
         ),
-        force=True, jobs=False,
+        force=True,
+        jobs=False,
     )
     assert list_checkpoints(db, "tiny") == []
 
@@ -543,8 +565,13 @@ def test_pruning_the_checkpoint_the_stored_model_pointed_at(db, tiny_model_dir, 
     # No evaluation, `save_total_limit=1`: every save prunes the previous checkpoint,
     # which is the one the stored model row points at until the new one is recorded.
     llm = fixtures.make_llm(
-        db, tiny_model_dir, max_steps=30, save_steps=10, eval_strategy="no",
-        save_total_limit=1, output_dir=str(tmp_path / "out"),
+        db,
+        tiny_model_dir,
+        max_steps=30,
+        save_steps=10,
+        eval_strategy="no",
+        save_total_limit=1,
+        output_dir=str(tmp_path / "out"),
     )
     db.apply(llm, force=True)
     assert [r["step"] for r in list_checkpoints(db, "tiny")] == [30]
@@ -558,7 +585,10 @@ def test_resumed_run_prunes_the_checkpoint_the_stored_model_pointed_at(
     # the model row pointed at it. The resumed run (from 20) prunes on every save the
     # checkpoint the stored row pointed at until then, and finishes by reloading it.
     settings = dict(
-        max_steps=40, save_steps=10, eval_strategy="no", save_total_limit=1,
+        max_steps=40,
+        save_steps=10,
+        eval_strategy="no",
+        save_total_limit=1,
         output_dir=str(tmp_path / "out"),
     )
 

@@ -35,9 +35,7 @@ def test_whole_text_is_learned_without_y(tokenizer):
 
 
 def test_a_long_prompt_loses_its_start_not_the_completion(tokenizer):
-    out = tokenize(
-        tokenizer, {"x": "5+1=", "y": "6"}, "x", "y", max_length=6, prompt_template="Q: {input}"
-    )
+    out = tokenize(tokenizer, {"x": "5+1=", "y": "6"}, "x", "y", max_length=6, prompt_template="Q: {input}")
     assert len(out["input_ids"]) == len(out["labels"]) == 6
     # "Q: 5+1=" + "6" + EOS is 9 tokens: the first 3 prompt tokens are dropped
     assert tokenizer.decode(out["input_ids"][:4]) == "5+1="
@@ -52,8 +50,8 @@ def test_rows_longer_than_max_seq_length_are_counted(tokenizer, caplog_loguru):
     ds = build_dataset(tokenizer, rows, "x", "y", max_length=10)
     assert [len(r) for r in ds["input_ids"]] == [6, 10, 10]
     assert any(
-        "2 of 3 rows are longer than max_seq_length=10 tokens: 1 had the start of their prompt "
-        "cut" in m and "1 lost their end" in m
+        "2 of 3 rows are longer than max_seq_length=10 tokens: 1 had the start of their prompt cut" in m
+        and "1 lost their end" in m
         for m in caplog_loguru
     ), caplog_loguru
 

@@ -11,7 +11,6 @@ import pytest
 
 from plugin_tests import fixtures
 from superduper_transformers import LLM, LLMTrainer
-from superduper_transformers.store import artifacts
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers.checkpoint import (
     CheckpointError,
@@ -21,6 +20,7 @@ from superduper_transformers.checkpoint import (
     register_checkpoint,
     verify_directory,
 )
+from superduper_transformers.store import artifacts
 from superduper_transformers.trainer_args import DEFAULT_OUTPUT_ROOT, output_dir_for
 
 
@@ -47,9 +47,7 @@ def _stored_folder(db, ckpt) -> str:
 # -- one artifact store, two databases ----------------------------------------
 
 
-def test_cleanup_in_another_database_keeps_this_databases_checkpoints(
-    db, tiny_model_dir, tmp_path
-):
+def test_cleanup_in_another_database_keeps_this_databases_checkpoints(db, tiny_model_dir, tmp_path):
     from superduper import superduper
 
     db.apply(fixtures.make_llm(db, tiny_model_dir, max_steps=10, save_steps=10, eval_steps=10), force=True)
@@ -109,8 +107,13 @@ def test_a_lost_checkpoint_folder_does_not_stop_pruning(db, tiny_model_dir, tmp_
 
     monkeypatch.setattr(ckpts, "register_checkpoint", lose_step_10_then_register)
     llm = fixtures.make_llm(
-        db, tiny_model_dir, max_steps=20, save_steps=10, eval_strategy="no",
-        save_total_limit=1, output_dir=str(tmp_path / "out"),
+        db,
+        tiny_model_dir,
+        max_steps=20,
+        save_steps=10,
+        eval_strategy="no",
+        save_total_limit=1,
+        output_dir=str(tmp_path / "out"),
     )
     db.apply(llm, force=True)  # pruning checkpoint 10 (folder gone) must not raise
     assert [r["step"] for r in list_checkpoints(db, "tiny")] == [20]
@@ -165,7 +168,9 @@ def test_manifest_entries_outside_the_folder_are_refused(tmp_path, outside):
     folder = _folder(tmp_path / "ckpt", {"a.bin": b"a"})
     rel = str(secret) if outside == "ABS" else outside
     manifest = {"a.bin": _entry(b"a"), rel: [1, "0" * 64]}
-    with pytest.raises(CheckpointError, match=r"Checkpoint `c1`: its manifest names .*not a plain relative") as e:
+    with pytest.raises(
+        CheckpointError, match=r"Checkpoint `c1`: its manifest names .*not a plain relative"
+    ) as e:
         verify_directory(folder, manifest, "c1")
     assert "12345" not in str(e.value)  # nothing about the outside file leaks
 
@@ -207,7 +212,7 @@ def test_symlinks_in_a_checkpoint_are_refused(db, tmp_path, kind):
 
 def _modes(folder):
     out = {}
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         out[root] = os.stat(root).st_mode & 0o777
         for name in files:
             out[os.path.join(root, name)] = os.stat(os.path.join(root, name)).st_mode & 0o777

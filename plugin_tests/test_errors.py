@@ -10,9 +10,9 @@ import pytest
 from plugin_tests import fixtures
 from superduper_transformers import LLM, LLMTrainer
 from superduper_transformers.checkpoint import CheckpointError, list_checkpoints
-from superduper_transformers.trainer_args import ConfigError, UnknownKeywordError
 from superduper_transformers.hf.data import DataError
 from superduper_transformers.hf.loading import ModelPathError
+from superduper_transformers.trainer_args import ConfigError, UnknownKeywordError
 from superduper_transformers.training import LLMCallback
 
 
@@ -113,14 +113,14 @@ def test_every_problem_is_reported_at_once(db):
 
 
 def test_unknown_trainer_keyword_suggests_the_closest(db):
-    with pytest.raises(UnknownKeywordError, match="unexpected keyword argument `learnin_rate`.*Did you mean `learning_rate`"):
+    with pytest.raises(
+        UnknownKeywordError, match="unexpected keyword argument `learnin_rate`.*Did you mean `learning_rate`"
+    ):
         LLMTrainer("t", key=("x", "y"), select=db["facts"].select(), learnin_rate=1e-3)
 
 
 def test_training_keywords_are_accepted_directly(db):
-    trainer = LLMTrainer(
-        "t", key=("x", "y"), select=db["facts"].select(), learning_rate=1e-3, save_steps=7
-    )
+    trainer = LLMTrainer("t", key=("x", "y"), select=db["facts"].select(), learning_rate=1e-3, save_steps=7)
     assert trainer.training_kwargs == {"learning_rate": 1e-3, "save_steps": 7}
 
 
@@ -135,7 +135,9 @@ def test_adapter_whose_artifact_is_missing(db, tiny_model_dir, artifact_store):
     ckpt_dir = db.load("Checkpoint", list_checkpoints(db, "tiny")[-1]["identifier"]).local_path
     shutil.rmtree(os.path.dirname(ckpt_dir))
     reloaded = db.load("LLM", "tiny")
-    with pytest.raises(CheckpointError, match=r"Checkpoint `tiny-\w+-step10`: its files are missing from the artifact store"):
+    with pytest.raises(
+        CheckpointError, match=r"Checkpoint `tiny-\w+-step10`: its files are missing from the artifact store"
+    ):
         reloaded.predict("1+1=")
 
 

@@ -21,8 +21,14 @@ GPU = dict(use_cpu=False, bf16=True)
 def test_training_on_gpu_learns_and_stores_checkpoints(db, tiny_model_dir, bits):
     identifier = f"gpu-{bits or 'bf16'}"
     llm = fixtures.make_llm(
-        db, tiny_model_dir, identifier=identifier, bits=bits, max_steps=300, save_steps=150,
-        eval_steps=150, **GPU,
+        db,
+        tiny_model_dir,
+        identifier=identifier,
+        bits=bits,
+        max_steps=300,
+        save_steps=150,
+        eval_steps=150,
+        **GPU,
     )
     db.apply(llm, force=True)
     assert [r["step"] for r in list_checkpoints(db, identifier)] == [150, 300]

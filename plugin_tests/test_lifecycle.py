@@ -42,10 +42,14 @@ def _interrupt_at(monkeypatch, step):
                 raise RuntimeError(f"interrupted at step {step}")
 
     run_job = hf_train.run_job
-    monkeypatch.setattr(hf_train, "run_job", lambda job: run_job(dc.replace(job, callbacks=[*job.callbacks, Fail()])))
+    monkeypatch.setattr(
+        hf_train, "run_job", lambda job: run_job(dc.replace(job, callbacks=[*job.callbacks, Fail()]))
+    )
 
 
-def test_delete_model_removes_its_checkpoints_runs_and_files(db, tiny_model_dir, tmp_path, artifact_store, monkeypatch):
+def test_delete_model_removes_its_checkpoints_runs_and_files(
+    db, tiny_model_dir, tmp_path, artifact_store, monkeypatch
+):
     _interrupt_at(monkeypatch, 25)
     with pytest.raises(Exception, match="interrupted at step 25"):
         db.apply(fixtures.make_llm(db, tiny_model_dir, **SHORT, output_dir=str(tmp_path / "out")), force=True)

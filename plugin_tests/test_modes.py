@@ -25,8 +25,14 @@ def _train_and_reload(db, tiny_model_dir, identifier, **kwargs):
 
 def test_full_fine_tuning_learns_and_stores_full_weights(db, tiny_model_dir):
     llm, rows = _train_and_reload(
-        db, tiny_model_dir, "full", use_lora=False, max_steps=450, save_steps=225,
-        eval_steps=225, learning_rate=3e-3,
+        db,
+        tiny_model_dir,
+        "full",
+        use_lora=False,
+        max_steps=450,
+        save_steps=225,
+        eval_steps=225,
+        learning_rate=3e-3,
     )
     assert [r["step"] for r in rows] == [225, 450]
     path = db.load("Checkpoint", rows[-1]["identifier"]).local_path
@@ -39,7 +45,12 @@ def test_full_fine_tuning_learns_and_stores_full_weights(db, tiny_model_dir):
 def test_qlora_learns_on_cpu_and_registers_checkpoints(db, tiny_model_dir, bits):
     steps = 450
     llm, rows = _train_and_reload(
-        db, tiny_model_dir, f"q{bits}", bits=bits, max_steps=steps, save_steps=steps // 2,
+        db,
+        tiny_model_dir,
+        f"q{bits}",
+        bits=bits,
+        max_steps=steps,
+        save_steps=steps // 2,
         eval_steps=steps // 2,
     )
     assert [r["step"] for r in rows] == [steps // 2, steps]
@@ -70,7 +81,12 @@ def test_chat_format_training_and_prediction(db, tiny_model_dir, tmp_path):
     tokenizer.save_pretrained(model_dir)
 
     llm, rows = _train_and_reload(
-        db, model_dir, "chat", setup_chat_format=True, max_steps=900, save_steps=900,
+        db,
+        model_dir,
+        "chat",
+        setup_chat_format=True,
+        max_steps=900,
+        save_steps=900,
         eval_steps=900,
     )
     assert [r["step"] for r in rows] == [900]
@@ -84,7 +100,13 @@ def test_whole_text_training_with_a_single_key(db, tiny_model_dir):
     db.apply(Table("lines", fields={"text": "str", "_fold": "str"}), force=True)
     db["lines"].insert([{"text": p + c, "_fold": "train"} for p, c in fixtures.FACTS])
     llm, rows = _train_and_reload(
-        db, tiny_model_dir, "lines", table="lines", key="text", max_steps=1200, save_steps=1200,
+        db,
+        tiny_model_dir,
+        "lines",
+        table="lines",
+        key="text",
+        max_steps=1200,
+        save_steps=1200,
         eval_strategy="no",
     )
     assert [r["step"] for r in rows] == [1200]

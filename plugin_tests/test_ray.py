@@ -43,7 +43,9 @@ def _pids_using(path: str):
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 found = path.encode() in f.read()
             fds = f"/proc/{pid}/fd"
-            found = found or any(os.readlink(os.path.join(fds, fd)).startswith(path) for fd in os.listdir(fds))
+            found = found or any(
+                os.readlink(os.path.join(fds, fd)).startswith(path) for fd in os.listdir(fds)
+            )
         except OSError:  # gone, or not ours to read
             continue
         if found and int(pid) != os.getpid():
@@ -192,9 +194,9 @@ def test_fresh_process_reloads_the_model_and_answers(ray_trained):
     script = textwrap.dedent(
         f"""
         from superduper import CFG, superduper
-        CFG.artifact_store = {('filesystem://' + str(ray_trained['root'] / 'artifact_store'))!r}
+        CFG.artifact_store = {("filesystem://" + str(ray_trained["root"] / "artifact_store"))!r}
         from plugin_tests import fixtures
-        db = superduper({ray_trained['uri']!r}, force_apply=True)
+        db = superduper({ray_trained["uri"]!r}, force_apply=True)
         print("ANSWERED", fixtures.answered(db.load("LLM", "tiny")))
         """
     )
@@ -448,15 +450,19 @@ def test_train_on_a_running_cluster(sqlite_db, tiny_model_dir, tmp_path, ray_hea
 # -- 5. bad set-ups fail before anything is written ---------------------------
 def test_missing_scaling_config_is_an_error(tmp_path):
     from superduper_transformers import LLMTrainer
-    from superduper_transformers.trainer_args import ConfigError
     from superduper_transformers.launch.ray_settings import RayConfigError
+    from superduper_transformers.trainer_args import ConfigError
     from superduper_transformers.training import train
 
     with pytest.raises(ConfigError, match="`ray_configs` needs a `scaling_config`"):
         LLMTrainer("t", key="x", select=None, ray_configs={"address": "127.0.0.1:6379"})
-    with pytest.raises(RayConfigError, match=r"`ray_configs` needs a `scaling_config`.*got keys \['num_cpus'\]"):
+    with pytest.raises(
+        RayConfigError, match=r"`ray_configs` needs a `scaling_config`.*got keys \['num_cpus'\]"
+    ):
         train(None, None, None, {}, {}, ray_configs={"num_cpus": 2})
-    with pytest.raises(RayConfigError, match=r"`ray_configs\['scaling_config'\]` must be a ray.train.ScalingConfig"):
+    with pytest.raises(
+        RayConfigError, match=r"`ray_configs\['scaling_config'\]` must be a ray.train.ScalingConfig"
+    ):
         train(None, None, None, {}, {}, ray_configs={"scaling_config": 2})
     with pytest.raises(RayConfigError, match="unknown key `num_workers`"):
         train(None, None, None, {}, {}, ray_configs={"scaling_config": {}, "num_workers": 2})
@@ -476,7 +482,9 @@ def test_relative_artifact_store_is_refused_before_the_apply(tiny_model_dir, tmp
         db = superduper(f"sqlite:///{tmp_path / 'db.sqlite'}", force_apply=True)
         fixtures.insert_rows(db)
         llm = fixtures.make_llm(db, tiny_model_dir, ray_configs=ray_configs(ray_tmp))
-        with pytest.raises(RayConfigError, match=r"artifact store `filesystem://./artifact_store` is a relative path"):
+        with pytest.raises(
+            RayConfigError, match=r"artifact store `filesystem://./artifact_store` is a relative path"
+        ):
             db.apply(llm, force=True)
         assert db.show("LLM") == []
     finally:
@@ -498,7 +506,9 @@ def test_unreachable_address_fails_fast_and_writes_nothing(sqlite_db, tiny_model
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     llm = fixtures.make_llm(sqlite_db, tiny_model_dir, ray_configs=ray_configs(None, address=address))
     start = time.time()
-    with pytest.raises(RayConfigError, match=rf"`ray_configs\['address'\]`='{address}': no Ray cluster answers"):
+    with pytest.raises(
+        RayConfigError, match=rf"`ray_configs\['address'\]`='{address}': no Ray cluster answers"
+    ):
         sqlite_db.apply(llm, force=True)
     assert time.time() - start < 60
     assert sqlite_db.show("LLM") == []

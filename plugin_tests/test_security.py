@@ -54,12 +54,17 @@ def test_ray_configs_that_are_not_plain_data_are_refused(db, tiny_model_dir):
 
     with pytest.raises(ConfigError, match=r"`ray_configs\['run_config'\]\['callbacks'\]\[0\]` is a object"):
         fixtures.make_llm(
-            db, tiny_model_dir,
-            ray_configs={"scaling_config": ScalingConfig(num_workers=2), "run_config": {"callbacks": [object()]}},
+            db,
+            tiny_model_dir,
+            ray_configs={
+                "scaling_config": ScalingConfig(num_workers=2),
+                "run_config": {"callbacks": [object()]},
+            },
         )
     with pytest.raises(ConfigError, match=r"`ray_configs\['runtime_env'\]\['hook'\]` is a function"):
         fixtures.make_llm(
-            db, tiny_model_dir,
+            db,
+            tiny_model_dir,
             ray_configs={"scaling_config": {"num_workers": 1}, "runtime_env": {"hook": lambda: None}},
         )
 
@@ -103,7 +108,9 @@ def test_the_db_password_never_reaches_ray_run_metadata(monkeypatch, tmp_path, t
     uri = f"mongodb://trainer:{SECRET}@db.example:27017/training"
     cfg = {"data_backend": uri, "artifact_store": f"filesystem://{tmp_path}/store"}
     db = types.SimpleNamespace(
-        cfg=types.SimpleNamespace(data_backend=uri, artifact_store=cfg["artifact_store"], dict=lambda: dict(cfg)),
+        cfg=types.SimpleNamespace(
+            data_backend=uri, artifact_store=cfg["artifact_store"], dict=lambda: dict(cfg)
+        ),
         show=lambda *a: ["tiny"],
     )
     llm = types.SimpleNamespace(identifier="tiny")
@@ -136,7 +143,9 @@ def test_the_db_password_is_redacted_in_error_messages(tiny_model_dir, artifact_
     from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_configs
 
     uri = f"mongomock://trainer:{SECRET}@localhost/test"
-    db = types.SimpleNamespace(cfg=types.SimpleNamespace(data_backend=uri, artifact_store=f"filesystem://{artifact_store}"))
+    db = types.SimpleNamespace(
+        cfg=types.SimpleNamespace(data_backend=uri, artifact_store=f"filesystem://{artifact_store}")
+    )
     with pytest.raises(RayConfigError, match=r"mongomock://trainer:\*\*\*@localhost/test") as e:
         check_ray_configs({"scaling_config": {"num_workers": 1}}, db)
     assert SECRET not in str(e.value)
@@ -151,8 +160,9 @@ def test_a_planted_secret_is_nowhere_after_a_training(tiny_model_dir, artifact_s
     try:
         db = superduper(f"mongomock://trainer:{SECRET}@localhost/sec", force_apply=True)
         fixtures.insert_rows(db)
-        llm = fixtures.make_llm(db, tiny_model_dir, max_steps=10, save_steps=10, eval_steps=10,
-                                output_dir=str(tmp_path / "out"))
+        llm = fixtures.make_llm(
+            db, tiny_model_dir, max_steps=10, save_steps=10, eval_steps=10, output_dir=str(tmp_path / "out")
+        )
         db.apply(llm, force=True)
         db.load("LLM", "tiny").predict("1+1=")
     finally:

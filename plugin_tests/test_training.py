@@ -95,7 +95,12 @@ def test_checkpoint_files_are_in_the_artifact_store(trained):
         assert path.startswith(store)
         stored_dirs.add(os.path.dirname(path))
         names = set(os.listdir(path))
-        assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "trainer_state.json"} <= names
+        assert {
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "optimizer.pt",
+            "trainer_state.json",
+        } <= names
         local = os.path.join(trained["out"], f"checkpoint-{r['step']}")
         if os.path.isdir(local):  # HF may have rotated older local folders away
             assert file_manifest(local) == file_manifest(path) == ckpt.manifest
@@ -135,17 +140,15 @@ def test_reload_in_second_process(trained):
         f"""
         import json
         from superduper import CFG, superduper
-        CFG.artifact_store = {('filesystem://' + str(trained['root'] / 'artifact_store'))!r}
+        CFG.artifact_store = {("filesystem://" + str(trained["root"] / "artifact_store"))!r}
         from plugin_tests import fixtures
-        db = superduper({trained['uri']!r}, force_apply=True)
+        db = superduper({trained["uri"]!r}, force_apply=True)
         llm = db.load("LLM", "tiny")
         print("ANSWERED", fixtures.answered(llm))
         """
     )
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
-    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     answered = int(out.stdout.split("ANSWERED")[-1].split()[0])
     assert answered >= 31

@@ -6,7 +6,7 @@ import functools
 import importlib.util
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_available(module: str) -> bool:
     """Whether ``module`` can be imported, without importing it."""
     return importlib.util.find_spec(module) is not None

@@ -26,9 +26,7 @@ if t.TYPE_CHECKING:
 
 _CHUNK = 1 << 20
 #: Plain columns of a checkpoint row: listing them never touches the artifact store.
-_ROW_COLUMNS = (
-    "identifier", "step", "model", "experiment_id", "metrics", "manifest", "artifact_id"
-)
+_ROW_COLUMNS = ("identifier", "step", "model", "experiment_id", "metrics", "manifest", "artifact_id")
 
 
 class Checkpoint(Component):
@@ -173,19 +171,17 @@ def verify_directory(directory: str, manifest: t.Dict[str, t.List], identifier: 
             )
         return
     # Cheap checks first: a missing or truncated file is found without hashing anything.
-    for rel, (size, sha) in manifest.items():
+    for rel, (size, _sha) in manifest.items():
         full = os.path.join(directory, rel)
         if not os.path.isfile(full):
-            raise CheckpointError(
-                f"Checkpoint `{identifier}`: file `{rel}` is missing from {directory}."
-            )
+            raise CheckpointError(f"Checkpoint `{identifier}`: file `{rel}` is missing from {directory}.")
         if os.path.getsize(full) != size:
             raise CheckpointError(
                 f"Checkpoint `{identifier}`: file `{rel}` has {os.path.getsize(full)} bytes, "
                 f"the manifest says {size}: the stored copy is altered or truncated."
             )
     actual = file_manifest(directory, identifier)
-    for rel, (size, sha) in manifest.items():
+    for rel, (_size, sha) in manifest.items():
         if rel not in actual:  # e.g. a name the folder does not list as it is written
             raise CheckpointError(
                 f"Checkpoint `{identifier}`: manifest entry `{rel}` matches no file listed "
@@ -211,7 +207,7 @@ def checkpoint_identifier(model: str, experiment_id: str, step: int) -> str:
 
 
 def register_checkpoint(
-    db: "Datalayer",
+    db: Datalayer,
     *,
     model: str,
     experiment_id: str,
@@ -268,7 +264,7 @@ def register_checkpoint(
     return ckpt
 
 
-def _intact_checkpoint(db: "Datalayer", identifier: str) -> t.Optional[Checkpoint]:
+def _intact_checkpoint(db: Datalayer, identifier: str) -> t.Optional[Checkpoint]:
     """The registered checkpoint ``identifier`` if its stored files verify, else None."""
     from superduper.base import exceptions
 
@@ -281,7 +277,7 @@ def _intact_checkpoint(db: "Datalayer", identifier: str) -> t.Optional[Checkpoin
         return None
 
 
-def load_checkpoint(db: "Datalayer", identifier: str) -> Checkpoint:
+def load_checkpoint(db: Datalayer, identifier: str) -> Checkpoint:
     """Load a registered checkpoint and verify its stored files against the manifest.
 
     :param db: The datalayer.
@@ -297,11 +293,11 @@ def load_checkpoint(db: "Datalayer", identifier: str) -> Checkpoint:
             f"holds something else ({e}). The artifact store must be the one the checkpoint "
             "was written to (check CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE)."
         ) from e
-    ckpt.local_path  # verifies
+    _ = ckpt.local_path  # the property verifies the files against the manifest
     return ckpt
 
 
-def checkpoint_without_files(db: "Datalayer", identifier: str) -> Checkpoint:
+def checkpoint_without_files(db: Datalayer, identifier: str) -> Checkpoint:
     """The registered checkpoint ``identifier`` built from its row, its folder not resolved.
 
     For when the folder is gone from the artifact store: the component can still be
@@ -334,9 +330,7 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def list_checkpoints(
-    db: "Datalayer", model: str, experiment_id: t.Optional[str] = None
-) -> t.List[t.Dict]:
+def list_checkpoints(db: Datalayer, model: str, experiment_id: t.Optional[str] = None) -> t.List[t.Dict]:
     """Rows of the checkpoints of ``model`` (of one run if ``experiment_id``), by step.
 
     :param db: The datalayer.
@@ -395,7 +389,7 @@ def checkpoints_to_prune(
     return [r for r in rows if r["identifier"] not in kept]
 
 
-def delete_checkpoint(db: "Datalayer", identifier: str) -> None:
+def delete_checkpoint(db: Datalayer, identifier: str) -> None:
     """Remove a checkpoint row and its files from the artifact store.
 
     A checkpoint whose folder is already gone from the store is removed too (with a

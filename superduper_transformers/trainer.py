@@ -83,7 +83,6 @@ class LLMTrainer(_LLMTrainerFields):
         checkpoint in the db; ``"never"`` always starts fresh.
     """
 
-
     def __init__(self, identifier: str, *args, **kwargs):
         """Take ``TrainingArguments``/``SFTConfig`` keywords directly (into ``training_kwargs``).
 
@@ -109,7 +108,7 @@ class LLMTrainer(_LLMTrainerFields):
     def fit(
         self,
         model: LLM,
-        db: "Datalayer",
+        db: Datalayer,
         train_dataset: t.List,
         valid_dataset: t.List,
     ):
@@ -179,8 +178,16 @@ def run_settings(model: LLM, trainer: LLMTrainer) -> t.Dict[str, t.Any]:
     """
     settings = dict(trainer.training_kwargs or {})
     for name in (
-        "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-        "lora_bias", "lora_modules_to_save", "bits", "max_seq_length", "setup_chat_format",
+        "use_lora",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "lora_bias",
+        "lora_modules_to_save",
+        "bits",
+        "max_seq_length",
+        "setup_chat_format",
     ):
         settings[name] = getattr(trainer, name)
     settings.update(
@@ -190,7 +197,6 @@ def run_settings(model: LLM, trainer: LLMTrainer) -> t.Dict[str, t.Any]:
     )
     kept = {k: v for k, v in settings.items() if k not in resume.CHANGES_THAT_RESUME}
     return json.loads(json.dumps(kept, default=repr, sort_keys=True))
-
 
 
 def eval_metric_names(eval_sets: t.Sequence[str]) -> t.List[str]:
@@ -218,9 +224,13 @@ def training_args_for(trainer: LLMTrainer, identifier: str, eval_sets: t.Sequenc
     if metric is None and produced:
         overrides["metric_for_best_model"] = produced[0]
     elif metric is not None:
-        bare = metric[len("eval_"):] if metric.startswith("eval_") else metric
+        bare = metric[len("eval_") :] if metric.startswith("eval_") else metric
         if bare not in produced:
-            where = f"the eval sets {list(eval_sets)} produce {produced}" if produced else "there is no evaluation data"
+            where = (
+                f"the eval sets {list(eval_sets)} produce {produced}"
+                if produced
+                else "there is no evaluation data"
+            )
             raise cfg.ConfigError(
                 f"`metric_for_best_model`={metric!r} is a metric no evaluation produces: {where}. "
                 f"Use one of {produced or ['(none: add rows with `_fold=' + repr('valid') + '`)']}."
@@ -235,13 +245,11 @@ def training_args_for(trainer: LLMTrainer, identifier: str, eval_sets: t.Sequenc
     except cfg.ConfigError:
         raise
     except (ValueError, TypeError) as e:  # transformers' / trl's own checks
-        raise cfg.ConfigError(
-            f"Invalid LLMTrainer settings: transformers/trl refused them: {e}"
-        ) from e
+        raise cfg.ConfigError(f"Invalid LLMTrainer settings: transformers/trl refused them: {e}") from e
 
 
 def named_eval_rows(
-    model: LLM, db: "Datalayer", valid_values, X: str, y: t.Optional[str]
+    model: LLM, db: Datalayer, valid_values, X: str, y: t.Optional[str]
 ) -> t.Dict[str, t.List]:
     """Evaluation rows by name: ``valid`` (rows with ``_fold='valid'``) and each
     dataset of the model's ``validation``, under its own identifier."""
@@ -259,7 +267,7 @@ def named_eval_rows(
     return out
 
 
-def _fold_rows(trainer: LLMTrainer, db: "Datalayer", fold: str) -> t.List[t.Dict]:
+def _fold_rows(trainer: LLMTrainer, db: Datalayer, fold: str) -> t.List[t.Dict]:
     select = trainer.select
     tables = db.show("Table")
     if select.table not in tables:
@@ -272,7 +280,7 @@ def _fold_rows(trainer: LLMTrainer, db: "Datalayer", fold: str) -> t.List[t.Dict
     return [dict(r) for r in select.filter(table["_fold"] == fold).execute()]
 
 
-def preflight(model: LLM, db: "Datalayer") -> None:
+def preflight(model: LLM, db: Datalayer) -> None:
     """Check what training needs before the apply writes anything to the db.
 
     :param model: The ``LLM`` about to be applied with its trainer.

@@ -17,7 +17,6 @@ import typing as t
 
 from superduper_transformers import settings as resolved
 
-
 #: Valid values of ``LLMTrainer.bits``.
 VALID_BITS = (None, 4, 8)
 #: Valid values of ``LLMTrainer.lora_bias`` (peft's ``LoraConfig.bias``).
@@ -104,9 +103,7 @@ def validate_trainer(trainer: t.Any) -> None:
             "superduper would store it pickled, which the plugin never does: remove it."
         )
     if trainer.bits not in VALID_BITS:
-        issues.append(
-            f"`bits` must be None (no quantization), 4 (QLoRA NF4) or 8, got {trainer.bits!r}."
-        )
+        issues.append(f"`bits` must be None (no quantization), 4 (QLoRA NF4) or 8, got {trainer.bits!r}.")
     if trainer.bits is not None and not trainer.use_lora:
         issues.append(
             f"`bits={trainer.bits}` needs `use_lora=True`: a quantized base model cannot be "
@@ -122,13 +119,9 @@ def validate_trainer(trainer: t.Any) -> None:
                 f"`lora_dropout` must be a number in [0, 1) (e.g. 0.05), got {trainer.lora_dropout!r}."
             )
         if trainer.lora_bias not in VALID_LORA_BIAS:
-            issues.append(
-                f"`lora_bias` must be one of {VALID_LORA_BIAS}, got {trainer.lora_bias!r}."
-            )
+            issues.append(f"`lora_bias` must be one of {VALID_LORA_BIAS}, got {trainer.lora_bias!r}.")
     if not isinstance(trainer.max_seq_length, int) or trainer.max_seq_length <= 0:
-        issues.append(
-            f"`max_seq_length` must be a positive integer, got {trainer.max_seq_length!r}."
-        )
+        issues.append(f"`max_seq_length` must be a positive integer, got {trainer.max_seq_length!r}.")
     if "max_length" in tk:
         issues.append(
             "`max_length` was given as a training keyword; set `max_seq_length` instead "
@@ -138,8 +131,7 @@ def validate_trainer(trainer: t.Any) -> None:
     limit = tk.get("save_total_limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         issues.append(
-            f"`save_total_limit` must be None (keep every checkpoint) or an integer >= 1, "
-            f"got {limit!r}."
+            f"`save_total_limit` must be None (keep every checkpoint) or an integer >= 1, got {limit!r}."
         )
     if tk.get("bf16") and tk.get("fp16"):
         issues.append(
@@ -147,9 +139,7 @@ def validate_trainer(trainer: t.Any) -> None:
             "plugin choose from the hardware (bf16 where it is native, else fp32 on the CPU)."
         )
     if trainer.resume_from_db not in VALID_RESUME:
-        issues.append(
-            f"`resume_from_db` must be one of {VALID_RESUME}, got {trainer.resume_from_db!r}."
-        )
+        issues.append(f"`resume_from_db` must be one of {VALID_RESUME}, got {trainer.resume_from_db!r}.")
     if trainer.num_gpus is not None and (not isinstance(trainer.num_gpus, int) or trainer.num_gpus < 0):
         issues.append(f"`num_gpus` must be None or an integer >= 0, got {trainer.num_gpus!r}.")
     elif (trainer.num_gpus or 0) > 1 and trainer.ray_configs is None:
@@ -172,18 +162,14 @@ def validate_trainer(trainer: t.Any) -> None:
     key = trainer.key
     names = [key] if isinstance(key, str) else list(key) if isinstance(key, (list, tuple)) else None
     if not (
-        names is not None
-        and 1 <= len(names) <= 2
-        and all(isinstance(k, str) and k.strip() for k in names)
+        names is not None and 1 <= len(names) <= 2 and all(isinstance(k, str) and k.strip() for k in names)
     ):
         issues.append(
             f"`key` must be a column name (learn the whole text) or a pair (X, y) of column "
             f"names (learn y given X), got {key!r}."
         )
     if issues:
-        raise ConfigError(
-            "Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues)
-        )
+        raise ConfigError("Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues))
 
 
 def _is_number(value: t.Any) -> bool:
@@ -220,7 +206,9 @@ def _range_issues(tk: t.Mapping[str, t.Any]) -> t.List[str]:
             what = "an integer" if kind is int else "a number"
             issues.append(f"`{name}` must be {what} {bound} (e.g. {example}), got {value!r}.")
     steps = tk.get("max_steps")
-    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and (steps > 0 or steps == -1)):
+    if steps is not None and not (
+        isinstance(steps, int) and not isinstance(steps, bool) and (steps > 0 or steps == -1)
+    ):
         issues.append(
             f"`max_steps` must be a positive integer (or -1 to train `num_train_epochs`), got {steps!r}."
         )

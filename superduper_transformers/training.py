@@ -15,11 +15,11 @@ from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.lora import prepare_lora_training
 from superduper_transformers.hf.quantization import create_quantization_config
 from superduper_transformers.hf.train import train_func
+from superduper_transformers.launch.callback import LLMCallback
 from superduper_transformers.launch.dispatch import check_devices, launch
 from superduper_transformers.launch.ray_train import handle_ray_results
 from superduper_transformers.model import LLM
 from superduper_transformers.settings import as_train_settings
-from superduper_transformers.launch.callback import LLMCallback
 from superduper_transformers.trainer import LLMTrainer
 
 if t.TYPE_CHECKING:
@@ -45,7 +45,7 @@ def train(
     eval_datasets,
     model_kwargs: t.Dict[str, t.Any],
     tokenizer_kwargs: t.Dict[str, t.Any],
-    db: t.Optional["Datalayer"] = None,
+    db: t.Optional[Datalayer] = None,
     llm: t.Optional[LLM] = None,
     ray_configs: t.Optional[t.Dict[str, t.Any]] = None,
     *,

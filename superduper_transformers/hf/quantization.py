@@ -8,7 +8,9 @@ from superduper_transformers._optional import require
 from superduper_transformers.settings import Precision, TrainSettings, as_train_settings
 
 
-def create_quantization_config(config: t.Union[TrainSettings, t.Any], precision: t.Optional[Precision] = None):
+def create_quantization_config(
+    config: t.Union[TrainSettings, t.Any], precision: t.Optional[Precision] = None
+):
     """Create the bitsandbytes quantization config for ``config.bits``.
 
     4 bits: NF4 with double quantization and the training precision as compute dtype

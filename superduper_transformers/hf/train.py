@@ -72,9 +72,9 @@ def run_job(job: TrainJob):
 
 
 def train_func(
-    training_args: "TrainingArguments",
-    train_dataset: "Dataset",
-    eval_datasets: t.Union["Dataset", t.Dict[str, "Dataset"], None],
+    training_args: TrainingArguments,
+    train_dataset: Dataset,
+    eval_datasets: t.Union[Dataset, t.Dict[str, Dataset], None],
     model_kwargs: t.Dict[str, t.Any],
     tokenizer_kwargs: t.Dict[str, t.Any],
     trainer_prepare_func: t.Optional[t.Callable] = None,

@@ -23,7 +23,6 @@ if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
 
-
 def best_metric_name(args) -> t.Tuple[t.Optional[str], bool]:
     """``metric_for_best_model`` as it appears in logged metrics, and its direction.
 
@@ -70,7 +69,7 @@ class LLMCallback(TrainerCallback):
         self,
         cfg: t.Optional[t.Any] = None,
         identifier: t.Optional[str] = None,
-        db: t.Optional["Datalayer"] = None,
+        db: t.Optional[Datalayer] = None,
         llm: t.Optional[t.Any] = None,
         experiment_id: t.Optional[str] = None,
     ):
@@ -165,7 +164,7 @@ class LLMCallback(TrainerCallback):
         logging.info(f"{self.identifier}: adapter set to checkpoint {chosen['identifier']}")
 
 
-def register_final_checkpoint(db: "Datalayer", llm: t.Any, folder: str, experiment_id: str):
+def register_final_checkpoint(db: Datalayer, llm: t.Any, folder: str, experiment_id: str):
     """Register the HF checkpoint ``folder`` (the end of a run) and point ``llm`` at it.
 
     For runs recorded only at the end: a Ray run with ``log_to_db=False``

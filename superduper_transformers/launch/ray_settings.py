@@ -107,7 +107,7 @@ def _is_default(field: dc.Field, value: t.Any) -> bool:
 
 
 # -- checks ---------------------------------------------------------------
-def check_ray_configs(ray_configs: t.Any, db: t.Optional["Datalayer"] = None) -> None:
+def check_ray_configs(ray_configs: t.Any, db: t.Optional[Datalayer] = None) -> None:
     """Check ``ray_configs`` (and that the workers can reach ``db``); one error listing every problem.
 
     :param ray_configs: The ``ray_configs`` of the trainer or of ``train``.
@@ -139,7 +139,7 @@ def check_ray_configs(ray_configs: t.Any, db: t.Optional["Datalayer"] = None) ->
         raise RayConfigError("Invalid Ray set-up:\n" + "\n".join(f"- {i}" for i in issues))
 
 
-def check_ray_setup(ray_configs: t.Any, db: t.Optional["Datalayer"] = None):
+def check_ray_setup(ray_configs: t.Any, db: t.Optional[Datalayer] = None):
     """Every check that can run before Ray starts: the settings, the shared storage, the address.
 
     Called by ``train`` and, before an apply writes anything, by the trainer's preflight.
@@ -159,7 +159,7 @@ def check_ray_setup(ray_configs: t.Any, db: t.Optional["Datalayer"] = None):
     return ray_configs, scaling, run
 
 
-def _shared_storage_issues(db: "Datalayer") -> t.List[str]:
+def _shared_storage_issues(db: Datalayer) -> t.List[str]:
     """Ray workers are other processes: the db and the artifact store must be reachable from them."""
     issues = []
     store = db.cfg.artifact_store or ""

@@ -18,9 +18,8 @@ import uuid
 
 from superduper import logging
 
-from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_setup  # noqa: F401
-
 from superduper_transformers.hf.job import TrainJob
+from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_setup  # noqa: F401
 from superduper_transformers.settings import Secret
 
 if t.TYPE_CHECKING:
@@ -40,7 +39,9 @@ WORKER_ENV_VARS = (
 #: Where a local Ray keeps its files unless ``ray_configs['temp_dir']`` says otherwise.
 #: Short on purpose: Ray's unix sockets live below it (107-character limit).
 DEFAULT_TEMP_DIR = os.path.join(tempfile.gettempdir(), "superduper_ray")
-def worker_env(db: t.Optional["Datalayer"]) -> t.Dict[str, str]:
+
+
+def worker_env(db: t.Optional[Datalayer]) -> t.Dict[str, str]:
     """Environment variables for every worker (Ray's ``runtime_env['env_vars']``).
 
     :param db: The datalayer (its artifact store becomes ``SUPERDUPER_ARTIFACT_STORE``).
@@ -113,7 +114,7 @@ def default_run_config(training_args, identifier: str, experiment_id: str):
 
 def ray_train(
     job: TrainJob,
-    db: t.Optional["Datalayer"] = None,
+    db: t.Optional[Datalayer] = None,
     llm: t.Any = None,
     ray_configs: t.Optional[t.Dict[str, t.Any]] = None,
 ):
@@ -169,7 +170,7 @@ def ray_train(
     return result
 
 
-def _refresh(db: "Datalayer", llm: t.Any) -> None:
+def _refresh(db: Datalayer, llm: t.Any) -> None:
     """Copy what rank 0 stored (adapter, metrics) into the driver's ``llm``.
 
     Without it a later ``llm.save()`` in this process would write back the stale copy.
@@ -197,7 +198,9 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     callbacks = []
     if loop["cfg"] is not None:
         callbacks.append(
-            LLMCallback(cfg=loop["cfg"].reveal(), identifier=loop["identifier"], experiment_id=job.experiment_id)
+            LLMCallback(
+                cfg=loop["cfg"].reveal(), identifier=loop["identifier"], experiment_id=job.experiment_id
+            )
         )
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
     # Ray; the restarted run re-saves that step and its re-registration is a no-op.
@@ -223,9 +226,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
 
 
 # -- results --------------------------------------------------------------
-def handle_ray_results(
-    db: t.Optional["Datalayer"], llm: t.Any, results, experiment_id: t.Optional[str] = None
-):
+def handle_ray_results(db: t.Optional[Datalayer], llm: t.Any, results, experiment_id: t.Optional[str] = None):
     """Register the final checkpoint of a Ray run and point ``llm`` at it.
 
     The Ray checkpoint may live on a remote filesystem: it is downloaded first,

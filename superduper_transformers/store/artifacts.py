@@ -59,8 +59,7 @@ class CheckpointError(RuntimeError):
     """A stored checkpoint cannot be used; the message names the checkpoint and the file."""
 
 
-
-def database_identity(db: "Datalayer") -> str:
+def database_identity(db: Datalayer) -> str:
     """The database's URI without credentials, query or fragment.
 
     Credentials are left out so that rotating a password keeps the identity; the query
@@ -76,7 +75,7 @@ def _hash12(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def database_tag(db: "Datalayer") -> str:
+def database_tag(db: Datalayer) -> str:
     """``ckpt-<12 hex>-``: the prefix of every checkpoint folder written by ``db``.
 
     Several databases may share one artifact store; each cleans up only its own folders.
@@ -84,7 +83,7 @@ def database_tag(db: "Datalayer") -> str:
     return f"{CHECKPOINT_PREFIX}{_hash12(database_identity(db))}-"
 
 
-def model_tag(db: "Datalayer", model: str) -> str:
+def model_tag(db: Datalayer, model: str) -> str:
     """``ckpt-<db hex>-<model hex>``: the prefix of every checkpoint folder of ``model`` in ``db``.
 
     Hashes, not the identifiers themselves: identifiers may hold characters a folder name
@@ -93,7 +92,7 @@ def model_tag(db: "Datalayer", model: str) -> str:
     return database_tag(db) + _hash12(model)
 
 
-def new_artifact_id(db: "Datalayer", model: str) -> str:
+def new_artifact_id(db: Datalayer, model: str) -> str:
     """A fresh artifact id for a checkpoint of ``model`` (random: never reused after a crash)."""
     return f"{model_tag(db, model)}-{uuid.uuid4().hex}"
 
@@ -131,7 +130,7 @@ def restrict_permissions(directory: str) -> None:
                 os.chmod(full, FILE_MODE)
 
 
-def store_root(db: "Datalayer") -> str:
+def store_root(db: Datalayer) -> str:
     """The folder of the datalayer's file artifacts.
 
     :raises RuntimeError: when the artifact store is not a local/mounted file system.
@@ -155,7 +154,7 @@ def _fsync(path: str) -> None:
 
 
 def store_directory(
-    db: "Datalayer", source: str, artifact_id: str, verify: t.Callable[[str], None], step: int
+    db: Datalayer, source: str, artifact_id: str, verify: t.Callable[[str], None], step: int
 ) -> str:
     """Copy the folder ``source`` into the artifact store under ``artifact_id``, atomically.
 
@@ -199,7 +198,7 @@ def store_directory(
     return os.path.join(final, name)
 
 
-def referenced_artifact_ids(db: "Datalayer") -> t.Set[str]:
+def referenced_artifact_ids(db: Datalayer) -> t.Set[str]:
     """Artifact ids of every ``Checkpoint`` row in the db (all models).
 
     Selects plain columns only: decoding the ``path`` field would fail on a row whose
@@ -215,7 +214,7 @@ def referenced_artifact_ids(db: "Datalayer") -> t.Set[str]:
     return {r["artifact_id"] for r in rows if r.get("artifact_id")}
 
 
-def cleanup_orphan_artifacts(db: "Datalayer", model: t.Optional[str] = None) -> t.List[str]:
+def cleanup_orphan_artifacts(db: Datalayer, model: t.Optional[str] = None) -> t.List[str]:
     """Remove checkpoint folders that no ``Checkpoint`` row references.
 
     These are left by a crash: an unfinished copy (``.partial-*``), a finished copy whose row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
+
 class _Vanished:
     """Stands for a component deleted between being listed and being loaded."""
 

@@ -1,7 +1,9 @@
-"""Command line: query what a training left in the database.
+"""Command line: query what a training left in the database, and export models.
 
-    python -m superduper_transformers.cli checkpoints --data demo_data --model NAME
-    python -m superduper_transformers.cli ask --data demo_data --model NAME "question"
+    python -m superduper_transformers --version
+    python -m superduper_transformers --data demo_data checkpoints --model NAME
+    python -m superduper_transformers --data demo_data ask --model NAME "question"
+    python -m superduper_transformers --data demo_data export NAME --out DIR [--merge]
 
 ``--data`` is a folder holding ``demo.db`` and ``artifact_store/`` (the demo's
 layout); ``--uri`` and ``--artifact-store`` name any other datalayer.
@@ -37,9 +39,20 @@ def _connect(args):
         return connect(uri, force_apply=True)
 
 
+def version_line() -> str:
+    """``superduper_transformers <version> (<folder of the imported package>)``."""
+    import superduper_transformers
+
+    return (
+        f"superduper_transformers {superduper_transformers.__version__} "
+        f"({os.path.dirname(os.path.abspath(superduper_transformers.__file__))})"
+    )
+
+
 def main(argv=None) -> int:
     """Entry point of ``superduper-transformers``."""
     parser = argparse.ArgumentParser(prog="superduper-transformers", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("--data", default="demo_data", help="folder with demo.db and artifact_store/")
     parser.add_argument("--uri", help="datalayer URI (mongodb://..., sqlite:///...)")
     parser.add_argument("--artifact-store", help="filesystem:///absolute/path of the artifact store")

@@ -63,6 +63,12 @@ def main(argv=None) -> int:
     ask = sub.add_parser("ask", help="load a model from the database and answer prompts")
     ask.add_argument("--model", required=True)
     ask.add_argument("prompts", nargs="+")
+    ex = sub.add_parser("export", help="write a model's weights and tokenizer to a Hugging Face folder")
+    ex.add_argument("model", help="identifier of the LLM")
+    ex.add_argument("--out", required=True, help="a new or empty folder to write")
+    ex.add_argument("--checkpoint", help="one of the model's checkpoints (default: the one it uses)")
+    ex.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    ex.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32")
     args = parser.parse_args(argv)
 
     db = _connect(args)
@@ -77,6 +83,17 @@ def main(argv=None) -> int:
             mark = "*" if r["identifier"] == adapter else " "
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()) if "loss" in k)
             print(f"{mark} {r['identifier']}  step={r['step']}  {metrics}")
+    elif args.command == "export":
+        from superduper_transformers.checkpoint import CheckpointError
+        from superduper_transformers.export import MANIFEST, ExportError, export_model
+
+        try:
+            out = export_model(db, args.model, args.out, args.checkpoint, merge=args.merge, dtype=args.dtype)
+        except (ExportError, CheckpointError) as e:
+            print(f"superduper-transformers export: {e}", file=sys.stderr)
+            return 2
+        files = sorted(f for f in os.listdir(out) if f != MANIFEST)
+        print(f"{out}: {', '.join(files)} (+ {MANIFEST})")
     else:
         llm = db.load("LLM", args.model)
         for prompt, answer in zip(args.prompts, llm.predict_batches(args.prompts)):

@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo lint test test-slow test-gpu test-all clean
+.PHONY: install wheel demo lint test test-slow test-gpu test-all clean
 
 # CPU torch first (PyPI's default torch is a ~3 GB CUDA build), then the package.
 .venv/.installed: pyproject.toml
@@ -20,6 +20,11 @@ export OMP_NUM_THREADS ?= 1
 	touch $@
 
 install: .venv/.installed
+
+# A wheel of this checkout in dist/, to install elsewhere (`pip install dist/*.whl`): the
+# name `superduper_transformers` on PyPI is an earlier, unrelated plugin.
+wheel: install
+	$(PY) -m pip wheel -q --no-deps -w dist .
 
 demo: install
 	$(PY) -m superduper_transformers.demo
@@ -43,4 +48,4 @@ test-all: install
 	$(PY) -m pytest -q -m ''
 
 clean:
-	rm -rf .venv demo_data superduper_training artifact_store
+	rm -rf .venv demo_data superduper_training artifact_store dist

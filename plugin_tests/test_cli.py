@@ -42,6 +42,36 @@ def test_cli_lists_models_checkpoints_and_answers(tiny_model_dir, tmp_path, caps
         CFG.artifact_store = old
 
 
+def test_version_names_this_checkout_and_subcommands_run_as_a_module(tmp_path):
+    import superduper_transformers
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(superduper_transformers.__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    out = subprocess.run(
+        [sys.executable, "-m", "superduper_transformers", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    package = os.path.join(root, "superduper_transformers")
+    assert out.stdout.strip() == f"superduper_transformers {superduper_transformers.__version__} ({package})"
+
+    # the subcommands of cli.py, through `python -m superduper_transformers`
+    out = subprocess.run(
+        [sys.executable, "-m", "superduper_transformers", "--data", str(tmp_path), "models"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == ""  # an empty database holds no model
+
+
 @pytest.mark.slow
 def test_demo_teaches_smollm2_the_facts(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.getcwd())

@@ -1,7 +1,9 @@
-"""Command line: query what a training left in the database.
+"""Command line: query what a training left in the database, and export models.
 
-    python -m superduper_transformers.cli checkpoints --data demo_data --model NAME
-    python -m superduper_transformers.cli ask --data demo_data --model NAME "question"
+    python -m superduper_transformers --version
+    python -m superduper_transformers --data demo_data checkpoints --model NAME
+    python -m superduper_transformers --data demo_data ask --model NAME "question"
+    python -m superduper_transformers --data demo_data export NAME --out DIR [--merge]
 
 ``--data`` is a folder holding ``demo.db`` and ``artifact_store/`` (the demo's
 layout); ``--uri`` and ``--artifact-store`` name any other datalayer.
@@ -37,9 +39,20 @@ def _connect(args):
         return connect(uri, force_apply=True)
 
 
+def version_line() -> str:
+    """``superduper_transformers <version> (<folder of the imported package>)``."""
+    import superduper_transformers
+
+    return (
+        f"superduper_transformers {superduper_transformers.__version__} "
+        f"({os.path.dirname(os.path.abspath(superduper_transformers.__file__))})"
+    )
+
+
 def main(argv=None) -> int:
     """Entry point of ``superduper-transformers``."""
     parser = argparse.ArgumentParser(prog="superduper-transformers", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("--data", default="demo_data", help="folder with demo.db and artifact_store/")
     parser.add_argument("--uri", help="datalayer URI (mongodb://..., sqlite:///...)")
     parser.add_argument("--artifact-store", help="filesystem:///absolute/path of the artifact store")
@@ -50,6 +63,12 @@ def main(argv=None) -> int:
     ask = sub.add_parser("ask", help="load a model from the database and answer prompts")
     ask.add_argument("--model", required=True)
     ask.add_argument("prompts", nargs="+")
+    ex = sub.add_parser("export", help="write a model's weights and tokenizer to a Hugging Face folder")
+    ex.add_argument("model", help="identifier of the LLM")
+    ex.add_argument("--out", required=True, help="a new or empty folder to write")
+    ex.add_argument("--checkpoint", help="one of the model's checkpoints (default: the one it uses)")
+    ex.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    ex.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32")
     args = parser.parse_args(argv)
 
     db = _connect(args)
@@ -64,6 +83,17 @@ def main(argv=None) -> int:
             mark = "*" if r["identifier"] == adapter else " "
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()) if "loss" in k)
             print(f"{mark} {r['identifier']}  step={r['step']}  {metrics}")
+    elif args.command == "export":
+        from superduper_transformers.checkpoint import CheckpointError
+        from superduper_transformers.export import MANIFEST, ExportError, export_model
+
+        try:
+            out = export_model(db, args.model, args.out, args.checkpoint, merge=args.merge, dtype=args.dtype)
+        except (ExportError, CheckpointError) as e:
+            print(f"superduper-transformers export: {e}", file=sys.stderr)
+            return 2
+        files = sorted(f for f in os.listdir(out) if f != MANIFEST)
+        print(f"{out}: {', '.join(files)} (+ {MANIFEST})")
     else:
         llm = db.load("LLM", args.model)
         for prompt, answer in zip(args.prompts, llm.predict_batches(args.prompts)):

@@ -192,17 +192,28 @@ class LLM(Model):
         return self._pipeline
 
     # -- prediction -------------------------------------------------------
-    def predict(self, prompt: str) -> str:
+    def predict(self, prompt: str, **generate_kwargs) -> str:
         """Generate the continuation of one prompt (the new text only).
 
         :param prompt: The input text; ``prompt_template`` is applied to it.
+        :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
+            ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
         """
-        return self.predict_batches([prompt])[0]
+        return self.predict_batches([prompt], **generate_kwargs)[0]
 
-    def predict_batches(self, prompts: t.Sequence[str]) -> t.List[str]:
+    def generate_kwargs(self, **overrides) -> t.Dict[str, t.Any]:
+        """Keyword arguments for ``generate``: the defaults, then ``predict_kwargs``, then ``overrides``.
+
+        :param overrides: Generation settings of one call.
+        """
+        return {**DEFAULT_PREDICT_KWARGS, **(self.predict_kwargs or {}), **overrides}
+
+    def predict_batches(self, prompts: t.Sequence[str], **generate_kwargs) -> t.List[str]:
         """Generate continuations for several prompts (left-padded, one ``generate`` call).
 
         :param prompts: Input texts.
+        :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
+            ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
         """
         import torch
 
@@ -212,16 +223,41 @@ class LLM(Model):
         tokenizer.padding_side = "left"
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        kwargs = {**DEFAULT_PREDICT_KWARGS, **(self.predict_kwargs or {})}
+        kwargs = self.generate_kwargs(**generate_kwargs)
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         precision = self.precision()
         autocast = torch.autocast(
             model.device.type, dtype=precision.torch_dtype, enabled=precision.name != "fp32"
         )
-        with torch.no_grad(), autocast:
-            out = model.generate(**batch, **kwargs)
+        try:
+            with torch.no_grad(), autocast:
+                out = model.generate(**batch, **kwargs)
+        except ValueError as e:
+            raise self._generate_error(e, kwargs, generate_kwargs) from e
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def _generate_error(self, e: ValueError, kwargs: t.Dict, call_kwargs: t.Dict) -> ValueError:
+        """Name the generation keyword(s) ``generate`` refused, where they came from, and the fix.
+
+        transformers reports an unknown keyword as a ``model_kwargs`` "not used by the
+        model", which reads like a problem of ``model_kwargs`` (the loading settings).
+        """
+        message = str(e)
+        unknown = [k for k in kwargs if f"'{k}'" in message and "not used by the model" in message]
+        if not unknown:
+            return ValueError(
+                f"LLM `{self.identifier}`: `generate` refused the generation settings {kwargs!r}: {message}"
+            )
+        where = ", ".join(
+            f"`{k}`={kwargs[k]!r} (from {'this call' if k in call_kwargs else '`predict_kwargs`'})"
+            for k in unknown
+        )
+        return ValueError(
+            f"LLM `{self.identifier}`: unknown generation keyword(s) {where}: `generate` does not "
+            "know them. Use keywords of transformers' `GenerationConfig` (e.g. `max_new_tokens`, "
+            "`do_sample`, `num_beams`, `temperature`, `top_p`) and check the spelling."
+        )
 
     # -- training hooks ---------------------------------------------------
     def create_jobs(self, context, event_type, ids=None, jobs=(), requires=None):

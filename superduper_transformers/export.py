@@ -1,0 +1,197 @@
+"""Export a trained ``LLM`` out of the datalayer into a standard Hugging Face folder.
+
+- An adapter checkpoint is written as a plain peft folder (``adapter_config.json``,
+  ``adapter_model.safetensors``, tokenizer files), loadable with
+  ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out_dir)``.
+- With ``merge=True`` the adapter is merged into the base (``merge_and_unload``) and the
+  whole model is saved with safetensors: ``AutoModelForCausalLM.from_pretrained(out_dir)``
+  loads it without peft. After QLoRA the base is loaded *unquantized* for the merge.
+- A full fine-tune checkpoint (no ``adapter_config.json``) is exported as its weights.
+
+Only the weights and the tokenizer leave the checkpoint (no optimizer or trainer state).
+The folder gets a ``manifest.json`` (``{file: [size, sha256]}`` of every other file,
+as a checkpoint's manifest) and is written under a temporary name beside ``out_dir`` and
+renamed into place, so a failed export never leaves a half-written ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import typing as t
+import uuid
+
+from superduper import logging
+
+from superduper_transformers.checkpoint import file_manifest, list_checkpoints, load_checkpoint
+from superduper_transformers.hf import loading
+
+if t.TYPE_CHECKING:
+    from superduper.base.datalayer import Datalayer
+
+#: The precisions an export can be written in.
+DTYPES = ("bf16", "fp16", "fp32")
+#: The manifest of an exported folder (it lists every other file of the folder).
+MANIFEST = "manifest.json"
+#: Weights files of a peft adapter, as peft writes them.
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+class ExportError(ValueError):
+    """The export cannot be done as asked (names the field, the value and the fix)."""
+
+
+def _torch_dtype(dtype: t.Optional[str]):
+    import torch
+
+    name = dtype or "fp32"
+    if name not in DTYPES:
+        raise ExportError(f"`dtype`={dtype!r} is not one of {', '.join(DTYPES)}: pick one (default fp32).")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _check_out_dir(out_dir: str) -> str:
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        what = "a folder that is not empty" if os.path.isdir(out_dir) else "a file"
+        raise ExportError(
+            f"`out_dir`={out_dir!r} is {what}: an export never overwrites anything. "
+            "Give a new or empty folder, or remove this one first."
+        )
+    return out_dir
+
+
+def _checkpoint_folder(db: Datalayer, llm, checkpoint: t.Optional[str]) -> t.Tuple[str, str]:
+    """``(identifier, verified local folder)`` of the checkpoint to export."""
+    if checkpoint is None:
+        if llm.adapter_id is None:
+            raise ExportError(
+                f"LLM `{llm.identifier}` has no trained checkpoint (`adapter_id` is None): "
+                "train it first, or pass `checkpoint=` (CLI: --checkpoint) naming one of its "
+                "checkpoints."
+            )
+        return getattr(llm.adapter_id, "identifier", str(llm.adapter_id)), llm.adapter_path()
+    rows = list_checkpoints(db, llm.identifier)
+    if checkpoint not in {r["identifier"] for r in rows}:
+        known = ", ".join(r["identifier"] for r in rows) or "none"
+        raise ExportError(
+            f"`checkpoint`={checkpoint!r} is not a checkpoint of LLM `{llm.identifier}` "
+            f"(its checkpoints: {known}). Pick one of them (`list_checkpoints`, CLI: "
+            "`checkpoints --model`), or leave it out to export the one the LLM uses."
+        )
+    return checkpoint, load_checkpoint(db, checkpoint).local_path
+
+
+def _base_load_kwargs(llm, dtype) -> t.Dict[str, t.Any]:
+    """Loading settings of the LLM's base, unquantized and on the CPU.
+
+    The merge needs full-precision base weights: merging into 4/8-bit weights would
+    round the adapter away (and bitsandbytes layers are not plain ``nn.Linear``).
+    """
+    kwargs = llm.model_load_kwargs()
+    for key in ("quantization_config", "device_map", "torch_dtype", "load_in_4bit", "load_in_8bit"):
+        kwargs.pop(key, None)
+    kwargs["dtype"] = dtype
+    return kwargs
+
+
+def _write_adapter(path: str, out_dir: str, dtype) -> None:
+    """The adapter config and weights (as safetensors, cast to ``dtype``)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copy2(os.path.join(path, "adapter_config.json"), os.path.join(out_dir, "adapter_config.json"))
+    weights = next((w for w in _ADAPTER_WEIGHTS if os.path.isfile(os.path.join(path, w))), None)
+    if weights is None:
+        raise ExportError(
+            f"checkpoint folder {path} has adapter_config.json but no adapter weights "
+            f"({' or '.join(_ADAPTER_WEIGHTS)}): export another checkpoint (`checkpoint=`)."
+        )
+    full = os.path.join(path, weights)
+    state = load_file(full) if weights.endswith(".safetensors") else torch.load(full, weights_only=True)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def _write_weights(llm, path: str, out_dir: str, dtype) -> None:
+    """Full weights: the adapter merged into the unquantized base, or a full fine-tune's weights."""
+    import torch
+
+    # Load and merge in fp32, cast once at the end: merging in half precision adds a
+    # second rounding of the base weights.
+    kwargs = _base_load_kwargs(llm, torch.float32)
+    if loading.is_adapter_dir(path):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(loading.load_causal_lm(kwargs), path).merge_and_unload()
+    else:
+        kwargs["pretrained_model_name_or_path"] = path  # a full fine-tune: its own weights
+        model = loading.load_causal_lm(kwargs)
+    model = model.to(dtype)
+    model.config.dtype = dtype  # the saved config names the dtype the weights are in
+    model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def export_model(
+    db: Datalayer,
+    identifier: str,
+    out_dir: str,
+    checkpoint: t.Optional[str] = None,
+    merge: bool = False,
+    dtype: t.Optional[str] = None,
+) -> str:
+    """Write a trained LLM's weights and tokenizer to ``out_dir`` as a standard Hugging Face folder.
+
+    :param db: The datalayer holding the LLM and its checkpoints.
+    :param identifier: Identifier of the ``LLM``.
+    :param out_dir: A new (or empty) folder to write.
+    :param checkpoint: Identifier of one of the LLM's checkpoints; default the one it
+        uses (``llm.adapter_id``).
+    :param merge: Merge the adapter into the (unquantized) base and write the whole model;
+        else write the adapter only. A full fine-tune checkpoint is always whole.
+    :param dtype: ``bf16``, ``fp16`` or ``fp32`` (default) for the written weights.
+    :returns: The absolute path of ``out_dir``.
+    :raises ExportError: for an existing non-empty ``out_dir``, an unknown ``dtype``, a
+        checkpoint that is not the LLM's, or an LLM without a trained checkpoint.
+    """
+    torch_dtype = _torch_dtype(dtype)
+    out_dir = _check_out_dir(out_dir)
+    if identifier not in db.show("LLM"):
+        raise ExportError(
+            f"`identifier`={identifier!r} is not an LLM in this database (its LLMs: "
+            f"{', '.join(db.show('LLM')) or 'none'}). Check the name and the database."
+        )
+    llm = db.load("LLM", identifier)
+    ckpt_id, path = _checkpoint_folder(db, llm, checkpoint)
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    # Beside out_dir (same filesystem): the final rename is atomic.
+    staging = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:8]}")
+    os.makedirs(staging)
+    try:
+        if loading.is_adapter_dir(path) and not merge:
+            _write_adapter(path, staging, torch_dtype)
+        else:
+            _write_weights(llm, path, staging, torch_dtype)
+        tokenizer_kwargs = llm.tokenizer_load_kwargs()
+        if loading.has_tokenizer(path):
+            tokenizer_kwargs["pretrained_model_name_or_path"] = path
+        loading.load_tokenizer(tokenizer_kwargs).save_pretrained(staging)
+        manifest = file_manifest(staging)
+        with open(os.path.join(staging, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above); fails rather than lose a file written since
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    kind = (
+        "merged model"
+        if loading.is_adapter_dir(path) and merge
+        else ("adapter" if loading.is_adapter_dir(path) else "full weights")
+    )
+    logging.info(f"LLM {identifier}: exported {kind} of checkpoint {ckpt_id} to {out_dir}")
+    return out_dir

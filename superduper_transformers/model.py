@@ -13,7 +13,7 @@ from superduper.components.model import Model
 from superduper_transformers import resume
 from superduper_transformers.checkpoint import Checkpoint, CheckpointError
 from superduper_transformers.hf import loading
-from superduper_transformers.hf.data import build_prompt
+from superduper_transformers.hf.data import build_prompt, chat_reply, is_conversation
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
 
@@ -192,10 +192,12 @@ class LLM(Model):
         return self._pipeline
 
     # -- prediction -------------------------------------------------------
-    def predict(self, prompt: str, **generate_kwargs) -> str:
+    def predict(self, prompt: t.Union[str, t.List[t.Dict]], **generate_kwargs) -> str:
         """Generate the continuation of one prompt (the new text only).
 
-        :param prompt: The input text; ``prompt_template`` is applied to it.
+        :param prompt: The input text; ``prompt_template`` is applied to it. Or a
+            conversation (``[{"role": "user", "content": ...}, ...]``): it is rendered with
+            the chat template and the assistant's reply is returned.
         :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
             ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
         """
@@ -208,10 +210,12 @@ class LLM(Model):
         """
         return {**DEFAULT_PREDICT_KWARGS, **(self.predict_kwargs or {}), **overrides}
 
-    def predict_batches(self, prompts: t.Sequence[str], **generate_kwargs) -> t.List[str]:
+    def predict_batches(
+        self, prompts: t.Sequence[t.Union[str, t.List[t.Dict]]], **generate_kwargs
+    ) -> t.List[str]:
         """Generate continuations for several prompts (left-padded, one ``generate`` call).
 
-        :param prompts: Input texts.
+        :param prompts: Input texts, or conversations (lists of messages; see :meth:`predict`).
         :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
             ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
         """
@@ -221,7 +225,13 @@ class LLM(Model):
         chat = bool(getattr(self.trainer, "setup_chat_format", False))
         texts = [build_prompt(tokenizer, p, self.prompt_template, chat) for p in prompts]
         tokenizer.padding_side = "left"
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        # A chat template writes its own special tokens: a conversation gets none added.
+        special = [not (chat or is_conversation(p)) for p in prompts]
+        if len(set(special)) <= 1:
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=all(special))
+        else:  # text and conversations in one batch: each encoded as it was trained
+            encoded = [tokenizer(x, add_special_tokens=s)["input_ids"] for x, s in zip(texts, special)]
+            batch = tokenizer.pad({"input_ids": encoded}, return_tensors="pt", padding=True)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         kwargs = self.generate_kwargs(**generate_kwargs)
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
@@ -235,7 +245,8 @@ class LLM(Model):
         except ValueError as e:
             raise self._generate_error(e, kwargs, generate_kwargs) from e
         new_tokens = out[:, batch["input_ids"].shape[1] :]
-        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        replies = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [chat_reply(tokenizer, r) if is_conversation(p) else r for p, r in zip(prompts, replies)]
 
     def _generate_error(self, e: ValueError, kwargs: t.Dict, call_kwargs: t.Dict) -> ValueError:
         """Name the generation keyword(s) ``generate`` refused, where they came from, and the fix.

@@ -5,6 +5,10 @@ Tokenization happens here, not inside trl, so that the labels are exactly what
 (-100) and only the completion (plus EOS) is learned; without ``y`` the whole text
 is learned. The prompt is tokenized on its own, as at prediction time, so the
 model sees the same token boundary when it generates.
+
+A row whose value is a list of messages (``[{"role": "user", "content": ...},
+{"role": "assistant", ...}]``, a *conversation*) is rendered with the tokenizer's chat
+template (ChatML when it has none) and only the assistant turns are learned.
 """
 
 from __future__ import annotations
@@ -27,6 +31,69 @@ CHATML_TEMPLATE = (
 )
 
 
+#: The roles a message of a conversation may have.
+CHAT_ROLES = ("system", "user", "assistant")
+_EXAMPLE_MESSAGES = '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
+
+
+def is_conversation(value: t.Any) -> bool:
+    """Whether ``value`` is a conversation (a list of messages) rather than text."""
+    return isinstance(value, (list, tuple))
+
+
+def conversation_issue(value: t.Any, need_assistant: bool = True) -> t.Optional[str]:
+    """What is wrong with ``value`` as a conversation, or None when it is one.
+
+    :param value: The value of a row (or a prompt given to ``predict``).
+    :param need_assistant: Training needs an assistant turn to learn; a prompt does not.
+    """
+    if not is_conversation(value):
+        return f"is a {type(value).__name__} ({value!r:.60}), not a list of messages"
+    if not value:
+        return "is an empty list of messages"
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            return f"has message {i} that is a {type(m).__name__} ({m!r:.60}), not a dict"
+        missing = [k for k in ("role", "content") if k not in m]
+        if missing:
+            return f"has message {i} without {' and '.join(f'`{k}`' for k in missing)} ({m!r:.80})"
+        if m["role"] not in CHAT_ROLES:
+            return f"has message {i} with role {m['role']!r}, not one of {CHAT_ROLES}"
+        if not isinstance(m["content"], str):
+            return f"has message {i} whose `content` is a {type(m['content']).__name__}, not text (str)"
+    if need_assistant and not any(m["role"] == "assistant" for m in value):
+        return "has no assistant message: there is nothing to learn"
+    return None
+
+
+def render_chat(tokenizer, messages: t.Sequence[t.Mapping], add_generation_prompt: bool = False) -> str:
+    """``messages`` as text through the tokenizer's chat template (ChatML when it has none)."""
+    return tokenizer.apply_chat_template(
+        list(messages),
+        chat_template=tokenizer.chat_template or CHATML_TEMPLATE,
+        add_generation_prompt=add_generation_prompt,
+        tokenize=False,
+    )
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template writes after an assistant message (``<|im_end|>`` in
+    ChatML; empty for a template that writes nothing), without surrounding whitespace."""
+    marker = "\x00reply\x00"
+    text = render_chat(
+        tokenizer, [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
+    )
+    return text.split(marker, 1)[-1].strip() if marker in text else ""
+
+
+def chat_reply(tokenizer, generated: str) -> str:
+    """The assistant's reply in text generated after a conversation: up to the end of its
+    turn. With ChatML as plain text (no special token) the model writes ``<|im_end|>``
+    itself, and whatever follows it is not the reply."""
+    marker = end_of_turn(tokenizer)
+    return generated.split(marker, 1)[0] if marker else generated
+
+
 def format_prompt(template: str, value: str) -> str:
     """Fill the LLM's ``prompt_template`` with one input value."""
     return template.format(input=value) if template else value
@@ -46,8 +113,19 @@ def chat_prompt(tokenizer, text: str) -> str:
     )
 
 
-def build_prompt(tokenizer, value: str, prompt_template: str = "{input}", chat_format: bool = False) -> str:
-    """The exact prompt text the model sees, in training and at prediction time."""
+def build_prompt(tokenizer, value: t.Any, prompt_template: str = "{input}", chat_format: bool = False) -> str:
+    """The exact prompt text the model sees, in training and at prediction time.
+
+    A conversation (list of messages) is rendered with the chat template and the
+    assistant's generation prompt; ``prompt_template`` applies to text only.
+    """
+    if is_conversation(value):
+        issue = conversation_issue(value, need_assistant=False)
+        if issue:
+            raise DataError(
+                f"The prompt {issue}. Give text, or a list of messages such as {_EXAMPLE_MESSAGES}."
+            )
+        return render_chat(tokenizer, value, add_generation_prompt=True)
     prompt = format_prompt(prompt_template, value)
     return chat_prompt(tokenizer, prompt) if chat_format else prompt
 
@@ -85,6 +163,8 @@ FITS, PROMPT_CUT, END_LOST = "fits", "prompt_cut", "end_lost"
 
 def _encode(tokenizer, example, X, y, max_length, prompt_template, chat_format):
     """:func:`tokenize`, and ``FITS``, ``PROMPT_CUT`` or ``END_LOST``."""
+    if y is None and is_conversation(example[X]):
+        return _encode_conversation(tokenizer, example[X], max_length)
     prompt = build_prompt(tokenizer, example[X], prompt_template, chat_format)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     # a chat template writes its own special tokens
@@ -111,6 +191,44 @@ def _encode(tokenizer, example, X, y, max_length, prompt_template, chat_format):
     return encoded, status
 
 
+def _encode_conversation(tokenizer, messages, max_length):
+    """A conversation tokenized once; labels only on the assistant turns.
+
+    The span of assistant message ``i`` runs from the end of the conversation before it
+    plus the generation prompt (what ``predict`` feeds the model) to the end of the
+    conversation up to it, so it holds the reply and whatever the template closes the
+    turn with (``<|im_end|>``). Spans are token counts of rendered prefixes: the template
+    must render each prefix of a conversation as a prefix of the whole.
+    """
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    text = render_chat(tokenizer, messages)
+    input_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    span = (0, 0)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render_chat(tokenizer, messages[: i + 1])
+        if not (text.startswith(before) and text.startswith(upto)):
+            raise DataError(
+                "The chat template does not render the start of a conversation as the start of "
+                f"the whole (message {i}, an assistant turn), so its tokens cannot be found. Use a "
+                "template that renders every turn the same whatever follows it (e.g. ChatML)."
+            )
+        span = (count(before), count(upto))
+        labels[span[0] : span[1]] = input_ids[span[0] : span[1]]
+    eos = tokenizer.eos_token_id
+    if messages[-1]["role"] == "assistant" and eos is not None and eos not in input_ids[span[0] : span[1]]:
+        # A template that writes no end-of-turn token: EOS teaches the model to stop.
+        input_ids, labels = input_ids + [eos], labels + [eos]
+    status = FITS
+    if max_length is not None and len(input_ids) > max_length:
+        status = END_LOST
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}, status
+
+
 def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str) -> None:
     """Check that rows carry text under the keys; raise a ``DataError`` otherwise.
 
@@ -125,6 +243,9 @@ def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: s
             "with `_fold='train'` (and `_fold='valid'` for evaluation) before applying the model."
         )
     keys = [k for k in (X, y) if k is not None]
+    if any(k in row and is_conversation(row[k]) for row in rows for k in keys):
+        _check_conversations(rows, X, y, where)
+        return
     for i, row in enumerate(rows):
         for k in keys:
             if k not in row:
@@ -136,9 +257,33 @@ def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: s
             if not isinstance(row[k], str):
                 raise DataError(
                     f"Key `{k}` of row {i} of the {where} holds a {type(row[k]).__name__} "
-                    f"({row[k]!r:.60}); the LLM trainer needs text (str). Convert the column "
-                    "to text before training."
+                    f"({row[k]!r:.60}); the LLM trainer needs text (str), or a list of messages "
+                    f"such as {_EXAMPLE_MESSAGES} under a single `key`. Convert the column "
+                    "before training."
                 )
+
+
+def _check_conversations(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str) -> None:
+    """Rows holding conversations: one column of lists of messages, each well formed."""
+    if y is not None:
+        raise DataError(
+            f"The {where} hold lists of messages, which train with a single `key` (the column of "
+            f"the conversations), but the trainer's `key` is a pair ({X!r}, {y!r}). Set "
+            f"`key={X!r}` and put the answers in the conversations as assistant messages."
+        )
+    for i, row in enumerate(rows):
+        if X not in row:
+            raise DataError(
+                f"Key `{X}` is missing from row {i} of the {where}; the row has keys "
+                f"{sorted(c for c in row if not c.startswith('_'))}. Fix the trainer's `key` or the rows."
+            )
+        issue = conversation_issue(row[X])
+        if issue:
+            raise DataError(
+                f"Key `{X}` of row {i} of the {where} {issue}. A conversation is a list of messages, "
+                f"each with a `role` in {CHAT_ROLES} and a text `content`, and at least one "
+                f"assistant message (what is learned), e.g. {_EXAMPLE_MESSAGES}. Fix the row."
+            )
 
 
 def rows_from_values(values: t.Sequence[t.Any], X: str, y: t.Optional[str]) -> t.List[t.Dict]:

@@ -41,6 +41,10 @@ class Checkpoint(Component):
     :param manifest: ``{relative file name: [size, sha256]}`` of the saved files.
     :param artifact_id: Folder of the files in the artifact store (set by
         :func:`register_checkpoint`; lets clean-up find orphaned folders without reading files).
+    :param data_fingerprint: The data the run trained on up to this checkpoint: query, row
+        counts, content hashes and tokenization settings (see
+        :func:`superduper_transformers.lineage.data_fingerprint`); empty for rows written
+        before fingerprints existed.
     """
 
     path: st.File
@@ -50,11 +54,13 @@ class Checkpoint(Component):
     metrics: t.Dict = None  # type: ignore[assignment]
     manifest: t.Dict = None  # type: ignore[assignment]
     artifact_id: str = ""
+    data_fingerprint: t.Dict = None  # type: ignore[assignment]
 
     def postinit(self):
         """Fill defaults that dataclasses cannot hold as mutable defaults."""
         self.metrics = dict(self.metrics or {})
         self.manifest = dict(self.manifest or {})
+        self.data_fingerprint = dict(self.data_fingerprint or {})
         super().postinit()
 
     def setup(self):
@@ -214,6 +220,7 @@ def register_checkpoint(
     path: str,
     step: int,
     metrics: t.Optional[t.Dict] = None,
+    data_fingerprint: t.Optional[t.Dict] = None,
 ) -> Checkpoint:
     """Copy a checkpoint folder into the artifact store and record it in the db.
 
@@ -227,6 +234,7 @@ def register_checkpoint(
     :param path: The local checkpoint folder written by the HF trainer.
     :param step: Global step of the checkpoint.
     :param metrics: Metrics at ``step``.
+    :param data_fingerprint: The fingerprint of the run's training data (lineage).
     """
     from superduper.base.datatype import FileItem
 
@@ -255,6 +263,7 @@ def register_checkpoint(
         metrics={k: v for k, v in (metrics or {}).items() if _is_number(v)},
         manifest=manifest,
         artifact_id=artifact_id,
+        data_fingerprint=dict(data_fingerprint or {}),
     )
     db.apply(ckpt, force=True, jobs=False)
     # superduper's apply makes the (already present) folder 0o777 again.

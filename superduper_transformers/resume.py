@@ -32,6 +32,7 @@ from superduper import Component, logging
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from superduper_transformers import checkpoint as ckpts
+from superduper_transformers import lineage
 from superduper_transformers.store import artifacts
 
 if t.TYPE_CHECKING:
@@ -56,12 +57,17 @@ CHANGES_THAT_RESUME = frozenset(
         "num_train_epochs",
         "resume_from_db",
         "log_to_db",
+        "on_data_change",
     }
 )
 
 #: Identifiers of the models this process is training right now (their runs are live,
 #: not interrupted).
 _ACTIVE: t.Counter[str] = collections.Counter()
+
+
+class DataChangedError(ValueError):
+    """The interrupted run's training data changed and ``on_data_change='refuse'``."""
 
 
 class TrainingRun(Component):
@@ -73,7 +79,12 @@ class TrainingRun(Component):
         (interrupted, then replaced by a fresh run).
     :param settings: The settings that shape training (see :func:`run_settings`).
     :param started_at: Unix time of the first start.
-    :param resumes: One entry per resumption: ``{"step", "checkpoint", "time"}``.
+    :param resumes: One entry per resumption: ``{"step", "checkpoint", "time"}``, and
+        ``"data_changes"`` (what changed in the data) when it resumed on changed rows.
+    :param data_fingerprint: The data it trains on: query, row counts, content hashes,
+        tokenization settings (:func:`superduper_transformers.lineage.data_fingerprint`);
+        updated when a resume goes on with changed rows; empty for runs recorded before
+        fingerprints existed.
     """
 
     model: str = ""
@@ -82,11 +93,13 @@ class TrainingRun(Component):
     settings: t.Dict = None  # type: ignore[assignment]
     started_at: float = 0.0
     resumes: t.List = None  # type: ignore[assignment]
+    data_fingerprint: t.Dict = None  # type: ignore[assignment]
 
     def postinit(self):
         """Fill defaults that dataclasses cannot hold as mutable defaults."""
         self.settings = dict(self.settings or {})
         self.resumes = list(self.resumes or [])
+        self.data_fingerprint = dict(self.data_fingerprint or {})
         super().postinit()
 
 
@@ -177,13 +190,17 @@ def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
     return dest
 
 
+def _changed_settings(run: TrainingRun, settings: t.Dict) -> t.List[str]:
+    keys = set(run.settings) | set(settings)
+    return sorted(k for k in keys if run.settings.get(k) != settings.get(k))
+
+
 def _resumable(run: TrainingRun, policy: str, settings: t.Dict) -> bool:
     """Whether the interrupted ``run`` may be resumed with these settings (logs why not)."""
     if policy == "never":
         logging.info(f"Run {run.experiment_id} was interrupted; `resume_from_db='never'`: starting fresh")
         return False
-    keys = set(run.settings) | set(settings)
-    changed = sorted(k for k in keys if run.settings.get(k) != settings.get(k))
+    changed = _changed_settings(run, settings)
     if changed:
         logging.warn(
             f"Run {run.experiment_id} of {run.model} was interrupted, but these settings "
@@ -194,12 +211,53 @@ def _resumable(run: TrainingRun, policy: str, settings: t.Dict) -> bool:
     return True
 
 
+def refuse_changed_data(
+    db: Datalayer,
+    model: str,
+    settings: t.Dict[str, t.Any],
+    data_fingerprint: t.Dict[str, t.Any],
+    resume_from_db: str = "auto",
+    on_data_change: str = "warn",
+) -> None:
+    """Raise if the run that would be resumed trained on other data and the policy refuses.
+
+    Reads only: called by the preflight of ``db.apply`` (before anything is written) and
+    again by :func:`start_run` (before the run is touched).
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param settings: The settings of the training about to start (a run whose settings
+        differ is not resumed, so its data does not matter).
+    :param data_fingerprint: The fingerprint of the data now.
+    :param resume_from_db: ``"auto"`` or ``"never"`` (nothing is resumed: nothing to refuse).
+    :param on_data_change: ``"warn"``, ``"refuse"`` or ``"restart"``.
+    :raises DataChangedError: naming the run, what changed and the fixes.
+    """
+    if on_data_change != "refuse" or resume_from_db == "never":
+        return
+    runs = unfinished_runs(db, model)
+    if not runs or _changed_settings(runs[-1], settings):
+        return
+    run = runs[-1]
+    changes = lineage.data_changes(run.data_fingerprint, data_fingerprint)
+    if changes:
+        raise DataChangedError(
+            f"Run {run.experiment_id} of {model} was interrupted, and its training data changed "
+            f"since: {'; '.join(changes)}. `on_data_change='refuse'`: not resuming it, and nothing "
+            "was written. Restore the rows it trained on, or set `on_data_change='warn'` (resume "
+            "on the new rows) or `on_data_change='restart'` (a fresh run), or "
+            "`resume_from_db='never'`."
+        )
+
+
 def start_run(
     db: Datalayer,
     model: t.Any,
     settings: t.Dict[str, t.Any],
     output_dir: str,
     resume_from_db: str = "auto",
+    data_fingerprint: t.Optional[t.Dict[str, t.Any]] = None,
+    on_data_change: str = "warn",
 ) -> RunPlan:
     """Resume the interrupted run of ``model`` or record a new one; return how to start.
 
@@ -211,10 +269,34 @@ def start_run(
         interrupted run's before resuming it).
     :param output_dir: The HF trainer's output folder (the checkpoint is copied there).
     :param resume_from_db: ``"auto"`` resumes a compatible interrupted run; ``"never"``.
+    :param data_fingerprint: The fingerprint of the training data (recorded on the run,
+        compared with the interrupted run's).
+    :param on_data_change: When the interrupted run's data changed: ``"warn"`` resumes
+        it and logs what changed, ``"refuse"`` raises :class:`DataChangedError`,
+        ``"restart"`` abandons it and starts a fresh run.
     """
+    data_fingerprint = dict(data_fingerprint or {})
+    refuse_changed_data(db, model.identifier, settings, data_fingerprint, resume_from_db, on_data_change)
     artifacts.cleanup_orphan_artifacts(db, model.identifier)
     runs = unfinished_runs(db, model.identifier)
     run = runs.pop() if runs and _resumable(runs[-1], resume_from_db, settings) else None
+    changes = lineage.data_changes(run.data_fingerprint, data_fingerprint) if run is not None else []
+    if changes:
+        what = "; ".join(changes)
+        if on_data_change == "restart":
+            logging.warn(
+                f"Run {run.experiment_id} of {model.identifier} was interrupted, and its training "
+                f"data changed since: {what}. `on_data_change='restart'`: starting a fresh run."
+            )
+            runs.append(run)  # abandoned below
+            run = None
+        else:
+            logging.warn(
+                f"Run {run.experiment_id} of {model.identifier} was interrupted, and its training "
+                f"data changed since: {what}. Resuming it on the new rows (`on_data_change='warn'`): "
+                "its position in the epoch is not meaningful. Set `on_data_change='restart'` to "
+                "start afresh, or `'refuse'` to stop."
+            )
     for stale in runs:
         stale.state = ABANDONED
         db.apply(stale, force=True, jobs=False)
@@ -226,6 +308,7 @@ def start_run(
             experiment_id=experiment_id,
             settings=settings,
             started_at=time.time(),
+            data_fingerprint=data_fingerprint,
         )
         plan = RunPlan(experiment_id)
     else:
@@ -234,7 +317,12 @@ def start_run(
         if ckpt is not None:
             plan = RunPlan(run.experiment_id, fetch_checkpoint(ckpt, output_dir), ckpt.step)
         checkpoint = ckpt.identifier if ckpt is not None else None
-        run.resumes.append({"step": plan.step, "checkpoint": checkpoint, "time": time.time()})
+        entry = {"step": plan.step, "checkpoint": checkpoint, "time": time.time()}
+        if changes:
+            entry["data_changes"] = changes
+        run.resumes.append(entry)
+        if data_fingerprint:
+            run.data_fingerprint = data_fingerprint  # the data it goes on with
         logging.info(f"Resuming run {run.experiment_id} of {model.identifier} at step {plan.step}")
     db.apply(run, force=True, jobs=False)
     _mark_model(model, run)

@@ -17,7 +17,7 @@ import typing as t
 from superduper import logging
 from superduper.components.model import Trainer
 
-from superduper_transformers import resume
+from superduper_transformers import lineage, resume
 from superduper_transformers import trainer_args as cfg
 from superduper_transformers.hf import data
 from superduper_transformers.hf.job import TrainJob
@@ -51,6 +51,7 @@ class _LLMTrainerFields(Trainer):
     num_gpus: t.Optional[int] = None
     ray_configs: t.Optional[t.Dict] = None
     resume_from_db: str = "auto"
+    on_data_change: str = "warn"
 
 
 class LLMTrainer(_LLMTrainerFields):
@@ -81,6 +82,10 @@ class LLMTrainer(_LLMTrainerFields):
         on use); values that are not plain data are refused.
     :param resume_from_db: ``"auto"`` resumes an interrupted run from its latest
         checkpoint in the db; ``"never"`` always starts fresh.
+    :param on_data_change: When the rows of an interrupted run changed before it resumes
+        (its ``data_fingerprint`` differs): ``"warn"`` resumes and logs what changed,
+        ``"refuse"`` raises before anything is written, ``"restart"`` abandons the run
+        and starts a fresh one.
     """
 
     def __init__(self, identifier: str, *args, **kwargs):
@@ -142,10 +147,17 @@ class LLMTrainer(_LLMTrainerFields):
 
         training_args = training_args_for(self, model.identifier, list(eval_rows))
         settings = TrainSettings.from_trainer(self, training_args)
+        fingerprint = data_fingerprint(model, self, train_rows, eval_rows)
         with resume.active(model.identifier):
             # Resume the model's interrupted run (same experiment_id) or record a new one.
             plan = resume.start_run(
-                db, model, run_settings(model, self), training_args.output_dir, self.resume_from_db
+                db,
+                model,
+                run_settings(model, self),
+                training_args.output_dir,
+                self.resume_from_db,
+                data_fingerprint=fingerprint,
+                on_data_change=self.on_data_change,
             )
             logging.info(
                 f"Training {model.identifier} (run {plan.experiment_id}, from step {plan.step}): "
@@ -162,6 +174,7 @@ class LLMTrainer(_LLMTrainerFields):
                 settings=settings,
                 experiment_id=plan.experiment_id,
                 resume_from_checkpoint=plan.resume_from_checkpoint,
+                data_fingerprint=fingerprint,
             )
             check_devices(self.ray_configs, self.num_gpus)
             result = launch(job, db=db, llm=model, ray_configs=self.ray_configs)
@@ -197,6 +210,26 @@ def run_settings(model: LLM, trainer: LLMTrainer) -> t.Dict[str, t.Any]:
     )
     kept = {k: v for k, v in settings.items() if k not in resume.CHANGES_THAT_RESUME}
     return json.loads(json.dumps(kept, default=repr, sort_keys=True))
+
+
+def data_fingerprint(
+    model: LLM, trainer: LLMTrainer, train_rows: t.Sequence[t.Mapping], eval_rows: t.Mapping[str, t.Sequence]
+) -> t.Dict[str, t.Any]:
+    """The fingerprint of the data of a training of ``model`` (see :mod:`..lineage`).
+
+    :param model: The ``LLM``.
+    :param trainer: Its ``LLMTrainer``.
+    :param train_rows: The training rows, keyed by the ``key`` columns.
+    :param eval_rows: The evaluation rows by eval set (:func:`named_eval_rows`).
+    """
+    return lineage.data_fingerprint(
+        str(trainer.select),
+        train_rows,
+        eval_rows,
+        max_seq_length=trainer.max_seq_length,
+        prompt_template=model.prompt_template,
+        chat_format=trainer.setup_chat_format,
+    )
 
 
 def eval_metric_names(eval_sets: t.Sequence[str]) -> t.List[str]:
@@ -312,6 +345,20 @@ def preflight(model: LLM, db: Datalayer) -> None:
     valid_rows = _fold_rows(trainer, db, "valid")
     if valid_rows:
         data.check_rows(valid_rows, X, y, "validation rows (`_fold='valid'`)")
+    if model.validation is None:
+        # A refused resume fails here, before the apply writes anything. With validation
+        # datasets (read only in `fit`) the same check runs at the start of `fit`.
+        keys = [k for k in (X, y) if k is not None]
+        project = lambda rows: [{k: r[k] for k in keys} for r in rows]  # noqa: E731
+        eval_rows = {"valid": project(valid_rows)} if valid_rows else {}
+        resume.refuse_changed_data(
+            db,
+            model.identifier,
+            run_settings(model, trainer),
+            data_fingerprint(model, trainer, project(train_rows), eval_rows),
+            trainer.resume_from_db,
+            trainer.on_data_change,
+        )
     eval_sets = (["valid"] if valid_rows else []) + [
         ds.identifier for ds in (model.validation.datasets if model.validation is not None else [])
     ]

@@ -23,6 +23,8 @@ VALID_BITS = (None, 4, 8)
 VALID_LORA_BIAS = ("none", "all", "lora_only")
 #: Valid values of ``LLMTrainer.resume_from_db``.
 VALID_RESUME = ("auto", "never")
+#: Valid values of ``LLMTrainer.on_data_change``.
+VALID_ON_DATA_CHANGE = ("warn", "refuse", "restart")
 #: Default folder for the training output, relative to the working directory.
 DEFAULT_OUTPUT_ROOT = "superduper_training"
 
@@ -140,6 +142,11 @@ def validate_trainer(trainer: t.Any) -> None:
         )
     if trainer.resume_from_db not in VALID_RESUME:
         issues.append(f"`resume_from_db` must be one of {VALID_RESUME}, got {trainer.resume_from_db!r}.")
+    if trainer.on_data_change not in VALID_ON_DATA_CHANGE:
+        issues.append(
+            f"`on_data_change` must be one of {VALID_ON_DATA_CHANGE}, got {trainer.on_data_change!r}: "
+            "what to do when an interrupted run's training rows changed before it resumes."
+        )
     if trainer.num_gpus is not None and (not isinstance(trainer.num_gpus, int) or trainer.num_gpus < 0):
         issues.append(f"`num_gpus` must be None or an integer >= 0, got {trainer.num_gpus!r}.")
     elif (trainer.num_gpus or 0) > 1 and trainer.ray_configs is None:

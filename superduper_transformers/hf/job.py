@@ -20,6 +20,8 @@ class TrainJob:
     :param settings: LoRA, quantization and precision (None: all weights, unquantized).
     :param experiment_id: The run's identifier (its checkpoints carry it).
     :param resume_from_checkpoint: A local checkpoint folder to resume from.
+    :param data_fingerprint: The fingerprint of the training data, recorded on each
+        checkpoint the run registers (lineage).
     :param callbacks: ``TrainerCallback`` instances added to the trainer.
     :param trainer_kwargs: More keywords for trl's ``SFTTrainer`` (``compute_metrics``,
         ``data_collator``, ``optimizers``, ``preprocess_logits_for_metrics``, ...).
@@ -35,6 +37,7 @@ class TrainJob:
     settings: t.Optional[TrainSettings] = None
     experiment_id: t.Optional[str] = None
     resume_from_checkpoint: t.Optional[str] = None
+    data_fingerprint: t.Dict[str, t.Any] = dc.field(default_factory=dict)
     callbacks: t.List[t.Any] = dc.field(default_factory=list)
     trainer_kwargs: t.Dict[str, t.Any] = dc.field(default_factory=dict)
     trainer_prepare_func: t.Optional[t.Callable] = None

@@ -63,6 +63,8 @@ class LLMCallback(TrainerCallback):
     :param llm: The ``LLM`` being trained.
     :param experiment_id: Identifier of this training run (default: a new random id; pass
         the run's id to keep checkpoints of a resumed or restarted run in one sequence).
+    :param data_fingerprint: The fingerprint of the run's training data, recorded on each
+        checkpoint (``TrainJob.data_fingerprint``).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class LLMCallback(TrainerCallback):
         db: t.Optional[Datalayer] = None,
         llm: t.Optional[t.Any] = None,
         experiment_id: t.Optional[str] = None,
+        data_fingerprint: t.Optional[t.Dict[str, t.Any]] = None,
     ):
         if not ((db is not None and llm is not None) or (cfg is not None and identifier)):
             raise ValueError(
@@ -85,6 +88,7 @@ class LLMCallback(TrainerCallback):
         self.db = db
         self.llm = llm
         self.experiment_id = experiment_id or uuid.uuid4().hex[:8]
+        self.data_fingerprint = dict(data_fingerprint or {})
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> None:
@@ -115,6 +119,7 @@ class LLMCallback(TrainerCallback):
             path=path,
             step=state.global_step,
             metrics=latest_metrics(state.log_history, state.global_step),
+            data_fingerprint=self.data_fingerprint,
         )
         # Point the *stored* model row at the new checkpoint before pruning anything:
         # pruning may delete the checkpoint the stored row pointed at until now (the
@@ -164,7 +169,13 @@ class LLMCallback(TrainerCallback):
         logging.info(f"{self.identifier}: adapter set to checkpoint {chosen['identifier']}")
 
 
-def register_final_checkpoint(db: Datalayer, llm: t.Any, folder: str, experiment_id: str):
+def register_final_checkpoint(
+    db: Datalayer,
+    llm: t.Any,
+    folder: str,
+    experiment_id: str,
+    data_fingerprint: t.Optional[t.Dict[str, t.Any]] = None,
+):
     """Register the HF checkpoint ``folder`` (the end of a run) and point ``llm`` at it.
 
     For runs recorded only at the end: a Ray run with ``log_to_db=False``
@@ -174,6 +185,7 @@ def register_final_checkpoint(db: Datalayer, llm: t.Any, folder: str, experiment
     :param llm: The trained ``LLM``.
     :param folder: An HF checkpoint folder (with ``trainer_state.json``).
     :param experiment_id: The run's identifier.
+    :param data_fingerprint: The fingerprint of the run's training data (lineage).
     :return: the registered ``Checkpoint``.
     """
     with open(os.path.join(folder, "trainer_state.json")) as f:
@@ -185,6 +197,7 @@ def register_final_checkpoint(db: Datalayer, llm: t.Any, folder: str, experiment
         path=folder,
         step=state["global_step"],
         metrics=latest_metrics(state.get("log_history", []), state["global_step"]),
+        data_fingerprint=data_fingerprint,
     )
     llm.adapter_id = ckpt
     llm.save()

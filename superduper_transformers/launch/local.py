@@ -30,7 +30,11 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
     recording = db is not None and llm is not None
     callbacks = [SaveTheLastStep()] if recording else []
     if recording and log_to_db:
-        callbacks.append(LLMCallback(db=db, llm=llm, experiment_id=job.experiment_id))
+        callbacks.append(
+            LLMCallback(
+                db=db, llm=llm, experiment_id=job.experiment_id, data_fingerprint=job.data_fingerprint
+            )
+        )
     job = dc.replace(job, callbacks=[*job.callbacks, *callbacks])
     # While it trains, saves of the model are bookkeeping, not re-applies to check.
     with resume.active(llm.identifier) if llm is not None else contextlib.nullcontext():
@@ -38,5 +42,7 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
         if recording and not log_to_db:
             # Recorded at the end only, as a Ray run with log_to_db=False is.
             last = get_last_checkpoint(job.training_args.output_dir)
-            register_final_checkpoint(db, llm, last, job.experiment_id or "local")
+            register_final_checkpoint(
+                db, llm, last, job.experiment_id or "local", data_fingerprint=job.data_fingerprint
+            )
     return output

@@ -164,7 +164,9 @@ def ray_train(
         result = trainer.fit()
     logging.info(f"Ray run {experiment_id} finished; results in {result.path}")
     if recording and not log_to_db:
-        return handle_ray_results(db, llm, result, experiment_id=experiment_id)
+        return handle_ray_results(
+            db, llm, result, experiment_id=experiment_id, data_fingerprint=job.data_fingerprint
+        )
     if recording:
         _refresh(db, llm)
     return result
@@ -199,7 +201,10 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     if loop["cfg"] is not None:
         callbacks.append(
             LLMCallback(
-                cfg=loop["cfg"].reveal(), identifier=loop["identifier"], experiment_id=job.experiment_id
+                cfg=loop["cfg"].reveal(),
+                identifier=loop["identifier"],
+                experiment_id=job.experiment_id,
+                data_fingerprint=job.data_fingerprint,
             )
         )
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
@@ -226,7 +231,13 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
 
 
 # -- results --------------------------------------------------------------
-def handle_ray_results(db: t.Optional[Datalayer], llm: t.Any, results, experiment_id: t.Optional[str] = None):
+def handle_ray_results(
+    db: t.Optional[Datalayer],
+    llm: t.Any,
+    results,
+    experiment_id: t.Optional[str] = None,
+    data_fingerprint: t.Optional[t.Dict[str, t.Any]] = None,
+):
     """Register the final checkpoint of a Ray run and point ``llm`` at it.
 
     The Ray checkpoint may live on a remote filesystem: it is downloaded first,
@@ -236,6 +247,7 @@ def handle_ray_results(db: t.Optional[Datalayer], llm: t.Any, results, experimen
     :param llm: The trained ``LLM`` (None: return the results untouched).
     :param results: The ``ray.train.Result`` of ``TorchTrainer.fit()``.
     :param experiment_id: The run's identifier (default: the Ray run's name).
+    :param data_fingerprint: The fingerprint of the run's training data (lineage).
     :return: ``results``.
     """
     if db is None or llm is None:
@@ -252,5 +264,7 @@ def handle_ray_results(db: t.Optional[Datalayer], llm: t.Any, results, experimen
     with tempfile.TemporaryDirectory() as tmp:
         local = results.checkpoint.to_directory(os.path.join(tmp, "ray"))
         folder = os.path.join(local, "checkpoint")  # RayTrainReportCallback's layout
-        register_final_checkpoint(db, llm, folder if os.path.isdir(folder) else local, experiment_id)
+        register_final_checkpoint(
+            db, llm, folder if os.path.isdir(folder) else local, experiment_id, data_fingerprint
+        )
     return results

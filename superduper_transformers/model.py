@@ -277,6 +277,11 @@ class LLM(Model):
         superduper plans an apply (this method) before it executes the plan, so an
         error raised here leaves the database as it was.
         """
+        from superduper_transformers.trainer import migrate_tables
+
+        # First: a database written by an older version lacks columns (e.g.
+        # `TrainingRun.data_fingerprint`) that the reads and writes below need.
+        migrate_tables(self.db, LLM)
         if requires and self.trainer is not None and resume.is_interrupted(self.db, self.identifier):
             requires = None  # re-applying a model whose training was cut off trains it again
         triggers = self.get_triggers(event_type, requires=requires)

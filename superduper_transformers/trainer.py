@@ -13,18 +13,21 @@ import functools
 import inspect
 import json
 import typing as t
+import weakref
 
 from superduper import logging
 from superduper.components.model import Trainer
 
 from superduper_transformers import lineage, resume
 from superduper_transformers import trainer_args as cfg
+from superduper_transformers.checkpoint import Checkpoint
 from superduper_transformers.hf import data
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import check_model_path, load_tokenizer
 from superduper_transformers.launch.dispatch import check_devices, launch
 from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
 from superduper_transformers.settings import TrainSettings
+from superduper_transformers.store.datalayer import migrate_component_tables
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -103,12 +106,27 @@ class LLMTrainer(_LLMTrainerFields):
     def postinit(self):
         """Validate every setting at construction, before anything reaches the db."""
         self.training_kwargs = dict(self.training_kwargs or {})
+        if self.on_data_change is None:
+            # A trainer stored before the field existed: `migrate_component_tables` added
+            # the column, NULL in its row. It behaves as it did then (warn and resume).
+            self.on_data_change = "warn"
         try:
             self.ray_configs = plain_ray_configs(self.ray_configs)
         except RayConfigError as e:
             raise cfg.ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
         cfg.validate_trainer(self)
         super().postinit()
+
+    def create_jobs(self, context, event_type, ids=None, jobs=(), requires=None):
+        """Bring the component tables up to date before the apply writes this trainer.
+
+        Also here (not only in ``LLM.create_jobs``): a changed trainer under an unchanged
+        ``LLM`` is written without the model's plan running.
+        """
+        migrate_tables(self.db)
+        return super().create_jobs(
+            context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
+        )
 
     def fit(
         self,
@@ -181,6 +199,33 @@ class LLMTrainer(_LLMTrainerFields):
             resume.finish_run(db, model.identifier, plan.experiment_id)
         # The job stores fit's return value as JSON: of a ray.train.Result, its metrics.
         return result.metrics if self.ray_configs is not None else result
+
+
+def migrate_tables(db: Datalayer, *classes: type) -> t.Dict[str, t.List[str]]:
+    """Add the fields this package's components gained to ``db``'s existing SQL tables.
+
+    Called while an apply is planned, before superduper writes anything: every process
+    that records models, trainers, runs or checkpoints applies an ``LLM`` or its trainer
+    first (Ray workers only after their driver did). See
+    :func:`superduper_transformers.store.datalayer.migrate_component_tables`.
+
+    :param db: The datalayer.
+    :param classes: Further component classes (``LLM``: this module may not import it).
+    :return: ``{table: [fields added]}``; empty when nothing was missing.
+    """
+    classes = (*classes, LLMTrainer, Checkpoint, resume.TrainingRun)
+    checked = _MIGRATED.setdefault(db, set())
+    todo = [c for c in classes if c.__name__ not in checked]
+    if not todo:
+        return {}  # every checkpoint saves the model (an apply): check each datalayer once
+    added = migrate_component_tables(db, todo)
+    # Fields never vanish again, and a table created later gets every field from superduper.
+    checked.update(c.__name__ for c in todo)
+    return added
+
+
+#: Datalayer -> names of the classes whose tables ``migrate_tables`` found complete in it.
+_MIGRATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def run_settings(model: LLM, trainer: LLMTrainer) -> t.Dict[str, t.Any]:

@@ -28,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def run_demo(steps: int, precision: str, env_extra: dict, threads: int, model_dir: str) -> float:
+def run_demo(steps: int, precision: str, env_extra: dict, threads: int, model_dir: str):
     """Training seconds of one main-job run in a fresh process and a fresh database."""
     data = tempfile.mkdtemp(prefix="precision-bench-")
     os.symlink(model_dir, os.path.join(data, "smollm2-135m"))
@@ -53,11 +53,8 @@ def run_demo(steps: int, precision: str, env_extra: dict, threads: int, model_di
         check=True,
     ).stdout
     m = re.search(r"Training took (\d+) s", out)
-    chosen = ""
-    log = open(os.path.join(data, "demo.log")).read()
-    p = re.search(r"Precision: (\w+) on (\w+) \(([^)]*)\)", log)
-    if p:
-        chosen = p.group(1)
+    p = re.search(r"Training precision: (\w+)", out)
+    chosen = p.group(1) if p else ""
     return float(m.group(1)), chosen
 
 

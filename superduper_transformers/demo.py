@@ -176,7 +176,11 @@ def main(argv=None) -> None:
     for (q, _), a in zip(FACTS, before):
         print(f"  Q: {q}\n  A: {a.strip()}")
 
-    print(f"\nFine-tuning {run} with LoRA for {args.steps} steps (db.apply)...", flush=True)
+    from superduper_transformers.trainer_args import precision_for
+
+    precision = precision_for(trainer)
+    print(f"\nTraining precision: {precision.name} ({precision.reason})")
+    print(f"Fine-tuning {run} with LoRA for {args.steps} steps (db.apply)...", flush=True)
     t1 = time.time()
     with logged_to(log):
         db.apply(llm, force=True)

@@ -49,10 +49,24 @@ def version_line() -> str:
     )
 
 
+class _Version(argparse.Action):
+    """``--version``: one line as it is (argparse's own version action wraps it to the
+    terminal width, which splits a long package path)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(
+            option_strings, dest, nargs=0, help="print the version and the folder of the package, then exit"
+        )
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def main(argv=None) -> int:
     """Entry point of ``superduper-transformers``."""
     parser = argparse.ArgumentParser(prog="superduper-transformers", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--data", default="demo_data", help="folder with demo.db and artifact_store/")
     parser.add_argument("--uri", help="datalayer URI (mongodb://..., sqlite:///...)")
     parser.add_argument("--artifact-store", help="filesystem:///absolute/path of the artifact store")

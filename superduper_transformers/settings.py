@@ -141,6 +141,31 @@ def precision_of(training_args) -> Precision:
     return Precision(FP32, device, "the training arguments")
 
 
+def _ray_use_gpu(ray_configs: t.Any) -> t.Optional[bool]:
+    """``ScalingConfig.use_gpu`` of (plain) ``ray_configs``; None for a local training."""
+    if ray_configs is None:
+        return None
+    scaling = ray_configs.get("scaling_config") if isinstance(ray_configs, dict) else None
+    use_gpu = scaling.get("use_gpu") if isinstance(scaling, dict) else getattr(scaling, "use_gpu", False)
+    return bool(use_gpu)
+
+
+def precision_for_trainer(trainer: t.Any) -> Precision:
+    """The training precision of an ``LLMTrainer``-like object: its explicit ``bf16``/``fp16``,
+    else the hardware's where it trains (its Ray workers' devices when it has ``ray_configs``).
+
+    The one place a trainer's precision is resolved: the ``SFTConfig``, the QLoRA compute
+    dtype and prediction all read this value (or the ``SFTConfig`` built from it).
+    """
+    tk = getattr(trainer, "training_kwargs", None) or {}
+    device = training_device(
+        bool(tk.get("use_cpu")),
+        getattr(trainer, "num_gpus", None),
+        _ray_use_gpu(getattr(trainer, "ray_configs", None)),
+    )
+    return resolve_precision(device, tk.get("bf16"), tk.get("fp16"))
+
+
 def training_device(use_cpu: bool, num_gpus: t.Optional[int], ray_use_gpu: t.Optional[bool] = None) -> str:
     """``cuda`` or ``cpu``: where a training with these settings runs.
 
@@ -226,8 +251,7 @@ class TrainSettings:
             precision = precision_of(training_args)
             checkpointing = bool(getattr(training_args, "gradient_checkpointing", False))
         else:
-            device = training_device(bool(tk.get("use_cpu")), getattr(trainer, "num_gpus", None))
-            precision = resolve_precision(device, tk.get("bf16"), tk.get("fp16"))
+            precision = precision_for_trainer(trainer)
             checkpointing = bool(tk.get("gradient_checkpointing", False))
         return cls(
             lora=lora,

@@ -275,28 +275,9 @@ def output_dir_for(trainer: t.Any, model_identifier: str) -> str:
     return path
 
 
-def _ray_use_gpu(ray_configs) -> t.Optional[bool]:
-    """``ScalingConfig.use_gpu`` of ``ray_configs`` (None for a local training)."""
-    if ray_configs is None:
-        return None
-    scaling = (ray_configs or {}).get("scaling_config") if isinstance(ray_configs, dict) else None
-    use_gpu = scaling.get("use_gpu") if isinstance(scaling, dict) else getattr(scaling, "use_gpu", False)
-    return bool(use_gpu)
-
-
 def precision_for(trainer: t.Any) -> resolved.Precision:
-    """The training precision of ``trainer``: its explicit ``bf16``/``fp16``, else the hardware's.
-
-    The one place it is resolved: the ``SFTConfig``, the QLoRA compute dtype and
-    prediction all read this value.
-    """
-    tk = trainer.training_kwargs or {}
-    device = resolved.training_device(
-        bool(tk.get("use_cpu")),
-        getattr(trainer, "num_gpus", None),
-        _ray_use_gpu(getattr(trainer, "ray_configs", None)),
-    )
-    return resolved.resolve_precision(device, tk.get("bf16"), tk.get("fp16"))
+    """The training precision of ``trainer`` (see :func:`settings.precision_for_trainer`)."""
+    return resolved.precision_for_trainer(trainer)
 
 
 def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **overrides):

@@ -111,3 +111,24 @@ def answered(llm, facts=FACTS) -> int:
 def answers(llm, facts=FACTS) -> t.List[str]:
     """The model's greedy answers to the prompts."""
     return [o.strip() for o in llm.predict_batches([p for p, _ in facts])]
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Make trainings in this process fail at ``step`` (an interruption without a kill)."""
+    import dataclasses as dc
+
+    from transformers import TrainerCallback
+
+    from superduper_transformers.hf import train as hf_train
+
+    class Fail(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise RuntimeError(f"interrupted at step {step}")
+
+    run_job = hf_train.run_job
+
+    def failing(job):
+        return run_job(dc.replace(job, callbacks=[*job.callbacks, Fail()]))
+
+    monkeypatch.setattr(hf_train, "run_job", failing)

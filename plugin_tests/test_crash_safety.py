@@ -288,27 +288,6 @@ def test_a_flipped_byte_fails_loading_naming_checkpoint_and_file(trained_twice):
         load_checkpoint(db, second.identifier)
 
 
-def _raise_at_step(monkeypatch, step: int) -> None:
-    """Make trainings in this process fail at ``step`` (an interruption without a kill)."""
-    import dataclasses as dc
-
-    from transformers import TrainerCallback
-
-    from superduper_transformers.hf import train as hf_train
-
-    class Fail(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                raise RuntimeError(f"interrupted at step {step}")
-
-    run_job = hf_train.run_job
-
-    def failing(job):
-        return run_job(dc.replace(job, callbacks=[*job.callbacks, Fail()]))
-
-    monkeypatch.setattr(hf_train, "run_job", failing)
-
-
 def test_resume_skips_a_checkpoint_that_fails_verification(db, tiny_model_dir, tmp_path, monkeypatch):
     settings = dict(
         max_steps=30,
@@ -317,7 +296,7 @@ def test_resume_skips_a_checkpoint_that_fails_verification(db, tiny_model_dir, t
         save_total_limit=None,
         output_dir=str(tmp_path / "out"),
     )
-    _raise_at_step(monkeypatch, 25)
+    fixtures.interrupt_at(monkeypatch, 25)
     with pytest.raises(Exception, match="interrupted at step 25"):
         db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
     monkeypatch.undo()

@@ -29,28 +29,10 @@ def test_the_final_weights_are_always_stored(db, tiny_model_dir, tmp_path, setti
     assert isinstance(reloaded.predict("1+1="), str)
 
 
-def _interrupt_at(monkeypatch, step):
-    import dataclasses as dc
-
-    from transformers import TrainerCallback
-
-    from superduper_transformers.hf import train as hf_train
-
-    class Fail(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                raise RuntimeError(f"interrupted at step {step}")
-
-    run_job = hf_train.run_job
-    monkeypatch.setattr(
-        hf_train, "run_job", lambda job: run_job(dc.replace(job, callbacks=[*job.callbacks, Fail()]))
-    )
-
-
 def test_delete_model_removes_its_checkpoints_runs_and_files(
     db, tiny_model_dir, tmp_path, artifact_store, monkeypatch
 ):
-    _interrupt_at(monkeypatch, 25)
+    fixtures.interrupt_at(monkeypatch, 25)
     with pytest.raises(Exception, match="interrupted at step 25"):
         db.apply(fixtures.make_llm(db, tiny_model_dir, **SHORT, output_dir=str(tmp_path / "out")), force=True)
     monkeypatch.undo()
@@ -75,7 +57,7 @@ def test_delete_model_removes_its_checkpoints_runs_and_files(
 
 
 def test_a_run_of_a_torn_down_model_is_never_resumed(db, tiny_model_dir, tmp_path, monkeypatch):
-    _interrupt_at(monkeypatch, 25)
+    fixtures.interrupt_at(monkeypatch, 25)
     with pytest.raises(Exception, match="interrupted at step 25"):
         db.apply(fixtures.make_llm(db, tiny_model_dir, **SHORT, output_dir=str(tmp_path / "out")), force=True)
     monkeypatch.undo()

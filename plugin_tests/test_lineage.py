@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from plugin_tests import fixtures
-from plugin_tests.test_lifecycle import _interrupt_at
 from superduper_transformers import lineage, resume
 from superduper_transformers.checkpoint import list_checkpoints
 from superduper_transformers.trainer_args import ConfigError
@@ -75,7 +74,7 @@ def test_on_data_change_is_validated_and_is_not_a_setting_that_restarts(db):
 
 def _interrupted(db, tiny_model_dir, tmp_path, monkeypatch):
     """A run interrupted at step 25, with checkpoints at 10 and 20."""
-    _interrupt_at(monkeypatch, 25)
+    fixtures.interrupt_at(monkeypatch, 25)
     with pytest.raises(Exception, match="interrupted at step 25"):
         db.apply(fixtures.make_llm(db, tiny_model_dir, **SHORT, output_dir=str(tmp_path / "out")), force=True)
     monkeypatch.undo()

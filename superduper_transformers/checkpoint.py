@@ -377,6 +377,7 @@ def checkpoints_to_prune(
     limit: t.Optional[int],
     metric: t.Optional[str],
     greater_is_better: bool,
+    protected: t.Collection[str] = (),
 ) -> t.List[t.Dict]:
     """Which checkpoints to delete so at most ``limit`` remain: never the best, then the newest.
 
@@ -384,7 +385,11 @@ def checkpoints_to_prune(
     :param limit: ``save_total_limit`` (None keeps all).
     :param metric: ``metric_for_best_model`` as it appears in the metrics (``eval_...``).
     :param greater_is_better: Direction of ``metric``.
+    :param protected: Identifiers never deleted (aliases, promoted checkpoints: see
+        :func:`superduper_transformers.promote.protected_checkpoints`). They do not count
+        toward ``limit``: the run still keeps its best and newest beside them.
     """
+    rows = [r for r in rows if r["identifier"] not in set(protected)]
     if limit is None or len(rows) <= limit:
         return []
     best = best_checkpoint(rows, metric, greater_is_better)

@@ -17,6 +17,8 @@ import io
 import os
 import sys
 
+from superduper_transformers import cli_ops
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")
 
@@ -83,9 +85,13 @@ def main(argv=None) -> int:
     ex.add_argument("--checkpoint", help="one of the model's checkpoints (default: the one it uses)")
     ex.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
     ex.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32")
+    cli_ops.add_commands(sub)
     args = parser.parse_args(argv)
 
     db = _connect(args)
+    code = cli_ops.run(args, db)
+    if code is not None:
+        return code
     if args.command == "models":
         for name in db.show("LLM"):
             print(name)

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from superduper_transformers import checkpoint as ckpts
+from superduper_transformers import history, promote
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -127,12 +128,16 @@ class LLMCallback(TrainerCallback):
         # deleted checkpoint can neither be loaded nor saved again.
         self.llm.adapter_id = ckpt
         self.llm.save()
+        # The whole log history so far (restored from the checkpoint on a resume).
+        history.record_history(self.db, self.identifier, self.run_id, state.log_history)
         self._prune(args)
 
     def _prune(self, args) -> None:
         rows = ckpts.list_checkpoints(self.db, self.identifier, self.run_id)
         metric, greater = best_metric_name(args)
-        doomed = ckpts.checkpoints_to_prune(rows, args.save_total_limit, metric, greater)
+        # Checkpoints an alias or a promotion points at are kept, outside the limit.
+        protected = promote.protected_checkpoints(self.db, self.identifier)
+        doomed = ckpts.checkpoints_to_prune(rows, args.save_total_limit, metric, greater, protected)
         kept = [r for r in rows if r not in doomed]
         # The model must not point at a checkpoint about to be deleted.
         current = getattr(self.llm.adapter_id, "identifier", None)
@@ -144,15 +149,22 @@ class LLMCallback(TrainerCallback):
             ckpts.delete_checkpoint(self.db, r["identifier"])
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        """Record the eval metrics (one entry per eval set) on the model in the db."""
-        if not state.is_world_process_zero or not metrics:
+        """Record the eval metrics (one list per metric and eval set) on the model in the db.
+
+        Rebuilt from the trainer's whole log history, not appended: after a resume that
+        history is restored from the checkpoint, so the lists stay continuous (no restart,
+        no evaluation counted twice).
+        """
+        if not state.is_world_process_zero or not metrics or self._trainer_of_llm() is None:
             return
-        self._connect()
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        numeric.pop("step", None)
-        numeric[f"{_eval_prefix(numeric)}_step"] = float(state.global_step)
-        self.llm.append_metrics(numeric)
+        trainer = self._trainer_of_llm()
+        kept = {k: v for k, v in (trainer.metric_values or {}).items() if not k.startswith("eval")}
+        trainer.metric_values = {**kept, **history.eval_metric_values(state.log_history)}
         self.llm.save()
+
+    def _trainer_of_llm(self):
+        self._connect()
+        return self.llm.trainer
 
     def on_train_end(self, args, state, control, **kwargs):
         """Point the model at the run's best checkpoint (else its last)."""
@@ -201,6 +213,7 @@ def register_final_checkpoint(
     )
     llm.adapter_id = ckpt
     llm.save()
+    history.record_history(db, llm.identifier, experiment_id, state.get("log_history", []))
     return ckpt
 
 
@@ -216,11 +229,3 @@ class SaveTheLastStep(TrainerCallback):
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_save = True
         return control
-
-
-def _eval_prefix(metrics: t.Dict[str, float]) -> str:
-    """``eval`` or ``eval_<name>`` for a named eval set, from keys like ``eval_<name>_loss``."""
-    for k in metrics:
-        if k.endswith("_loss"):
-            return k[: -len("_loss")]
-    return "eval"

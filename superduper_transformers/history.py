@@ -1,0 +1,230 @@
+"""The metric history of a training run, by step, kept in the db across resumes.
+
+The HF trainer keeps every log entry in ``state.log_history`` (the training loss at each
+logging step, each evaluation's ``eval_*`` metrics) and saves that list with each
+checkpoint (``trainer_state.json``). Resuming restores it from the checkpoint: the list
+is continuous across a resume, with the entries up to the checkpoint's step once and the
+steps trained again after it once. ``LLMCallback`` copies it onto the run's
+``TrainingRun.history`` at every save, so the history outlives pruned checkpoints.
+Runs recorded before that field existed fall back to the ``trainer_state.json`` of the
+run's latest stored checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import json
+import math
+import os
+import typing as t
+
+from superduper import logging
+
+from superduper_transformers import checkpoint as ckpts
+from superduper_transformers import resume
+
+if t.TYPE_CHECKING:
+    from superduper.base.datalayer import Datalayer
+
+#: Eval keys that time the evaluation or count tokens rather than measure the model.
+TIMING_METRICS = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
+#: Training log keys that are bookkeeping, not series worth plotting.
+_NOT_SERIES = ("step", "epoch", "total_flos")
+
+
+class HistoryError(ValueError):
+    """The model or run asked for has no history in the db."""
+
+
+def clean_log_history(log_history: t.Iterable[t.Mapping]) -> t.List[t.Dict[str, t.Any]]:
+    """The entries of a log history that carry a step, with only finite numbers (JSON-safe).
+
+    :param log_history: ``state.log_history`` of an HF trainer (or of ``trainer_state.json``).
+    """
+    out = []
+    for entry in log_history:
+        if "step" not in entry:
+            continue
+        clean = {
+            k: (int(v) if k == "step" else float(v))
+            for k, v in entry.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        out.append(clean)
+    return out
+
+
+def record_history(db: Datalayer, model: str, experiment_id: str, log_history: t.Iterable[t.Mapping]) -> bool:
+    """Store the trainer's log history on the run's ``TrainingRun`` row (replacing it).
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run.
+    :param log_history: ``state.log_history``: the whole run so far, resumes included.
+    :return: False when the run has no row (a ``train()`` call outside ``fit``).
+    """
+    from superduper.base import exceptions
+
+    identifier = resume.run_identifier(model, experiment_id)
+    try:
+        run = db.load("TrainingRun", identifier)
+    except exceptions.NotFound:
+        return False
+    run.history = clean_log_history(log_history)
+    db.apply(run, force=True, jobs=False)
+    return True
+
+
+def eval_metric_values(log_history: t.Iterable[t.Mapping]) -> t.Dict[str, t.List[float]]:
+    """``trainer.metric_values`` as ``LLM.append_metrics`` builds it, from the whole history.
+
+    Every eval metric as a list over evaluations, plus ``<eval prefix>_step`` (the step of
+    each evaluation of that set). Rebuilt from the restored history, it is continuous
+    across a resume (appending would restart it, or repeat evaluations after the checkpoint).
+    """
+    out: t.Dict[str, t.List[float]] = {}
+    for entry in clean_log_history(log_history):
+        evals = {k: v for k, v in entry.items() if k.startswith("eval_")}
+        if not evals:
+            continue
+        evals[f"{eval_prefix(evals)}_step"] = float(entry["step"])
+        for k, v in evals.items():
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def eval_prefix(metrics: t.Mapping[str, t.Any]) -> str:
+    """``eval`` or ``eval_<name>`` for a named eval set, from keys like ``eval_<name>_loss``."""
+    for k in metrics:
+        if k.startswith("eval") and k.endswith("_loss"):
+            return k[: -len("_loss")]
+    return "eval"
+
+
+@dc.dataclass
+class History:
+    """The log history of one run of a model.
+
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run.
+    :param entries: Log entries in order, each with its ``step`` (see :func:`clean_log_history`).
+    """
+
+    model: str
+    experiment_id: str
+    entries: t.List[t.Dict[str, t.Any]]
+
+    def training(self, metric: str = "loss") -> t.Tuple[t.List[int], t.List[float]]:
+        """Steps and values of a training-log metric (``loss``, ``learning_rate``, ...)."""
+        rows = [(e["step"], e[metric]) for e in self.entries if metric in e and not _is_eval(e)]
+        return [s for s, _ in rows], [v for _, v in rows]
+
+    def evaluations(self) -> t.Dict[str, t.Dict[str, t.Tuple[t.List[int], t.List[float]]]]:
+        """``{metric: {eval set: (steps, values)}}`` of every eval metric but timings and counts.
+
+        One unnamed eval set (rows with ``_fold='valid'``) is called ``eval``; named sets
+        (``eval_<set>_loss``) by their name.
+        """
+        out: t.Dict[str, t.Dict[str, t.Tuple[t.List[int], t.List[float]]]] = {}
+        for entry in self.entries:
+            if not _is_eval(entry):
+                continue
+            prefix = eval_prefix(entry)
+            name = prefix[len("eval_") :] if prefix != "eval" else "eval"
+            for k, v in entry.items():
+                # One entry is one evaluation of one set. trl logs its own metrics
+                # (`eval_mean_token_accuracy`, `eval_entropy`) without the set's name.
+                if k.startswith(prefix + "_"):
+                    metric = k[len(prefix) + 1 :]
+                elif k.startswith("eval_"):
+                    metric = k[len("eval_") :]
+                else:
+                    continue
+                if metric in TIMING_METRICS:
+                    continue
+                steps, values = out.setdefault(metric, {}).setdefault(name, ([], []))
+                steps.append(entry["step"])
+                values.append(v)
+        return out
+
+    def training_metrics(self) -> t.List[str]:
+        """Names of the training-log metrics (``loss``, ``grad_norm``, ``learning_rate``, ...)."""
+        names: t.Dict[str, None] = {}
+        for e in self.entries:
+            if not _is_eval(e) and "loss" in e:
+                names.update({k: None for k in e if k not in _NOT_SERIES})
+        return list(names)
+
+
+def _is_eval(entry: t.Mapping) -> bool:
+    return any(k.startswith("eval_") for k in entry)
+
+
+def run_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = None) -> resume.TrainingRun:
+    """The run of ``model`` to show: ``experiment_id``, else the run of the checkpoint the
+    model uses, else its latest run.
+
+    :raises HistoryError: naming the model and the runs it has.
+    """
+    from superduper.base import exceptions
+
+    if model not in db.show("LLM"):
+        raise HistoryError(
+            f"Model `{model}` is not in the database (models: {sorted(db.show('LLM'))}). "
+            "Check the name (`superduper-transformers models` lists them)."
+        )
+    runs = {r.experiment_id: r for r in _runs(db, model)}
+    if experiment_id is None:
+        try:
+            in_use = db.load("LLM", model).adapter_id
+        except (exceptions.NotFound, ckpts.CheckpointError, FileNotFoundError):
+            in_use = None
+        experiment_id = getattr(in_use, "experiment_id", None)
+        if experiment_id not in runs:
+            experiment_id = max(runs.values(), key=lambda r: r.started_at).experiment_id if runs else None
+    if experiment_id not in runs:
+        raise HistoryError(
+            f"Model `{model}` has no training run {experiment_id!r} in the database "
+            f"(its runs: {sorted(runs)}). Train it with `db.apply(llm)` first, or name one of its runs."
+        )
+    return runs[experiment_id]
+
+
+def metric_history(db: Datalayer, model: str, experiment_id: t.Optional[str] = None) -> History:
+    """The log history of a run of ``model`` (see :func:`run_of_model` for which run).
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run (default: the one whose checkpoint the model uses).
+    :raises HistoryError: when the model or the run is unknown.
+    """
+    run = run_of_model(db, model, experiment_id)
+    entries = list(run.history)
+    if not entries:  # a run recorded before `TrainingRun.history` existed
+        entries = _history_of_latest_checkpoint(db, model, run.experiment_id)
+    return History(model, run.experiment_id, entries)
+
+
+def _history_of_latest_checkpoint(db: Datalayer, model: str, experiment_id: str) -> t.List[t.Dict]:
+    for row in reversed(ckpts.list_checkpoints(db, model, experiment_id)):
+        try:
+            folder = ckpts.load_checkpoint(db, row["identifier"]).local_path
+        except ckpts.CheckpointError as e:
+            logging.warn(f"No history from {row['identifier']}: {e}")
+            continue
+        path = os.path.join(folder, "trainer_state.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                return clean_log_history(json.load(f).get("log_history", []))
+    return []
+
+
+def _runs(db: Datalayer, model: str) -> t.List[resume.TrainingRun]:
+    from superduper.base import exceptions
+
+    table = db["TrainingRun"]
+    try:
+        rows = table.filter(table["model"] == model).select("identifier").execute()
+    except exceptions.NotFound:
+        return []
+    return [db.load("TrainingRun", i) for i in sorted({r["identifier"] for r in rows})]

@@ -1,0 +1,300 @@
+"""Which checkpoint a model serves: promote, roll back, and named aliases (``prod``, ``candidate``).
+
+A model uses the checkpoint its ``adapter_id`` points at (the *in-use pointer*; training
+moves it as it saves). :func:`promote` points it at another stored checkpoint of the same
+model, after verifying the checkpoint's files against its manifest; :func:`rollback`
+returns it to the checkpoint it used before the last promotion. An *alias* is a named
+pointer to a checkpoint that leaves the in-use pointer alone (``set_alias``); it is
+promoted and rolled back the same way, by name.
+
+Everything is recorded in one ``Promotions`` row per model (identifier = the model's):
+``aliases`` (alias -> checkpoint identifier) and ``history``, one entry per change:
+``{"pointer": "in_use" | alias, "action": "promote" | "rollback", "from", "to", "by", "time"}``.
+A plain ``db.load`` user finds the ``prod`` checkpoint with
+``db.load("Checkpoint", db.load("Promotions", model).aliases["prod"])``, or with
+:func:`resolve_alias` / :func:`load_model` here.
+
+Pruning (``save_total_limit``) never deletes a checkpoint an alias points at, the one a
+promotion or rollback pointed the model at, nor the one :func:`rollback` would return to
+(:func:`protected_checkpoints`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import time
+import typing as t
+
+from superduper import Component, logging
+
+from superduper_transformers import checkpoint as ckpts
+
+if t.TYPE_CHECKING:
+    from superduper.base.datalayer import Datalayer
+
+IN_USE = "in_use"
+PROMOTE, ROLLBACK = "promote", "rollback"
+_ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+class PromotionError(ValueError):
+    """An unknown model, checkpoint or alias, a checkpoint of another model, or nothing to roll back."""
+
+
+class Promotions(Component):
+    """The aliases of a model's checkpoints and the history of what it used when.
+
+    :param model: Identifier of the ``LLM`` (also this row's identifier).
+    :param aliases: ``{alias: checkpoint identifier}``.
+    :param history: One entry per promotion or rollback, oldest first: ``pointer``
+        (``"in_use"`` or the alias), ``action``, ``from`` and ``to`` (checkpoint
+        identifiers; ``from`` may be None), ``by`` (who), ``time`` (Unix time).
+    """
+
+    model: str = ""
+    aliases: t.Dict = None  # type: ignore[assignment]
+    history: t.List = None  # type: ignore[assignment]
+
+    def postinit(self):
+        """Fill defaults that dataclasses cannot hold as mutable defaults."""
+        self.aliases = dict(self.aliases or {})
+        self.history = list(self.history or [])
+        super().postinit()
+
+    def rollback_target(self, pointer: str = IN_USE) -> t.Optional[str]:
+        """The checkpoint ``pointer`` pointed at before its last promotion not yet rolled back.
+
+        Promotions stack; each rollback undoes the latest one left.
+        """
+        stack: t.List[t.Optional[str]] = []
+        for entry in self.history:
+            if entry.get("pointer") != pointer:
+                continue
+            if entry.get("action") == PROMOTE:
+                stack.append(entry.get("from"))
+            elif entry.get("action") == ROLLBACK and stack:
+                stack.pop()
+        return stack[-1] if stack else None
+
+    def pinned(self) -> t.Optional[str]:
+        """The checkpoint the latest promotion or rollback pointed the model at."""
+        moves = [e for e in self.history if e.get("pointer") == IN_USE]
+        return moves[-1].get("to") if moves else None
+
+
+def promotions(db: Datalayer, model: str) -> Promotions:
+    """The ``Promotions`` row of ``model`` (an empty one, not stored, when it has none).
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    """
+    from superduper.base import exceptions
+
+    try:
+        if model in db.show("Promotions"):
+            return db.load("Promotions", model)
+    except exceptions.NotFound:
+        pass
+    return Promotions(model, model=model)
+
+
+def protected_checkpoints(db: Datalayer, model: str) -> t.Set[str]:
+    """Checkpoints of ``model`` that pruning must keep: alias targets, the checkpoint a
+    promotion or rollback pointed the model at, and each pointer's rollback target.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    """
+    record = promotions(db, model)
+    out = set(record.aliases.values())
+    out.add(record.pinned())
+    for pointer in {IN_USE, *record.aliases}:
+        out.add(record.rollback_target(pointer))
+    out.discard(None)
+    return out
+
+
+def check_model(db: Datalayer, model: str) -> None:
+    """Raise :class:`PromotionError` naming the models there are when ``model`` is not one."""
+    models = db.show("LLM")
+    if model not in models:
+        raise PromotionError(
+            f"Model `{model}` is not in the database (models: {sorted(models)}). Check the name "
+            "(`superduper-transformers models` lists them)."
+        )
+
+
+def find_checkpoint(db: Datalayer, model: str, checkpoint: t.Union[str, int]) -> str:
+    """The identifier of ``model``'s checkpoint named by ``checkpoint``.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param checkpoint: A checkpoint identifier, an alias of the model, or a step (when
+        exactly one of the model's checkpoints has it).
+    :raises PromotionError: unknown, ambiguous, or a checkpoint of another model.
+    """
+    check_model(db, model)
+    rows = ckpts.list_checkpoints(db, model)
+    mine = {r["identifier"] for r in rows}
+    name = str(checkpoint)
+    if name in mine:
+        return name
+    aliases = promotions(db, model).aliases
+    if name in aliases:
+        return aliases[name]
+    if name.isdigit():
+        at_step = [r["identifier"] for r in rows if r["step"] == int(name)]
+        if len(at_step) == 1:
+            return at_step[0]
+        if len(at_step) > 1:
+            raise PromotionError(
+                f"Model `{model}` has {len(at_step)} checkpoints at step {name} (several runs): "
+                f"{at_step}. Name one by its identifier."
+            )
+    table = db["Checkpoint"]
+    owner = table.filter(table["identifier"] == name).select("model").execute()
+    if owner:
+        raise PromotionError(
+            f"Checkpoint `{name}` belongs to model `{owner[0]['model']}`, not `{model}`: a model "
+            f"can only use its own checkpoints. Checkpoints of `{model}`: {sorted(mine)}."
+        )
+    raise PromotionError(
+        f"`{name}` is neither a checkpoint, an alias nor a step of model `{model}`. Its "
+        f"checkpoints: {sorted(mine) or 'none'}; its aliases: {sorted(aliases) or 'none'} "
+        "(`superduper-transformers checkpoints --model NAME` lists them)."
+    )
+
+
+def resolve_alias(db: Datalayer, model: str, alias: str) -> ckpts.Checkpoint:
+    """The checkpoint ``alias`` of ``model`` points at, its files verified.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param alias: e.g. ``"prod"``.
+    :raises PromotionError: when the model has no such alias.
+    """
+    check_model(db, model)
+    aliases = promotions(db, model).aliases
+    if alias not in aliases:
+        raise PromotionError(
+            f"Model `{model}` has no alias `{alias}` (its aliases: {sorted(aliases) or 'none'}). "
+            f"Set one with `set_alias(db, {model!r}, {alias!r}, CHECKPOINT)`."
+        )
+    return ckpts.load_checkpoint(db, aliases[alias])
+
+
+def load_model(db: Datalayer, model: str, alias: t.Optional[str] = None):
+    """Load the ``LLM`` ``model``, using the checkpoint of ``alias`` when given (in memory:
+    the stored model keeps its own pointer).
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param alias: An alias of the model (``"prod"``), or None for the checkpoint in use.
+    """
+    check_model(db, model)
+    llm = db.load("LLM", model)
+    if alias is not None:
+        llm.adapter_id = resolve_alias(db, model, alias)
+        llm._pipeline = None
+    return llm
+
+
+def promote(
+    db: Datalayer,
+    model: str,
+    checkpoint: t.Union[str, int],
+    alias: t.Optional[str] = None,
+    by: t.Optional[str] = None,
+) -> t.Dict[str, t.Any]:
+    """Point ``model`` (or its ``alias``) at another of its stored checkpoints, and record it.
+
+    The checkpoint's files are verified against its manifest first; nothing is written
+    when they do not verify.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param checkpoint: Identifier, alias or step of one of the model's checkpoints.
+    :param alias: Move this alias instead of the in-use pointer (e.g. ``"prod"``).
+    :param by: Who promotes (default: the login name of this process).
+    :return: the history entry written.
+    :raises PromotionError: unknown model/checkpoint/alias name, a checkpoint of another model.
+    :raises CheckpointError: the checkpoint's files are missing or altered.
+    """
+    if alias is not None and not _ALIAS_NAME.fullmatch(alias):
+        raise PromotionError(
+            f"`alias`={alias!r} is not a valid alias name: use a letter, then up to 63 letters, "
+            "digits, `_`, `-` or `.` (e.g. `prod`, `candidate`)."
+        )
+    target = ckpts.load_checkpoint(db, find_checkpoint(db, model, checkpoint))
+    return _move(db, model, target, alias or IN_USE, PROMOTE, by)
+
+
+def rollback(db: Datalayer, model: str, alias: t.Optional[str] = None, by: t.Optional[str] = None):
+    """Return ``model`` (or its ``alias``) to the checkpoint it used before its last promotion.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param alias: Roll back this alias instead of the in-use pointer.
+    :param by: Who rolls back (default: the login name of this process).
+    :return: the history entry written.
+    :raises PromotionError: when there is no promotion to undo, or its checkpoint is gone.
+    """
+    check_model(db, model)
+    pointer = alias or IN_USE
+    previous = promotions(db, model).rollback_target(pointer)
+    what = "the model" if alias is None else f"alias `{alias}`"
+    if previous is None:
+        raise PromotionError(
+            f"Nothing to roll back: {what} of `{model}` has no earlier checkpoint in its promotion "
+            "history (it was never promoted, every promotion was rolled back, or it pointed at no "
+            "checkpoint before). `superduper-transformers promotions MODEL` shows the history."
+        )
+    if previous not in {r["identifier"] for r in ckpts.list_checkpoints(db, model)}:
+        raise PromotionError(
+            f"Cannot roll back {what} of `{model}`: its previous checkpoint `{previous}` is no longer "
+            "in the database (deleted). Promote another checkpoint instead."
+        )
+    return _move(db, model, ckpts.load_checkpoint(db, previous), pointer, ROLLBACK, by)
+
+
+def _move(db: Datalayer, model: str, target: ckpts.Checkpoint, pointer: str, action: str, by):
+    record = promotions(db, model)
+    if pointer == IN_USE:
+        llm = db.load("LLM", model)
+        before = getattr(llm.adapter_id, "identifier", None)
+        llm.adapter_id = target
+        llm.save()
+    else:
+        before = record.aliases.get(pointer)
+        record.aliases[pointer] = target.identifier
+    entry = {
+        "pointer": pointer,
+        "action": action,
+        "from": before,
+        "to": target.identifier,
+        "by": by or _user(),
+        "time": time.time(),
+    }
+    record.history.append(entry)
+    db.apply(record, force=True, jobs=False)
+    logging.info(f"{model}: {pointer} {action}d from {before} to {target.identifier}")
+    return entry
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (e.g. a container user without a passwd entry)
+        return "unknown"
+
+
+def forget(db: Datalayer, model: str) -> bool:
+    """Remove the ``Promotions`` row of ``model`` (when the model itself is deleted).
+
+    :return: whether there was one.
+    """
+    if model not in db.show("Promotions"):
+        return False
+    db.teardown("Promotions", model, force=True)
+    return True

@@ -22,6 +22,7 @@ from superduper_transformers.trainer import LLMTrainer
 CLASSES = (LLM, LLMTrainer, Checkpoint, resume.TrainingRun)
 NEW_FIELDS = [
     ("TrainingRun", "data_fingerprint"),
+    ("TrainingRun", "history"),
     ("Checkpoint", "data_fingerprint"),
     ("LLMTrainer", "on_data_change"),
 ]
@@ -96,7 +97,7 @@ def test_an_old_database_cannot_record_a_training_without_the_migration(
 
     monkeypatch.setattr(trainer_module, "migrate_component_tables", lambda db, classes: {})
     db = _open(old_db_path)
-    with pytest.raises(Exception, match="Unconsumed column names: (data_fingerprint|on_data_change)"):
+    with pytest.raises(Exception, match="Unconsumed column names: (data_fingerprint|on_data_change|history)"):
         db.apply(fixtures.make_llm(db, tiny_model_dir, **TRAINING), force=True)
 
 
@@ -128,7 +129,8 @@ def test_the_migration_lets_an_old_database_record_runs_and_checkpoints(
     assert db.load("LLMTrainer", "tiny-trainer").on_data_change == "warn"
     # ... and the rows written before the upgrade load, the new fields at their defaults.
     old_run = db.load("TrainingRun", "old-run")
-    assert (old_run.state, old_run.data_fingerprint) == ("finished", {})
+    assert (old_run.state, old_run.data_fingerprint, old_run.history) == ("finished", {}, [])
+    assert run.history and run.history[-1]["step"] == TRAINING["max_steps"]
     assert db.load("LLMTrainer", "old-trainer").on_data_change == "warn"
 
     # Migrating again changes nothing.
@@ -143,7 +145,7 @@ def test_the_migration_adds_only_what_is_missing_and_is_idempotent(old_db_path):
     assert migrate_component_tables(db, CLASSES) == {
         "LLMTrainer": ["on_data_change"],
         "Checkpoint": ["data_fingerprint"],
-        "TrainingRun": ["data_fingerprint"],
+        "TrainingRun": ["data_fingerprint", "history"],
     }
     after = _schema(old_db_path)
     assert migrate_component_tables(db, CLASSES) == {}

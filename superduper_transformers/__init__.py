@@ -2,9 +2,10 @@
 
 from superduper_transformers.checkpoint import Checkpoint
 from superduper_transformers.model import LLM
+from superduper_transformers.promote import load_model, resolve_alias
 from superduper_transformers.resume import delete_model
 from superduper_transformers.trainer import LLMTrainer
 
 __version__ = "0.11.0"
 
-__all__ = ["Checkpoint", "LLM", "LLMTrainer", "delete_model"]
+__all__ = ["Checkpoint", "LLM", "LLMTrainer", "delete_model", "load_model", "resolve_alias"]

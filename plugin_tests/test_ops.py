@@ -21,7 +21,7 @@ from superduper_transformers.checkpoint import (
     load_checkpoint,
     register_checkpoint,
 )
-from superduper_transformers.history import HistoryError, metric_history
+from superduper_transformers.history import HistoryError, metric_history, record_history, stored_history
 
 STEPS, EVERY, LOG_EVERY, LIMIT, CRASH = 40, 10, 5, 2, 25
 
@@ -95,6 +95,19 @@ def test_history_has_every_logging_step_once_in_order_across_the_resume(trained)
     for row in list_checkpoints(db, "tiny"):
         at = evals["loss"]["valid"][0].index(row["step"])
         assert row["metrics"]["eval_valid_loss"] == pytest.approx(evals["loss"]["valid"][1][at])
+
+
+def test_a_resumed_run_replaces_the_history_after_its_checkpoint(db):
+    # Saved at 10 and 20; checkpoint 20 failed verification, so the run resumed from 10
+    # (its trainer's history restored from checkpoint 10) and saved 20 and 30 again.
+    first = [{"step": s, "loss": 1.0} for s in (5, 10, 15, 20)]
+    again = [*first[:2], *({"step": s, "loss": 2.0} for s in (15, 20, 25, 30))]
+    record_history(db, "m", "run", first, 0, 10)
+    record_history(db, "m", "run", first, 10, 20)
+    record_history(db, "m", "run", again, 10, 20)
+    record_history(db, "m", "run", again, 20, 30)
+    assert stored_history(db, "m", "run") == again
+    assert stored_history(db, "m", "other-run") == []
 
 
 def test_pruning_kept_the_aliased_checkpoint_outside_the_limit(trained):

@@ -2,11 +2,15 @@
 
 The HF trainer keeps every log entry in ``state.log_history`` (the training loss at each
 logging step, each evaluation's ``eval_*`` metrics) and saves that list with each
-checkpoint (``trainer_state.json``). Resuming restores it from the checkpoint: the list
-is continuous across a resume, with the entries up to the checkpoint's step once and the
-steps trained again after it once. ``LLMCallback`` copies it onto the run's
-``TrainingRun.history`` at every save, so the history outlives pruned checkpoints.
-Runs recorded before that field existed fall back to the ``trainer_state.json`` of the
+checkpoint (``trainer_state.json``); resuming restores it from the checkpoint.
+``LLMCallback`` appends, at every save, the entries logged since its previous save to the
+``training_history`` table: one row per save, ``{model, experiment_id, from_step,
+to_step, time, entries}``. A resumed run's first row starts at the checkpoint's step, so
+reading the rows in order, each replacing the entries after its ``from_step``, gives
+every logging step once, in order, across any number of resumes. Rows are appended, never
+rewritten: a save costs the new entries only (a component field holding the whole list
+was hashed by every apply: seconds per save for a long run).
+Runs recorded before this table existed fall back to the ``trainer_state.json`` of the
 run's latest stored checkpoint.
 """
 
@@ -16,15 +20,26 @@ import dataclasses as dc
 import json
 import math
 import os
+import time
 import typing as t
 
 from superduper import logging
 
 from superduper_transformers import checkpoint as ckpts
-from superduper_transformers import resume
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
+
+#: The table of history rows (a plain data table, not a component).
+TABLE = "training_history"
+_FIELDS = {
+    "model": "str",
+    "experiment_id": "str",
+    "from_step": "int",
+    "to_step": "int",
+    "time": "float",
+    "entries": "json",
+}
 
 #: Eval keys that time the evaluation or count tokens rather than measure the model.
 TIMING_METRICS = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
@@ -54,25 +69,76 @@ def clean_log_history(log_history: t.Iterable[t.Mapping]) -> t.List[t.Dict[str, 
     return out
 
 
-def record_history(db: Datalayer, model: str, experiment_id: str, log_history: t.Iterable[t.Mapping]) -> bool:
-    """Store the trainer's log history on the run's ``TrainingRun`` row (replacing it).
+def record_history(
+    db: Datalayer,
+    model: str,
+    experiment_id: str,
+    log_history: t.Iterable[t.Mapping],
+    from_step: int,
+    to_step: int,
+) -> int:
+    """Append the entries logged after ``from_step`` as one row of the run's history.
 
     :param db: The datalayer.
     :param model: Identifier of the ``LLM``.
     :param experiment_id: The run.
-    :param log_history: ``state.log_history``: the whole run so far, resumes included.
-    :return: False when the run has no row (a ``train()`` call outside ``fit``).
+    :param log_history: ``state.log_history`` (the whole run so far; a resume restores it).
+    :param from_step: The step of the previous row, or the step training (re)started from:
+        entries stored for later steps are replaced by these.
+    :param to_step: The step of this save.
+    :return: how many entries were written.
     """
-    from superduper.base import exceptions
+    entries = [e for e in clean_log_history(log_history) if from_step < e["step"] <= to_step]
+    _ensure_table(db)
+    row = {
+        "model": model,
+        "experiment_id": experiment_id,
+        "from_step": int(from_step),
+        "to_step": int(to_step),
+        "time": time.time(),
+        "entries": entries,
+    }
+    db[TABLE].insert([row])
+    return len(entries)
 
-    identifier = resume.run_identifier(model, experiment_id)
-    try:
-        run = db.load("TrainingRun", identifier)
-    except exceptions.NotFound:
-        return False
-    run.history = clean_log_history(log_history)
-    db.apply(run, force=True, jobs=False)
-    return True
+
+def stored_history(db: Datalayer, model: str, experiment_id: str) -> t.List[t.Dict[str, t.Any]]:
+    """The run's history from its rows: each row replaces what was stored after its ``from_step``.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run.
+    """
+    if TABLE not in db.show("Table"):
+        return []
+    table = db[TABLE]
+    rows = (
+        table.filter(table["model"] == model, table["experiment_id"] == experiment_id)
+        .select("from_step", "to_step", "time", "entries")
+        .execute()
+    )
+    out: t.List[t.Dict[str, t.Any]] = []
+    for row in sorted(rows, key=lambda r: (r["time"], r["to_step"])):
+        out = [e for e in out if e["step"] <= row["from_step"]] + list(row["entries"] or [])
+    return out
+
+
+def forget(db: Datalayer, model: str) -> None:
+    """Remove the history rows of every run of ``model`` (when the model is deleted).
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    """
+    if TABLE in db.show("Table"):
+        db[TABLE].delete({"model": model})
+
+
+def _ensure_table(db: Datalayer) -> None:
+    if TABLE in db.show("Table"):
+        return
+    from superduper import Table
+
+    db.apply(Table(TABLE, fields=dict(_FIELDS)), force=True, jobs=False)
 
 
 def eval_metric_values(log_history: t.Iterable[t.Mapping]) -> t.Dict[str, t.List[float]]:
@@ -160,7 +226,7 @@ def _is_eval(entry: t.Mapping) -> bool:
     return any(k.startswith("eval_") for k in entry)
 
 
-def run_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = None) -> resume.TrainingRun:
+def run_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = None):
     """The run of ``model`` to show: ``experiment_id``, else the run of the checkpoint the
     model uses, else its latest run.
 
@@ -199,8 +265,8 @@ def metric_history(db: Datalayer, model: str, experiment_id: t.Optional[str] = N
     :raises HistoryError: when the model or the run is unknown.
     """
     run = run_of_model(db, model, experiment_id)
-    entries = list(run.history)
-    if not entries:  # a run recorded before `TrainingRun.history` existed
+    entries = stored_history(db, model, run.experiment_id)
+    if not entries:  # a run recorded before the history table existed
         entries = _history_of_latest_checkpoint(db, model, run.experiment_id)
     return History(model, run.experiment_id, entries)
 
@@ -219,7 +285,8 @@ def _history_of_latest_checkpoint(db: Datalayer, model: str, experiment_id: str)
     return []
 
 
-def _runs(db: Datalayer, model: str) -> t.List[resume.TrainingRun]:
+def _runs(db: Datalayer, model: str) -> t.List[t.Any]:
+    """The model's ``TrainingRun`` components (read by name: ``resume`` sits above this module)."""
     from superduper.base import exceptions
 
     table = db["TrainingRun"]

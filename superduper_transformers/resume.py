@@ -32,7 +32,7 @@ from superduper import Component, logging
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from superduper_transformers import checkpoint as ckpts
-from superduper_transformers import lineage, promote
+from superduper_transformers import history, lineage, promote
 from superduper_transformers.store import artifacts
 
 if t.TYPE_CHECKING:
@@ -85,10 +85,6 @@ class TrainingRun(Component):
         tokenization settings (:func:`superduper_transformers.lineage.data_fingerprint`);
         updated when a resume goes on with changed rows; empty for runs recorded before
         fingerprints existed.
-    :param history: The HF trainer's log history of the run: one entry per logging step
-        (training loss, learning rate, ...) and per evaluation (``eval_*`` metrics), each
-        with its ``step``; written at every checkpoint (see
-        :mod:`superduper_transformers.history`). Empty for runs recorded before it existed.
     """
 
     model: str = ""
@@ -98,14 +94,12 @@ class TrainingRun(Component):
     started_at: float = 0.0
     resumes: t.List = None  # type: ignore[assignment]
     data_fingerprint: t.Dict = None  # type: ignore[assignment]
-    history: t.List = None  # type: ignore[assignment]
 
     def postinit(self):
         """Fill defaults that dataclasses cannot hold as mutable defaults."""
         self.settings = dict(self.settings or {})
         self.resumes = list(self.resumes or [])
         self.data_fingerprint = dict(self.data_fingerprint or {})
-        self.history = list(self.history or [])  # None: a row from before the field existed
         super().postinit()
 
 
@@ -327,9 +321,6 @@ def start_run(
         if changes:
             entry["data_changes"] = changes
         run.resumes.append(entry)
-        # The steps after the checkpoint are trained (and logged) again: the resumed
-        # trainer's history, restored from the checkpoint, replaces these at its next save.
-        run.history = [e for e in run.history if e.get("step", 0) <= plan.step]
         if data_fingerprint:
             run.data_fingerprint = data_fingerprint  # the data it goes on with
         logging.info(f"Resuming run {run.experiment_id} of {model.identifier} at step {plan.step}")
@@ -425,6 +416,7 @@ def delete_model(db: Datalayer, identifier: str) -> t.Dict[str, int]:
         db.teardown("TrainingRun", run, force=True)
         removed["runs"] += 1
     promote.forget(db, identifier)  # its aliases and promotion history
+    history.forget(db, identifier)  # the metric history of its runs
     removed["folders"] = len(artifacts.cleanup_orphan_artifacts(db, identifier))
     logging.info(f"Deleted {identifier}: {removed}")
     return removed

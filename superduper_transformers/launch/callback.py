@@ -1,7 +1,8 @@
 """``LLMCallback``: write checkpoints and metrics of an HF training run into the datalayer.
 
 Each event does one job, on the main process (rank 0) only:
-``on_save`` registers the checkpoint just written (and prunes the run's old ones),
+``on_save`` registers the checkpoint just written, appends the log entries since the
+previous save to the run's history and prunes the run's old checkpoints,
 ``on_evaluate`` records eval metrics on the model, ``on_train_end`` points the
 model at its best (else last) checkpoint.
 """
@@ -90,6 +91,7 @@ class LLMCallback(TrainerCallback):
         self.llm = llm
         self.experiment_id = experiment_id or uuid.uuid4().hex[:8]
         self.data_fingerprint = dict(data_fingerprint or {})
+        self._history_step = 0  # the step up to which the run's history is stored
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> None:
@@ -107,6 +109,10 @@ class LLMCallback(TrainerCallback):
         return self.experiment_id
 
     # -- events -----------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Start the stored history at the step training starts from (a resume's checkpoint)."""
+        self._history_step = state.global_step
+
     def on_save(self, args, state, control, **kwargs):
         """Register the checkpoint just written, point the model at it, prune old ones."""
         if not state.is_world_process_zero:
@@ -128,8 +134,11 @@ class LLMCallback(TrainerCallback):
         # deleted checkpoint can neither be loaded nor saved again.
         self.llm.adapter_id = ckpt
         self.llm.save()
-        # The whole log history so far (restored from the checkpoint on a resume).
-        history.record_history(self.db, self.identifier, self.run_id, state.log_history)
+        # What was logged since the previous save (or since the checkpoint resumed from).
+        history.record_history(
+            self.db, self.identifier, self.run_id, state.log_history, self._history_step, state.global_step
+        )
+        self._history_step = state.global_step
         self._prune(args)
 
     def _prune(self, args) -> None:
@@ -213,7 +222,9 @@ def register_final_checkpoint(
     )
     llm.adapter_id = ckpt
     llm.save()
-    history.record_history(db, llm.identifier, experiment_id, state.get("log_history", []))
+    history.record_history(
+        db, llm.identifier, experiment_id, state.get("log_history", []), 0, state["global_step"]
+    )
     return ckpt
 
 

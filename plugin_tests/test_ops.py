@@ -273,3 +273,16 @@ def test_cli_promote_rollback_and_promotions(trained, capsys, monkeypatch):
     assert "belongs to model `other`" in capsys.readouterr().err
     assert cli.main([*base, "rollback", "nope"]) == 2
     assert "Model `nope` is not in the database" in capsys.readouterr().err
+
+
+def test_delete_model_removes_its_promotions_and_history(trained):
+    # Last in this module: it deletes the trained model.
+    from superduper_transformers import delete_model
+
+    db, _ = trained
+    experiment_id = metric_history(db, "tiny").experiment_id
+    delete_model(db, "tiny")
+    assert "tiny" not in db.show("Promotions")
+    assert stored_history(db, "tiny", experiment_id) == []
+    with pytest.raises(promote.PromotionError, match="Model `tiny` is not in the database"):
+        promote.resolve_alias(db, "tiny", "prod")

@@ -71,9 +71,10 @@ def test_ray_configs_that_are_not_plain_data_are_refused(db, tiny_model_dir):
 
 def test_no_component_of_the_plugin_has_a_pickled_field(db):
     from superduper_transformers.checkpoint import Checkpoint
+    from superduper_transformers.promote import Promotions
     from superduper_transformers.resume import TrainingRun
 
-    for cls in (LLM, LLMTrainer, Checkpoint, TrainingRun):
+    for cls in (LLM, LLMTrainer, Checkpoint, TrainingRun, Promotions):
         for name, datatype in cls.class_schema.fields.items():
             kind = str(datatype).lower()
             if (cls, name) == (LLMTrainer, "transform"):  # superduper's Trainer field: refused

@@ -114,9 +114,12 @@ def plot_history(
     steps, marked = checkpoint_marks(db, model, history.experiment_id)
     fig = Figure(figsize=(width / dpi, panel_height * len(panels) / dpi), dpi=dpi)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    # One colour per line label (train, each eval set) in every panel.
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    colour = {label: f"C{i}" for i, label in enumerate(labels)}
     for ax, (title, lines) in zip(axes, panels.items()):
         for label, (xs, ys) in lines.items():
-            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label)
+            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label, color=colour[label])
         for i, step in enumerate(steps):
             ax.axvline(step, color="grey", linestyle=":", linewidth=1, label="checkpoint" if i == 0 else None)
         for step, label in marked.items():

@@ -227,8 +227,10 @@ class LLMTrainer(_LLMTrainerFields):
             )
             check_devices(self.ray_configs, self.num_gpus)
             result = launch(job, db=db, llm=model, ray_configs=self.ray_configs)
-            evaluation.validate_after_training(model, db)  # the Validation's Metrics, on generations
-            resume.finish_run(db, model.identifier, plan.experiment_id)
+            try:  # the Validation's Metrics, on generations; a failing Metric leaves the run finished
+                evaluation.validate_after_training(model, db)
+            finally:
+                resume.finish_run(db, model.identifier, plan.experiment_id)
         # The job stores fit's return value as JSON: of a ray.train.Result, its metrics.
         return result.metrics if self.ray_configs is not None else result
 

@@ -178,12 +178,13 @@ def ray_train(
 
 
 def _refresh(db: Datalayer, llm: t.Any) -> None:
-    """Copy what rank 0 stored (adapter, metrics) into the driver's ``llm``.
+    """Copy what rank 0 stored (adapter, metrics, generations) into the driver's ``llm``.
 
     Without it a later ``llm.save()`` in this process would write back the stale copy.
     """
     stored = db.load("LLM", llm.identifier)
     llm.adapter_id = stored.adapter_id
+    llm.metric_values = stored.metric_values  # e.g. the generations recorded at evaluations
     if llm.trainer is not None and stored.trainer is not None:
         llm.trainer.metric_values = stored.trainer.metric_values
 

@@ -224,3 +224,22 @@ def test_validation_metrics_on_generations_and_recorded_samples(db, tiny_model_d
     assert [(s["set"], s["input"], s["target"]) for s in samples[:3]] == [("valid", p, c) for p, c in first]
     # the last ones are what the trained model (the last checkpoint) answers
     assert [s["generation"].strip() for s in samples[-3:]] == fixtures.answers(llm, first)
+
+
+def test_a_trainer_stored_before_these_settings_trains_as_before(db):
+    # A row written before the fields existed reads them as NULL (None) after the migration.
+    from superduper_transformers import LLMTrainer
+    from superduper_transformers.settings import TrainSettings
+
+    old = LLMTrainer(
+        "old",
+        key=("x", "y"),
+        select=db["facts"].select(),
+        callbacks=None,
+        early_stopping_patience=None,
+        early_stopping_threshold=None,
+        record_generations=None,
+    )
+    settings = TrainSettings.from_trainer(old)
+    assert (settings.callbacks, settings.early_stopping, settings.record_generations) == ((), None, 0)
+    assert old.callbacks == []

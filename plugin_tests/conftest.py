@@ -10,6 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("WANDB_MODE", "offline")  # a test naming wandb never goes online
 os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")  # not USER: no component trees
 
 import pytest  # noqa: E402

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import typing as t
 
+from transformers import TrainerCallback
+
 #: 32 prompts the model must memorise: "a+b=" -> "c".
 FACTS = [(f"{a}+{b}=", str(a + b)) for a in range(8) for b in range(4)]
 VALID = FACTS[::4]  # evaluation rows (eval loss only; the task is memorisation)
@@ -132,3 +134,33 @@ def interrupt_at(monkeypatch, step: int) -> None:
         return run_job(dc.replace(job, callbacks=[*job.callbacks, Fail()]))
 
     monkeypatch.setattr(hf_train, "run_job", failing)
+
+
+#: Events seen by :class:`RecordingCallback` instances in this process: (tag, event, step).
+CALLBACK_EVENTS: t.List[t.Tuple[str, str, int]] = []
+
+
+class RecordingCallback(TrainerCallback):
+    """A user callback, given to ``LLMTrainer(callbacks=...)`` by its import path."""
+
+    def __init__(self, tag: str = "user", path: t.Optional[str] = None):
+        self.tag = tag
+        self.path = path  # events of other processes (Ray workers) are appended there
+
+    def _record(self, event: str, state) -> None:
+        CALLBACK_EVENTS.append((self.tag, event, state.global_step))
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(f"{self.tag} {event} {state.global_step} {state.is_world_process_zero}\n")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._record("step_end", state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._record("log", state)
+
+
+def exact_match(predictions: t.Sequence[str], targets: t.Sequence[str]) -> float:
+    """Share of generations that are exactly the target (a superduper ``Metric``'s object)."""
+    return sum(str(p).strip() == str(y).strip() for p, y in zip(predictions, targets)) / max(len(targets), 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from plugin_tests import fixtures
-from superduper_transformers.checkpoint import list_checkpoints
+from superduper_transformers.checkpoint import best_checkpoint, list_checkpoints
 
 
 def test_train_passes_its_kwargs_to_the_trainer(db, tiny_model_dir, tmp_path):
@@ -57,7 +57,11 @@ def test_train_passes_its_kwargs_to_the_trainer(db, tiny_model_dir, tmp_path):
     assert len(calls) == 4  # one evaluation every 10 of 40 steps
     history = db.load("LLM", "tiny").trainer.metric_values["eval_answer_accuracy"]
     assert len(history) == 4 and all(0.0 <= v <= 1.0 for v in history)
-    (kept,) = list_checkpoints(db, "tiny")  # save_total_limit=1 keeps the best only
-    assert kept["metrics"]["eval_answer_accuracy"] == max(history)
-    assert kept["step"] == 10 * (max(range(4), key=lambda i: (history[i], i)) + 1)
-    assert db.load("LLM", "tiny").adapter_id.identifier == kept["identifier"]
+    # save_total_limit=1 keeps the best, and the last that the model uses (transformers'
+    # meaning without `load_best_model_at_end`)
+    kept = list_checkpoints(db, "tiny")
+    best = best_checkpoint(kept, "eval_answer_accuracy", True)
+    assert best["metrics"]["eval_answer_accuracy"] == max(history)
+    assert best["step"] == 10 * (max(range(4), key=lambda i: (history[i], i)) + 1)
+    assert {r["step"] for r in kept} == {best["step"], 40}
+    assert db.load("LLM", "tiny").adapter_id.step == 40

@@ -69,7 +69,8 @@ AT_APPLY = [
     (
         dict(load_best_model_at_end=True, eval_strategy="steps", save_strategy="epoch"),
         ConfigError,
-        r"transformers/trl refused them: .*load_best_model_at_end",
+        r"`load_best_model_at_end=True` needs a checkpoint at every evaluation, but `save_strategy`='epoch' "
+        r"and `eval_strategy`='steps' differ: set both to 'steps'",
     ),
     (
         dict(metric_for_best_model="accuracy"),

@@ -11,6 +11,7 @@ import pytest
 
 from plugin_tests import fixtures
 from superduper_transformers import cli
+from superduper_transformers.checkpoint import best_of_model
 
 
 def test_cli_lists_models_checkpoints_and_answers(tiny_model_dir, tmp_path, capsys):
@@ -35,6 +36,8 @@ def test_cli_lists_models_checkpoints_and_answers(tiny_model_dir, tmp_path, caps
         assert [re.search(r"step=(\d+)", line).group(1) for line in lines] == ["225", "450"]
         assert [line.split()[1] for line in lines if line.startswith("*")] == [adapter]
         assert all("eval_loss=" in line for line in lines)
+        best = best_of_model(db, "tiny")["identifier"]
+        assert [line.split()[1] for line in lines if line.endswith("(best)")] == [best]
 
         cli.main(["--data", str(tmp_path), "ask", "--model", "tiny", "5+1=", "7+3="])
         assert capsys.readouterr().out.splitlines() == ["Q: 5+1=", "A: 6", "Q: 7+3=", "A: 10"]

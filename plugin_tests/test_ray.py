@@ -137,6 +137,13 @@ def ray_trained(tiny_model_dir, tmp_path_factory):
         save_total_limit=LIMIT,
         output_dir=str(root / "out"),
         ray_configs=ray_configs(ray_dir),
+        # a user callback, built by every worker from its import path
+        callbacks=[
+            {
+                "class": "plugin_tests.fixtures:RecordingCallback",
+                "kwargs": {"tag": "ray", "path": str(root / "events.txt")},
+            }
+        ],
     )
     before = fixtures.answered(llm)
     start = time.time()
@@ -172,6 +179,15 @@ def test_rank0_alone_wrote_the_pruned_checkpoints(ray_trained):
     history = llm.trainer.metric_values
     assert history.get("eval_step") == list(range(SAVE_EVERY, STEPS + 1, SAVE_EVERY)), history
     assert llm.adapter_id.identifier in {r["identifier"] for r in rows}
+    assert llm.adapter_id.step == STEPS  # the last (no `load_best_model_at_end`), as in transformers
+
+
+def test_every_worker_built_the_user_callback(ray_trained):
+    with open(ray_trained["root"] / "events.txt") as f:
+        events = [line.split() for line in f]
+    steps = [(int(step), rank0) for tag, event, step, rank0 in events if event == "step_end"]
+    # one instance per worker, each seeing every step
+    assert sorted(steps) == sorted((s, r) for s in range(1, STEPS + 1) for r in ("True", "False"))
 
 
 def test_checkpoint_files_are_in_the_artifact_store(ray_trained):
@@ -441,7 +457,7 @@ def test_train_on_a_running_cluster(sqlite_db, tiny_model_dir, tmp_path, ray_hea
     )
     db.apply(llm, force=True)
     assert [r["step"] for r in list_checkpoints(db, "tiny")] == [20, 40]
-    assert db.load("LLM", "tiny").adapter_id.step in (20, 40)
+    assert db.load("LLM", "tiny").adapter_id.step == 40
     # the workers ran on that cluster: their logs are in its temp dir
     logs = [n for _, _, files in os.walk(ray_head["temp_dir"]) for n in files if n.startswith("worker-")]
     assert logs

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from plugin_tests import fixtures
-from superduper_transformers.checkpoint import file_manifest, list_checkpoints
+from superduper_transformers.checkpoint import best_of_model, file_manifest, list_checkpoints
 
 STEPS, SAVE_EVERY, LIMIT = 450, 75, 3
 
@@ -80,8 +80,10 @@ def test_db_holds_pruned_checkpoints_with_the_best(trained):
     assert best_step in steps
     for r in rows:
         assert r["metrics"]["eval_valid_loss"] == pytest.approx(evals[r["step"]])
-    # the model points at the best checkpoint at the end
-    assert llm.adapter_id.step == best_step
+    # as in transformers, the model is the last one (no `load_best_model_at_end`), and the
+    # best stays marked
+    assert llm.adapter_id.step == STEPS
+    assert best_of_model(db, "tiny")["step"] == best_step
 
 
 def test_checkpoint_files_are_in_the_artifact_store(trained):

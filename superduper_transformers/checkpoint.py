@@ -377,30 +377,79 @@ def checkpoints_to_prune(
     limit: t.Optional[int],
     metric: t.Optional[str],
     greater_is_better: bool,
-    protected: t.Collection[str] = (),
+    protected: t.Iterable[str] = (),
 ) -> t.List[t.Dict]:
-    """Which checkpoints to delete so at most ``limit`` remain: never the best, then the newest.
+    """Which checkpoints to delete so at most ``limit`` remain: never the best nor a
+    protected one, then the newest.
+
+    As transformers' own rotation: the best and the checkpoint in use are kept even
+    when that makes more than ``limit`` (``save_total_limit=1`` keeps 2 while they differ).
 
     :param rows: The run's checkpoint rows.
     :param limit: ``save_total_limit`` (None keeps all).
     :param metric: ``metric_for_best_model`` as it appears in the metrics (``eval_...``).
     :param greater_is_better: Direction of ``metric``.
-    :param protected: Identifiers never deleted (aliases, promoted checkpoints: see
-        :func:`superduper_transformers.promote.protected_checkpoints`). They do not count
-        toward ``limit``: the run still keeps its best and newest beside them.
+    :param protected: Identifiers never pruned (the checkpoint the model points at).
     """
-    rows = [r for r in rows if r["identifier"] not in set(protected)]
     if limit is None or len(rows) <= limit:
         return []
     best = best_checkpoint(rows, metric, greater_is_better)
-    keep = [best] if best is not None else []
+    kept = set(protected) & {r["identifier"] for r in rows}
+    if best is not None:
+        kept.add(best["identifier"])
     for r in sorted(rows, key=lambda r: r["step"], reverse=True):
-        if len(keep) >= limit:
+        if len(kept) >= limit:
             break
-        if best is None or r["identifier"] != best["identifier"]:
-            keep.append(r)
-    kept = {r["identifier"] for r in keep}
+        kept.add(r["identifier"])
     return [r for r in rows if r["identifier"] not in kept]
+
+
+def best_metric_of(
+    training_kwargs: t.Mapping[str, t.Any], rows: t.Sequence[t.Dict], eval_sets: t.Sequence[str] = ()
+) -> t.Tuple[t.Optional[str], bool]:
+    """The metric that ranks a model's checkpoints (as logged, ``eval_...``), and its direction.
+
+    The trainer's ``metric_for_best_model`` when set; else the loss of the first eval set,
+    as ``trainer.training_args_for`` resolves it: ``eval_loss`` (one ``valid`` set), else
+    ``eval_valid_loss``, else ``eval_<dataset>_loss`` of the validation datasets in order.
+
+    :param training_kwargs: The ``LLMTrainer``'s training keywords.
+    :param rows: The checkpoint rows (their metric names show which eval sets ran).
+    :param eval_sets: Identifiers of the model's validation datasets, in order.
+    """
+    metric = training_kwargs.get("metric_for_best_model")
+    if metric:
+        metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+    else:
+        logged = {k for r in rows for k in (r.get("metrics") or {})}
+        candidates = ["eval_loss", "eval_valid_loss", *(f"eval_{s}_loss" for s in eval_sets)]
+        metric = next((c for c in candidates if c in logged), None)
+    if metric is None:
+        return None, False
+    greater = training_kwargs.get("greater_is_better")
+    return metric, bool(not metric.endswith("loss") if greater is None else greater)
+
+
+def best_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = None) -> t.Optional[t.Dict]:
+    """The row of the best checkpoint of a run of ``model`` (None without an eval metric).
+
+    The best stays marked whichever checkpoint the model uses (the last one, unless the
+    trainer set ``load_best_model_at_end=True``); promote it by pointing the model at it.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run (default: the run of the checkpoint the model uses,
+        else every checkpoint of the model).
+    """
+    llm = db.load("LLM", model)
+    if experiment_id is None:
+        experiment_id = getattr(llm.adapter_id, "experiment_id", None) or None
+    rows = list_checkpoints(db, model, experiment_id)
+    trainer = getattr(llm, "trainer", None)
+    validation = getattr(llm, "validation", None)
+    eval_sets = [d.identifier for d in validation.datasets] if validation is not None else []
+    metric, greater = best_metric_of(getattr(trainer, "training_kwargs", None) or {}, rows, eval_sets)
+    return best_checkpoint(rows, metric, greater)
 
 
 def delete_checkpoint(db: Datalayer, identifier: str) -> None:

@@ -74,7 +74,10 @@ def main(argv=None) -> int:
     parser.add_argument("--artifact-store", help="filesystem:///absolute/path of the artifact store")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the LLMs in the database")
-    ck = sub.add_parser("checkpoints", help="list a model's checkpoints with steps and metrics")
+    ck = sub.add_parser(
+        "checkpoints",
+        help="list a model's checkpoints with steps and metrics (* = in use, (best) = best of its run)",
+    )
     ck.add_argument("--model", required=True)
     ask = sub.add_parser("ask", help="load a model from the database and answer prompts")
     ask.add_argument("--model", required=True)
@@ -96,13 +99,21 @@ def main(argv=None) -> int:
         for name in db.show("LLM"):
             print(name)
     elif args.command == "checkpoints":
-        from superduper_transformers.checkpoint import list_checkpoints
+        from superduper_transformers.checkpoint import best_of_model, list_checkpoints
 
         adapter = getattr(db.load("LLM", args.model).adapter_id, "identifier", None)
-        for r in list_checkpoints(db, args.model):
+        # The best of each run (by its trainer's `metric_for_best_model`), used or not.
+        rows = list_checkpoints(db, args.model)
+        best = set()
+        for run in {r["experiment_id"] for r in rows}:
+            row = best_of_model(db, args.model, run)
+            if row is not None:
+                best.add(row["identifier"])
+        for r in rows:
             mark = "*" if r["identifier"] == adapter else " "
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()) if "loss" in k)
-            print(f"{mark} {r['identifier']}  step={r['step']}  {metrics}")
+            tag = "  (best)" if r["identifier"] in best else ""
+            print(f"{mark} {r['identifier']}  step={r['step']}  {metrics}{tag}")
     elif args.command == "export":
         from superduper_transformers.checkpoint import CheckpointError
         from superduper_transformers.export import MANIFEST, ExportError, export_model

@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     sd_apply.console.quiet = True  # no deployment-plan panels on every checkpoint
 
     from superduper_transformers import LLM, LLMTrainer
-    from superduper_transformers.checkpoint import list_checkpoints
+    from superduper_transformers.checkpoint import best_of_model, list_checkpoints
     from superduper_transformers.store.datalayer import connect
 
     t0 = time.time()
@@ -156,6 +156,9 @@ def main(argv=None) -> None:
         eval_steps=max(args.steps // 4, 1),
         logging_steps=max(args.steps // 4, 1),
         save_total_limit=2,
+        # As in transformers, the trained model is the last checkpoint unless asked for the
+        # best: the demo keeps the one with the lowest loss on the paraphrased questions.
+        load_best_model_at_end=True,
         use_cpu=True,
         seed=0,
         **({} if args.precision == "auto" else {"bf16": args.precision == "bf16"}),
@@ -187,11 +190,13 @@ def main(argv=None) -> None:
     train_s = time.time() - t1
 
     print("\nCheckpoints stored in the database (pruned to save_total_limit=2, best kept):")
+    best = best_of_model(db, run)
     for r in list_checkpoints(db, run):
         m = r["metrics"]
         print(
             f"  {r['identifier']}: step {r['step']}, train loss {m.get('loss', float('nan')):.3f}, "
             f"eval loss {m.get('eval_loss', float('nan')):.3f}, {len(r['manifest'])} files"
+            + ("  (best: the model uses it)" if best and r["identifier"] == best["identifier"] else "")
         )
 
     # Forget the training folder and reload everything from the database.

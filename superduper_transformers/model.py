@@ -297,16 +297,40 @@ class LLM(Model):
             context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
         )
 
+    def validate(self, key, dataset, metrics) -> t.Dict[str, t.Any]:
+        """Generate an answer for every row of ``dataset`` and score it with each ``Metric``.
+
+        superduper's ``Model.validate`` maps rows by the signature it infers from
+        ``predict``, which reads ``**generate_kwargs`` as more positional inputs: each
+        prompt would arrive as a list. Here a prompt is one value, as ``predict`` takes it.
+
+        :param key: The ``Validation``'s key: ``(input column, target column)``, or one
+            column for both.
+        :param dataset: A superduper ``Dataset``.
+        :param metrics: superduper ``Metric``s, called as ``metric(predictions, targets)``
+            with the generations stripped of surrounding whitespace.
+        """
+        X, y = (key, key) if isinstance(key, str) else (key[0], key[-1])
+        rows = list(dataset.data)
+        predictions = [p.strip() for p in self.predict_batches([r[X] for r in rows])]
+        targets = [r[y] for r in rows]
+        return {m.identifier: m(predictions, targets) for m in metrics}
+
     @trigger("apply", depends="fit_in_db", requires="validation")
     def validate_in_db(self):
         """Run the validation metrics of ``validation`` (if any) and store them.
 
         Eval losses of every validation dataset are recorded during training already;
-        this runs user-defined ``Metric`` components on generated text.
+        this runs user-defined ``Metric`` components on generated text. ``fit`` does it
+        after training (``evaluation.validate_after_training``); a result stored there
+        is not computed again.
         """
         if self.validation is None or not self.validation.metrics:
             return
+        done = set(self.metric_values or {})
         for dataset in self.validation.datasets:
+            if f"{dataset.identifier}/{dataset.version}" in done:
+                continue
             results = self.validate(key=self.validation.key, dataset=dataset, metrics=self.validation.metrics)
             self.metric_values[f"{dataset.identifier}/{dataset.version}"] = results
         self.save()

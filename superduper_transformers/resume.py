@@ -58,6 +58,13 @@ CHANGES_THAT_RESUME = frozenset(
         "resume_from_db",
         "log_to_db",
         "on_data_change",
+        # Which checkpoint the model points at in the end, and what is observed or
+        # recorded on the side: none of it changes the optimisation of the steps done.
+        "load_best_model_at_end",
+        "callbacks",
+        "early_stopping_patience",
+        "early_stopping_threshold",
+        "record_generations",
     }
 )
 
@@ -191,7 +198,7 @@ def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
 
 
 def _changed_settings(run: TrainingRun, settings: t.Dict) -> t.List[str]:
-    keys = set(run.settings) | set(settings)
+    keys = (set(run.settings) | set(settings)) - CHANGES_THAT_RESUME  # rows stored before a key joined
     return sorted(k for k in keys if run.settings.get(k) != settings.get(k))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses as dc
 import functools
+import json
 import os
 import typing as t
 
@@ -216,6 +217,12 @@ class TrainSettings:
     :param precision: The resolved precision (trainer, QLoRA compute dtype, predict).
     :param gradient_checkpointing: As resolved in the ``SFTConfig``.
     :param log_to_db: Record checkpoints and metrics in the db during training.
+    :param callbacks: The user's ``TrainerCallback``s as ``(import path, kwargs as JSON)``
+        pairs, built where training runs.
+    :param early_stopping: ``(patience, threshold)`` of transformers' ``EarlyStoppingCallback``,
+        or None.
+    :param record_generations: Prompts of the first eval set to generate for at each
+        evaluation and record on the model (0: none).
     """
 
     lora: t.Optional[LoraSettings] = LoraSettings()
@@ -223,6 +230,9 @@ class TrainSettings:
     precision: Precision = Precision(FP32, "cpu", "default")
     gradient_checkpointing: bool = False
     log_to_db: bool = True
+    callbacks: t.Tuple[t.Tuple[str, str], ...] = ()
+    early_stopping: t.Optional[t.Tuple[int, float]] = None
+    record_generations: int = 0
 
     @classmethod
     def from_trainer(cls, trainer: t.Any, training_args: t.Any = None) -> TrainSettings:
@@ -253,12 +263,20 @@ class TrainSettings:
         else:
             precision = precision_for_trainer(trainer)
             checkpointing = bool(tk.get("gradient_checkpointing", False))
+        patience = getattr(trainer, "early_stopping_patience", None)
+        threshold = getattr(trainer, "early_stopping_threshold", None)
         return cls(
             lora=lora,
             bits=getattr(trainer, "bits", None),
             precision=precision,
             gradient_checkpointing=checkpointing,
             log_to_db=bool(getattr(trainer, "log_to_db", True)),
+            callbacks=tuple(
+                (c["class"], json.dumps(c.get("kwargs") or {}, sort_keys=True))
+                for c in getattr(trainer, "callbacks", None) or []
+            ),
+            early_stopping=(int(patience), float(threshold or 0.0)) if patience else None,
+            record_generations=int(getattr(trainer, "record_generations", None) or 0),
         )
 
 

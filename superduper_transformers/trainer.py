@@ -18,10 +18,11 @@ import weakref
 from superduper import logging
 from superduper.components.model import Trainer
 
-from superduper_transformers import lineage, resume
+from superduper_transformers import evaluation, lineage, resume
 from superduper_transformers import trainer_args as cfg
 from superduper_transformers.checkpoint import Checkpoint
 from superduper_transformers.hf import data
+from superduper_transformers.hf.callbacks import CallbackError, normalise_callbacks
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import check_model_path, load_tokenizer
 from superduper_transformers.launch.dispatch import check_devices, launch
@@ -55,6 +56,10 @@ class _LLMTrainerFields(Trainer):
     ray_configs: t.Optional[t.Dict] = None
     resume_from_db: str = "auto"
     on_data_change: str = "warn"
+    callbacks: t.Optional[t.List] = None
+    early_stopping_patience: t.Optional[int] = None
+    early_stopping_threshold: t.Optional[float] = None
+    record_generations: t.Optional[int] = None
 
 
 class LLMTrainer(_LLMTrainerFields):
@@ -89,6 +94,19 @@ class LLMTrainer(_LLMTrainerFields):
         (its ``data_fingerprint`` differs): ``"warn"`` resumes and logs what changed,
         ``"refuse"`` raises before anything is written, ``"restart"`` abandons the run
         and starts a fresh one.
+    :param callbacks: The user's transformers ``TrainerCallback``s, stored as JSON and built
+        where training runs (this process, every Ray worker): each an import path
+        ``"package.module:ClassName"``, a dict ``{"class": "package.module:ClassName",
+        "kwargs": {...}}`` with JSON keyword arguments, or an importable class. Instances
+        are refused: nothing of a trainer is pickled.
+    :param early_stopping_patience: Stop training after this many evaluations without
+        improvement of ``metric_for_best_model`` (transformers' ``EarlyStoppingCallback``);
+        None trains to ``max_steps``. Needs evaluation data.
+    :param early_stopping_threshold: How much ``metric_for_best_model`` must improve to count
+        as an improvement (default 0.0).
+    :param record_generations: At each evaluation, generate (greedy) for this many prompts of
+        the first eval set and record the prompt/generation/target triples on the model
+        (``metric_values['generations']``); None or 0 records none.
     """
 
     def __init__(self, identifier: str, *args, **kwargs):
@@ -110,6 +128,10 @@ class LLMTrainer(_LLMTrainerFields):
             # A trainer stored before the field existed: `migrate_component_tables` added
             # the column, NULL in its row. It behaves as it did then (warn and resume).
             self.on_data_change = "warn"
+        try:
+            self.callbacks = normalise_callbacks(self.callbacks)
+        except CallbackError as e:
+            raise cfg.ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
         try:
             self.ray_configs = plain_ray_configs(self.ray_configs)
         except RayConfigError as e:
@@ -193,10 +215,22 @@ class LLMTrainer(_LLMTrainerFields):
                 experiment_id=plan.experiment_id,
                 resume_from_checkpoint=plan.resume_from_checkpoint,
                 data_fingerprint=fingerprint,
+                generation_samples=evaluation.generation_samples(
+                    self.record_generations,
+                    eval_rows,
+                    X,
+                    y,
+                    tokenizer,
+                    model.prompt_template,
+                    self.setup_chat_format,
+                ),
             )
             check_devices(self.ray_configs, self.num_gpus)
             result = launch(job, db=db, llm=model, ray_configs=self.ray_configs)
-            resume.finish_run(db, model.identifier, plan.experiment_id)
+            try:  # the Validation's Metrics, on generations; a failing Metric leaves the run finished
+                evaluation.validate_after_training(model, db)
+            finally:
+                resume.finish_run(db, model.identifier, plan.experiment_id)
         # The job stores fit's return value as JSON: of a ray.train.Result, its metrics.
         return result.metrics if self.ray_configs is not None else result
 
@@ -246,6 +280,10 @@ def run_settings(model: LLM, trainer: LLMTrainer) -> t.Dict[str, t.Any]:
         "bits",
         "max_seq_length",
         "setup_chat_format",
+        "callbacks",
+        "early_stopping_patience",
+        "early_stopping_threshold",
+        "record_generations",
     ):
         settings[name] = getattr(trainer, name)
     settings.update(

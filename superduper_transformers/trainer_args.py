@@ -147,6 +147,7 @@ def validate_trainer(trainer: t.Any) -> None:
             f"`on_data_change` must be one of {VALID_ON_DATA_CHANGE}, got {trainer.on_data_change!r}: "
             "what to do when an interrupted run's training rows changed before it resumes."
         )
+    issues += _new_field_issues(trainer)
     if trainer.num_gpus is not None and (not isinstance(trainer.num_gpus, int) or trainer.num_gpus < 0):
         issues.append(f"`num_gpus` must be None or an integer >= 0, got {trainer.num_gpus!r}.")
     elif (trainer.num_gpus or 0) > 1 and trainer.ray_configs is None:
@@ -181,6 +182,125 @@ def validate_trainer(trainer: t.Any) -> None:
 
 def _is_number(value: t.Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: t.Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _new_field_issues(trainer: t.Any) -> t.List[str]:
+    """Early stopping and recorded generations (None: a row stored before they existed)."""
+    issues = []
+    patience = getattr(trainer, "early_stopping_patience", None)
+    threshold = getattr(trainer, "early_stopping_threshold", None)
+    if patience is not None and not (_is_int(patience) and patience >= 1):
+        issues.append(
+            f"`early_stopping_patience` must be None (no early stopping) or an integer >= 1 "
+            f"(evaluations without improvement before training stops), got {patience!r}."
+        )
+    if threshold is not None and not (_is_number(threshold) and threshold >= 0):
+        issues.append(f"`early_stopping_threshold` must be a number >= 0 (e.g. 0.01), got {threshold!r}.")
+    if threshold is not None and patience is None:
+        issues.append("`early_stopping_threshold` is set without `early_stopping_patience`: set both.")
+    n = getattr(trainer, "record_generations", None)
+    if n is not None and not (_is_int(n) and n >= 0):
+        issues.append(
+            f"`record_generations` must be None or an integer >= 0 (prompts generated for at each "
+            f"evaluation), got {n!r}."
+        )
+    return issues
+
+
+#: The package and the extra of this plugin that installs each tracker ``report_to`` may name.
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}
+
+
+def report_to_issues(report_to: t.Any) -> t.List[str]:
+    """``report_to`` names trackers transformers knows and that are installed here.
+
+    transformers only fails when the trainer is built (mid-``fit``); here the apply
+    is refused before it writes, naming the package and this plugin's extra.
+    """
+    from transformers.integrations import integration_utils as iu
+
+    if report_to is None or report_to in ("none", "all", ["none"], ["all"]):
+        return []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    issues = []
+    for name in names:
+        if name not in iu.INTEGRATION_TO_CALLBACK:
+            issues.append(
+                f"`report_to` names {name!r}, which transformers does not know: use 'none', 'all' "
+                f"or some of {sorted(iu.INTEGRATION_TO_CALLBACK)}."
+            )
+            continue
+        module = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}.get(name, name)
+        check = getattr(iu, f"is_{module}_available", None)
+        if check is not None and not check():
+            package, extra = TRACKERS.get(name, (name, None))
+            how = f"`pip install 'superduper_transformers[{extra}]'`" if extra else f"`pip install {package}`"
+            issues.append(
+                f"`report_to` names {name!r}, which needs the package `{package}`, not installed here: "
+                f"install it with {how}, or remove {name!r} from `report_to`."
+            )
+    return issues
+
+
+def runtime_issues(kwargs: t.Mapping[str, t.Any], trainer: t.Any, has_eval: bool) -> t.List[str]:
+    """Problems only visible with the data and the installed packages (at apply time)."""
+    from superduper_transformers.hf.callbacks import CallbackError, load_callback_class
+
+    issues = report_to_issues(kwargs.get("report_to"))
+    for entry in getattr(trainer, "callbacks", None) or []:
+        try:
+            load_callback_class(entry["class"])
+        except CallbackError as e:
+            issues.append(str(e))
+    if getattr(trainer, "early_stopping_patience", None) and not has_eval:
+        issues.append(
+            f"`early_stopping_patience={trainer.early_stopping_patience}` needs evaluation data (it "
+            "watches `metric_for_best_model`): insert rows with `_fold='valid'` or give the model "
+            "a `validation` with datasets."
+        )
+    if getattr(trainer, "early_stopping_patience", None) and str(kwargs.get("eval_strategy", "no")) in (
+        "no",
+        "IntervalStrategy.NO",
+    ):
+        issues.append(
+            f"`early_stopping_patience={trainer.early_stopping_patience}` needs evaluations: set "
+            "`eval_strategy='steps'` (with `eval_steps`) or `'epoch'`."
+        )
+    if kwargs.get("load_best_model_at_end") and has_eval:
+        issues += _best_model_alignment_issues(kwargs)
+    return issues
+
+
+def _best_model_alignment_issues(kwargs: t.Mapping[str, t.Any]) -> t.List[str]:
+    """transformers' rule for ``load_best_model_at_end``: a checkpoint at every evaluation."""
+    save = str(kwargs.get("save_strategy", "steps")).split(".")[-1].lower()
+    evaluate = str(kwargs.get("eval_strategy", "no")).split(".")[-1].lower()
+    if save == "best":
+        return []
+    if save != evaluate:
+        return [
+            f"`load_best_model_at_end=True` needs a checkpoint at every evaluation, but "
+            f"`save_strategy`={save!r} and `eval_strategy`={evaluate!r} differ: set both to 'steps' "
+            "(with `save_steps` a multiple of `eval_steps`) or both to 'epoch'."
+        ]
+    save_steps, eval_steps = kwargs.get("save_steps", 500), kwargs.get("eval_steps")
+    eval_steps = eval_steps or kwargs.get("logging_steps", 500)
+    if save == "steps" and _is_number(save_steps) and _is_number(eval_steps) and eval_steps > 0:
+        if save_steps >= 1 and eval_steps >= 1 and save_steps % eval_steps != 0:
+            return [
+                f"`load_best_model_at_end=True` needs a checkpoint at every evaluation: `save_steps`="
+                f"{save_steps} must be a multiple of `eval_steps`={eval_steps} (e.g. save_steps="
+                f"{eval_steps * max(1, round(save_steps / eval_steps))})."
+            ]
+    return []
 
 
 #: Numeric training settings: (name, kind, lower bound, inclusive, example of a valid value).
@@ -284,7 +404,8 @@ def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **override
     """Turn the trainer's settings into trl's ``SFTConfig``.
 
     Defaults differ from transformers' only where this plugin needs it:
-    ``report_to='none'`` (no third-party trackers are contacted), and datasets are
+    ``report_to='none'`` (transformers 5's default too: no tracker is contacted unless
+    the user names it; the db records the run in any case), and datasets are
     pre-tokenized by :func:`superduper_transformers.hf.data.tokenize`, so trl keeps our
     labels (prompt masked with -100) as they are.
 
@@ -316,6 +437,9 @@ def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **override
     if trainer.num_gpus == 0:
         kwargs["use_cpu"] = True
     kwargs.update(overrides)
+    issues = runtime_issues(kwargs, trainer, has_eval)
+    if issues:
+        raise ConfigError("Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues))
     # trl turns bf16 on by default, also on CPUs that only emulate it (20x slower):
     # the precision is resolved from the hardware unless the user set it.
     precision = precision_for(trainer)

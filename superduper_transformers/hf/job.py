@@ -27,6 +27,8 @@ class TrainJob:
         ``data_collator``, ``optimizers``, ``preprocess_logits_for_metrics``, ...).
     :param trainer_prepare_func: Applied to the built trainer before training.
     :param local_rank: This process's device index (a Ray worker's), for quantized loading.
+    :param generation_samples: Prompts (``{"set", "input", "prompt", "target",
+        "special_tokens"}``) generated for at each evaluation and recorded on the model.
     """
 
     training_args: t.Any
@@ -42,6 +44,7 @@ class TrainJob:
     trainer_kwargs: t.Dict[str, t.Any] = dc.field(default_factory=dict)
     trainer_prepare_func: t.Optional[t.Callable] = None
     local_rank: t.Optional[int] = None
+    generation_samples: t.List[t.Dict[str, t.Any]] = dc.field(default_factory=list)
 
     def __repr__(self) -> str:
         # Short on purpose: Ray records its train_loop_config (this job) with `str`, and

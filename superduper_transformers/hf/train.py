@@ -11,6 +11,7 @@ if t.TYPE_CHECKING:
     from datasets import Dataset
     from transformers import TrainingArguments
 
+from superduper_transformers.hf.callbacks import build_callbacks, early_stopping_callback
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import load_causal_lm, load_tokenizer
 from superduper_transformers.hf.lora import prepare_lora_training
@@ -35,6 +36,17 @@ def load_model_for_training(
         trainable, total = model.get_nb_trainable_parameters()
         logging.info(f"Trainable parameters: {trainable:,} of {total:,}")
     return model
+
+
+def settings_callbacks(settings: t.Optional[TrainSettings]) -> t.List[t.Any]:
+    """The callbacks the settings ask for, built here (this process or a Ray worker):
+    the user's (from their import paths), then early stopping."""
+    if settings is None:
+        return []
+    out = build_callbacks(settings.callbacks)
+    if settings.early_stopping is not None:
+        out.append(early_stopping_callback(*settings.early_stopping))
+    return out
 
 
 def run_job(job: TrainJob):
@@ -63,7 +75,9 @@ def run_job(job: TrainJob):
         train_dataset=job.train_dataset,
         eval_dataset=eval_datasets,
         processing_class=tokenizer,
-        callbacks=list(job.callbacks),
+        # The settings' first: early stopping decides in `on_evaluate` before the job's
+        # callbacks (the save of the last step, the db records) see that event.
+        callbacks=[*settings_callbacks(settings), *job.callbacks],
         **job.trainer_kwargs,
     )
     if job.trainer_prepare_func is not None:

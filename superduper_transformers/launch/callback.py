@@ -4,7 +4,8 @@ Each event does one job, on the main process (rank 0) only:
 ``on_save`` registers the checkpoint just written, appends the log entries since the
 previous save to the run's history and prunes the run's old checkpoints,
 ``on_evaluate`` records eval metrics on the model, ``on_train_end`` points the
-model at its best (else last) checkpoint.
+model at its last checkpoint, or at its best with ``load_best_model_at_end=True``
+(transformers' meaning of that setting; the best is kept and marked either way).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class LLMCallback(TrainerCallback):
         the run's id to keep checkpoints of a resumed or restarted run in one sequence).
     :param data_fingerprint: The fingerprint of the run's training data, recorded on each
         checkpoint (``TrainJob.data_fingerprint``).
+    :param generation_samples: Prompts to generate for at each evaluation, recorded on the
+        model (``TrainJob.generation_samples``).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class LLMCallback(TrainerCallback):
         llm: t.Optional[t.Any] = None,
         experiment_id: t.Optional[str] = None,
         data_fingerprint: t.Optional[t.Dict[str, t.Any]] = None,
+        generation_samples: t.Sequence[t.Dict[str, t.Any]] = (),
     ):
         if not ((db is not None and llm is not None) or (cfg is not None and identifier)):
             raise ValueError(
@@ -91,6 +95,8 @@ class LLMCallback(TrainerCallback):
         self.llm = llm
         self.experiment_id = experiment_id or uuid.uuid4().hex[:8]
         self.data_fingerprint = dict(data_fingerprint or {})
+        self.generation_samples = list(generation_samples)
+        self._generated_at: t.Optional[int] = None
         self._history_step = 0  # the step up to which the run's history is stored
 
     # -- connection -------------------------------------------------------
@@ -142,15 +148,23 @@ class LLMCallback(TrainerCallback):
         self._prune(args)
 
     def _prune(self, args) -> None:
-        rows = ckpts.list_checkpoints(self.db, self.identifier, self.run_id)
+        # Checkpoints an alias or a promotion points at are never pruned and do not
+        # count toward `save_total_limit`.
+        pinned = promote.protected_checkpoints(self.db, self.identifier)
+        rows = [
+            r
+            for r in ckpts.list_checkpoints(self.db, self.identifier, self.run_id)
+            if r["identifier"] not in pinned
+        ]
         metric, greater = best_metric_name(args)
-        # Checkpoints an alias or a promotion points at are kept, outside the limit.
-        protected = promote.protected_checkpoints(self.db, self.identifier)
-        doomed = ckpts.checkpoints_to_prune(rows, args.save_total_limit, metric, greater, protected)
-        kept = [r for r in rows if r not in doomed]
-        # The model must not point at a checkpoint about to be deleted.
+        # The model must not point at a checkpoint about to be deleted: the one it uses
+        # is protected, as the best is.
         current = getattr(self.llm.adapter_id, "identifier", None)
-        if current in {r["identifier"] for r in doomed}:
+        doomed = ckpts.checkpoints_to_prune(
+            rows, args.save_total_limit, metric, greater, protected=[current] if current else []
+        )
+        kept = [r for r in rows if r not in doomed]
+        if current in {r["identifier"] for r in doomed}:  # never, with `protected`: a safety net
             best = ckpts.best_checkpoint(kept, metric, greater) or kept[-1]
             self.llm.adapter_id = self.db.load("Checkpoint", best["identifier"])
             self.llm.save()
@@ -164,19 +178,51 @@ class LLMCallback(TrainerCallback):
         history is restored from the checkpoint, so the lists stay continuous (no restart,
         no evaluation counted twice).
         """
-        if not state.is_world_process_zero or not metrics or self._trainer_of_llm() is None:
+        if not state.is_world_process_zero or not metrics:
             return
-        trainer = self._trainer_of_llm()
-        kept = {k: v for k, v in (trainer.metric_values or {}).items() if not k.startswith("eval")}
-        trainer.metric_values = {**kept, **history.eval_metric_values(state.log_history)}
+        self._connect()
+        if self.llm.trainer is not None:
+            trainer = self.llm.trainer
+            kept = {k: v for k, v in (trainer.metric_values or {}).items() if not k.startswith("eval")}
+            trainer.metric_values = {**kept, **history.eval_metric_values(state.log_history)}
+        if self.generation_samples and self._generated_at != state.global_step:
+            self._generated_at = state.global_step  # once per evaluation, not per eval set
+            self._record_generations(state.global_step, kwargs.get("model"), kwargs.get("processing_class"))
         self.llm.save()
 
-    def _trainer_of_llm(self):
-        self._connect()
-        return self.llm.trainer
+    def _record_generations(self, step: int, model, tokenizer) -> None:
+        """Append ``{"step", "set", "input", "generation", "target"}`` per sample prompt to
+        ``metric_values['generations']`` of the model."""
+        from superduper_transformers.hf.generate import generate_texts
+
+        samples = self.generation_samples
+        settings = self.llm.generate_kwargs() if hasattr(self.llm, "generate_kwargs") else {}
+        texts = generate_texts(
+            model,
+            tokenizer,
+            [s["prompt"] for s in samples],
+            add_special_tokens=samples[0]["special_tokens"],
+            **{**settings, "do_sample": False, "num_beams": 1},
+        )
+        recorded = self.llm.metric_values.setdefault("generations", [])
+        for s, text in zip(samples, texts):
+            recorded.append(
+                {
+                    "step": step,
+                    "set": s["set"],
+                    "input": s["input"],
+                    "generation": text,
+                    "target": s["target"],
+                }
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
-        """Point the model at the run's best checkpoint (else its last)."""
+        """Point the model at the run's last checkpoint, or its best with ``load_best_model_at_end``.
+
+        As in transformers: the trained model is the last one unless the user asked for
+        the best. Then prune again: with the best in use, the last may go (as
+        transformers' ``save_total_limit=1`` keeps only the best at the end).
+        """
         if not state.is_world_process_zero:
             return
         self._connect()
@@ -184,10 +230,13 @@ class LLMCallback(TrainerCallback):
         if not rows:
             return
         metric, greater = best_metric_name(args)
-        chosen = ckpts.best_checkpoint(rows, metric, greater) or rows[-1]
+        best = ckpts.best_checkpoint(rows, metric, greater)
+        chosen = best if args.load_best_model_at_end and best is not None else rows[-1]
         self.llm.adapter_id = self.db.load("Checkpoint", chosen["identifier"])
         self.llm.save()
-        logging.info(f"{self.identifier}: adapter set to checkpoint {chosen['identifier']}")
+        self._prune(args)
+        which = "best" if args.load_best_model_at_end and best is not None else "last"
+        logging.info(f"{self.identifier}: adapter set to the {which} checkpoint {chosen['identifier']}")
 
 
 def register_final_checkpoint(
@@ -196,47 +245,76 @@ def register_final_checkpoint(
     folder: str,
     experiment_id: str,
     data_fingerprint: t.Optional[t.Dict[str, t.Any]] = None,
+    load_best: bool = False,
 ):
     """Register the HF checkpoint ``folder`` (the end of a run) and point ``llm`` at it.
 
     For runs recorded only at the end: a Ray run with ``log_to_db=False``
-    (``handle_ray_results``) and a local one likewise.
+    (``handle_ray_results``) and a local one likewise. With ``load_best`` the run's best
+    checkpoint (``best_model_checkpoint`` in its trainer state) is registered too, when its
+    folder is still there, and ``llm`` points at it.
 
     :param db: The datalayer.
     :param llm: The trained ``LLM``.
     :param folder: An HF checkpoint folder (with ``trainer_state.json``).
     :param experiment_id: The run's identifier.
     :param data_fingerprint: The fingerprint of the run's training data (lineage).
-    :return: the registered ``Checkpoint``.
+    :param load_best: ``load_best_model_at_end`` of the run.
+    :return: the ``Checkpoint`` the model points at.
     """
-    with open(os.path.join(folder, "trainer_state.json")) as f:
-        state = json.load(f)
-    ckpt = ckpts.register_checkpoint(
-        db,
-        model=llm.identifier,
-        experiment_id=experiment_id,
-        path=folder,
-        step=state["global_step"],
-        metrics=latest_metrics(state.get("log_history", []), state["global_step"]),
-        data_fingerprint=data_fingerprint,
-    )
-    llm.adapter_id = ckpt
+    state = _trainer_state(folder)
+    folders = [folder]
+    best = state.get("best_model_checkpoint")
+    if load_best and best:
+        if os.path.isdir(best) and os.path.abspath(best) != os.path.abspath(folder):
+            folders.insert(0, best)
+        elif not os.path.isdir(best):
+            logging.warn(
+                f"{llm.identifier}: the best checkpoint {best} is not on this machine; "
+                "the model points at the last one."
+            )
+    for path in folders:
+        step_state = _trainer_state(path)
+        ckpt = ckpts.register_checkpoint(
+            db,
+            model=llm.identifier,
+            experiment_id=experiment_id,
+            path=path,
+            step=step_state["global_step"],
+            metrics=latest_metrics(state.get("log_history", []), step_state["global_step"]),
+            data_fingerprint=data_fingerprint,
+        )
+        if path == folders[0]:
+            chosen = ckpt
+    llm.adapter_id = chosen
     llm.save()
     history.record_history(
         db, llm.identifier, experiment_id, state.get("log_history", []), 0, state["global_step"]
     )
-    return ckpt
+    return chosen
+
+
+def _trainer_state(folder: str) -> t.Dict[str, t.Any]:
+    with open(os.path.join(folder, "trainer_state.json")) as f:
+        return json.load(f)
 
 
 class SaveTheLastStep(TrainerCallback):
     """Save at the last step, whatever the save schedule says.
 
-    With ``save_strategy="no"`` (or ``save_steps`` that do not divide ``max_steps``) the
-    HF trainer never saves the final weights, and a training recorded in the db would
-    leave nothing behind: the run would be ``finished`` with its weights lost.
+    With ``save_strategy="no"`` (or ``save_steps`` that do not divide ``max_steps``, or an
+    early stop) the HF trainer never saves the final weights, and a training recorded in
+    the db would leave nothing behind: the run would be ``finished`` with its weights lost.
     """
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True
+        return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # Early stopping decides in `on_evaluate` (its callback runs before this one),
+        # before the trainer's save of this step: the step it stops at is saved too.
+        if control.should_training_stop:
             control.should_save = True
         return control

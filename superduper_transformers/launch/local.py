@@ -32,7 +32,11 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
     if recording and log_to_db:
         callbacks.append(
             LLMCallback(
-                db=db, llm=llm, experiment_id=job.experiment_id, data_fingerprint=job.data_fingerprint
+                db=db,
+                llm=llm,
+                experiment_id=job.experiment_id,
+                data_fingerprint=job.data_fingerprint,
+                generation_samples=job.generation_samples,
             )
         )
     job = dc.replace(job, callbacks=[*job.callbacks, *callbacks])
@@ -43,6 +47,11 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
             # Recorded at the end only, as a Ray run with log_to_db=False is.
             last = get_last_checkpoint(job.training_args.output_dir)
             register_final_checkpoint(
-                db, llm, last, job.experiment_id or "local", data_fingerprint=job.data_fingerprint
+                db,
+                llm,
+                last,
+                job.experiment_id or "local",
+                data_fingerprint=job.data_fingerprint,
+                load_best=bool(job.training_args.load_best_model_at_end),
             )
     return output

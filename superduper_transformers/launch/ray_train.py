@@ -165,7 +165,12 @@ def ray_train(
     logging.info(f"Ray run {experiment_id} finished; results in {result.path}")
     if recording and not log_to_db:
         return handle_ray_results(
-            db, llm, result, experiment_id=experiment_id, data_fingerprint=job.data_fingerprint
+            db,
+            llm,
+            result,
+            experiment_id=experiment_id,
+            data_fingerprint=job.data_fingerprint,
+            load_best=bool(getattr(job.training_args, "load_best_model_at_end", False)),
         )
     if recording:
         _refresh(db, llm)
@@ -173,12 +178,13 @@ def ray_train(
 
 
 def _refresh(db: Datalayer, llm: t.Any) -> None:
-    """Copy what rank 0 stored (adapter, metrics) into the driver's ``llm``.
+    """Copy what rank 0 stored (adapter, metrics, generations) into the driver's ``llm``.
 
     Without it a later ``llm.save()`` in this process would write back the stale copy.
     """
     stored = db.load("LLM", llm.identifier)
     llm.adapter_id = stored.adapter_id
+    llm.metric_values = stored.metric_values  # e.g. the generations recorded at evaluations
     if llm.trainer is not None and stored.trainer is not None:
         llm.trainer.metric_values = stored.trainer.metric_values
 
@@ -205,6 +211,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
                 identifier=loop["identifier"],
                 experiment_id=job.experiment_id,
                 data_fingerprint=job.data_fingerprint,
+                generation_samples=job.generation_samples,
             )
         )
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
@@ -237,6 +244,7 @@ def handle_ray_results(
     results,
     experiment_id: t.Optional[str] = None,
     data_fingerprint: t.Optional[t.Dict[str, t.Any]] = None,
+    load_best: bool = False,
 ):
     """Register the final checkpoint of a Ray run and point ``llm`` at it.
 
@@ -248,6 +256,8 @@ def handle_ray_results(
     :param results: The ``ray.train.Result`` of ``TorchTrainer.fit()``.
     :param experiment_id: The run's identifier (default: the Ray run's name).
     :param data_fingerprint: The fingerprint of the run's training data (lineage).
+    :param load_best: ``load_best_model_at_end`` of the run: point ``llm`` at the run's
+        best checkpoint (when its folder is on this machine) instead of the last.
     :return: ``results``.
     """
     if db is None or llm is None:
@@ -265,6 +275,11 @@ def handle_ray_results(
         local = results.checkpoint.to_directory(os.path.join(tmp, "ray"))
         folder = os.path.join(local, "checkpoint")  # RayTrainReportCallback's layout
         register_final_checkpoint(
-            db, llm, folder if os.path.isdir(folder) else local, experiment_id, data_fingerprint
+            db,
+            llm,
+            folder if os.path.isdir(folder) else local,
+            experiment_id,
+            data_fingerprint,
+            load_best=load_best,
         )
     return results

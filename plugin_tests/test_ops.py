@@ -16,7 +16,6 @@ from plugin_tests import fixtures
 from superduper_transformers import cli, promote, resume
 from superduper_transformers.checkpoint import (
     CheckpointError,
-    checkpoints_to_prune,
     list_checkpoints,
     load_checkpoint,
     register_checkpoint,
@@ -116,12 +115,8 @@ def test_pruning_kept_the_aliased_checkpoint_outside_the_limit(trained):
     assert 10 in steps and STEPS in steps
     assert len(steps) == LIMIT + 1, steps  # the limit counts the unprotected ones
     assert promote.resolve_alias(db, "tiny", "prod").step == 10
-
-
-def test_checkpoints_to_prune_never_returns_a_protected_one():
-    rows = [{"identifier": f"c{s}", "step": s, "metrics": {"eval_loss": 10 - s}} for s in range(1, 6)]
-    assert [r["step"] for r in checkpoints_to_prune(rows, 2, "eval_loss", False)] == [1, 2, 3]
-    assert [r["step"] for r in checkpoints_to_prune(rows, 2, "eval_loss", False, {"c1", "c3"})] == [2]
+    ten = promote.resolve_alias(db, "tiny", "prod").identifier
+    assert ten in promote.protected_checkpoints(db, "tiny")
 
 
 def test_plot_draws_the_loss_and_every_eval_metric_per_eval_set(trained, tmp_path):

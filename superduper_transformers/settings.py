@@ -183,6 +183,44 @@ def training_device(use_cpu: bool, num_gpus: t.Optional[int], ray_use_gpu: t.Opt
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: How examples are laid out in a batch: padded to the longest, flattened into one
+#: sequence without padding (position ids restart per example), or packed into
+#: ``max_seq_length`` bins (trl's best-fit-decreasing, then flattened the same way).
+PADDED, PADDING_FREE, PACKED = "padded", "padding_free", "packed"
+
+
+@dc.dataclass(frozen=True)
+class Batching:
+    """The batch layout of a training, and whether the user chose it.
+
+    :param mode: ``padded``, ``padding_free`` (the default) or ``packed``.
+    :param explicit: The user set ``packing`` or ``padding_free``. A default layout falls
+        back to padding when the model cannot keep flattened examples apart; a user's
+        choice is kept (with a warning).
+    """
+
+    mode: str = PADDED
+    explicit: bool = False
+
+
+def resolve_batching(training_kwargs: t.Optional[t.Mapping[str, t.Any]]) -> Batching:
+    """The batch layout from an ``LLMTrainer``'s ``training_kwargs``.
+
+    ``packing=True`` packs; ``padding_free=True`` flattens each batch; either one set to
+    False (and no other) pads. Neither given: padding-free, which trains on the same
+    examples per step as padding (same steps, same loss) without computing on pad tokens.
+
+    :param training_kwargs: The trainer's ``SFTConfig`` keywords.
+    """
+    tk = training_kwargs or {}
+    explicit = "packing" in tk or "padding_free" in tk
+    if tk.get("packing"):
+        return Batching(PACKED, True)
+    if tk.get("padding_free"):
+        return Batching(PADDING_FREE, True)
+    return Batching(PADDED, True) if explicit else Batching(PADDING_FREE, False)
+
+
 @dc.dataclass(frozen=True)
 class LoraSettings:
     """What peft's ``LoraConfig`` is built from.
@@ -216,6 +254,7 @@ class TrainSettings:
     :param precision: The resolved precision (trainer, QLoRA compute dtype, predict).
     :param gradient_checkpointing: As resolved in the ``SFTConfig``.
     :param log_to_db: Record checkpoints and metrics in the db during training.
+    :param batching: The batch layout (:func:`resolve_batching`).
     """
 
     lora: t.Optional[LoraSettings] = LoraSettings()
@@ -223,6 +262,7 @@ class TrainSettings:
     precision: Precision = Precision(FP32, "cpu", "default")
     gradient_checkpointing: bool = False
     log_to_db: bool = True
+    batching: Batching = Batching()
 
     @classmethod
     def from_trainer(cls, trainer: t.Any, training_args: t.Any = None) -> TrainSettings:
@@ -259,6 +299,7 @@ class TrainSettings:
             precision=precision,
             gradient_checkpointing=checkpointing,
             log_to_db=bool(getattr(trainer, "log_to_db", True)),
+            batching=resolve_batching(tk),
         )
 
 

@@ -130,6 +130,10 @@ class LLMCallback(TrainerCallback):
         self._prune(args)
 
     def _prune(self, args) -> None:
+        if args.save_total_limit is None:
+            # Every checkpoint is kept: reading the run's rows (one more at each save)
+            # would make each save cost more than the one before.
+            return
         rows = ckpts.list_checkpoints(self.db, self.identifier, self.run_id)
         metric, greater = best_metric_name(args)
         doomed = ckpts.checkpoints_to_prune(rows, args.save_total_limit, metric, greater)

@@ -12,8 +12,10 @@ Row lengths follow a lognormal distribution (most rows short, a few long), as ch
 instruction data do. *Useful* tokens are the tokens of the rows, never padding; each arm
 counts those it trains on. Reported: useful tokens/s of each arm and their ratios to the
 padded arm, and the loss: padded and padding-free see the same rows at every step, so
-their losses must agree step by step; the packed arm sees more rows per step, so its loss
-is compared at the same count of tokens trained on.
+their losses must agree step by step. A packed step holds whole sequences of
+``max_seq_length`` tokens, so the packed arm takes ``batch x mean row length / max_seq_length``
+sequences per step (about as many tokens per step as the others); its loss is compared at
+the same count of tokens trained on.
 
 Run: ``python benchmarks/packing.py [--size tiny|small|1b] [--steps N]``.
 """
@@ -37,7 +39,7 @@ from benchmarks.overhead import SIZES, build_model  # noqa: E402
 ARMS = {"padded": {"padding_free": False}, "padding_free": {}, "packed": {"packing": True}}
 
 
-def lognormal_rows(n: int, max_len: int, median: int = 24, sigma: float = 0.9):
+def lognormal_rows(n: int, max_len: int, median: int = 24, sigma: float = 1.0):
     """``n`` rows whose prompt and completion lengths (in byte tokens) are lognormal."""
     import math
     import random
@@ -170,9 +172,15 @@ def main():
         build_model(model_dir, args.size)
         # warm-up (CUDA context, kernels, first-call costs) that no arm pays
         run_arm(model_dir, rows, {**settings, "max_steps": 2}, ARMS["padded"], seq, os.path.join(tmp, "w"))
+        # A packed step holds `batch` full sequences of `seq` tokens; to train on about
+        # as many tokens per step (so the same steps compare), the packed arm takes
+        # fewer sequences: batch x mean row length / seq.
+        mean_len = sum(len(x["x"]) + len(x["y"]) + 1 for x in rows) / len(rows)
+        packed_batch = max(1, round(batch * mean_len / seq))
         for name, layout in ARMS.items():
+            arm = {**settings, "per_device_train_batch_size": packed_batch} if name == "packed" else settings
             seconds, per_step, losses, computed = run_arm(
-                model_dir, rows, settings, layout, seq, os.path.join(tmp, name)
+                model_dir, rows, arm, layout, seq, os.path.join(tmp, name)
             )
             results[name] = dict(seconds=seconds, per_step=per_step, losses=losses, computed=computed)
     padded = results["padded"]
@@ -182,6 +190,7 @@ def main():
         "size": args.size,
         "steps": args.steps,
         "batch": batch,
+        "packed_batch": packed_batch,
         "max_seq_length": seq,
     }
     for name, r in results.items():

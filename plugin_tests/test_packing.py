@@ -134,3 +134,35 @@ def test_packed_training_learns_the_facts(db, tiny_model_dir, tmp_path):
     db.apply(llm, force=True)
     trained = db.load("LLM", "tiny")
     assert before <= 2 and fixtures.answered(trained) >= 26
+
+
+def test_the_probe_leaves_a_4bit_model_training_as_before(tiny_model_dir, tmp_path, db):
+    """bitsandbytes repacks 4-bit weights for inference at a CPU forward without grad (on
+    AVX-512-BF16 CPUs), and QLoRA then learned far less: the probe must not trigger it."""
+    import torch
+    from trl import SFTTrainer
+
+    from superduper_transformers.hf import data
+    from superduper_transformers.hf.loading import load_tokenizer
+    from superduper_transformers.hf.packing import examples_kept_apart
+    from superduper_transformers.hf.train import load_model_for_training
+    from superduper_transformers.settings import TrainSettings
+    from superduper_transformers.trainer_args import build_sft_config
+
+    trainer = _trainer(db, bits=4, lora_dropout=0.0, max_seq_length=64)
+    args = build_sft_config(trainer, str(tmp_path / "out"), has_eval=False)
+    tokenizer = load_tokenizer({"pretrained_model_name_or_path": tiny_model_dir})
+    dataset = data.build_dataset(tokenizer, [{"x": p, "y": c} for p, c in fixtures.FACTS], "x", "y", 64)
+
+    def first_gradient(probe: bool):
+        torch.manual_seed(0)
+        kwargs = {"pretrained_model_name_or_path": tiny_model_dir}
+        model = load_model_for_training(kwargs, TrainSettings.from_trainer(trainer, args))
+        if probe:
+            assert examples_kept_apart(model)[0]
+        sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        model.train()
+        sft.compute_loss(model, dict(next(iter(sft.get_train_dataloader())))).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    torch.testing.assert_close(first_gradient(probe=True), first_gradient(probe=False))

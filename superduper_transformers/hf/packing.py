@@ -60,14 +60,18 @@ def examples_kept_apart(model) -> t.Tuple[bool, str]:
         batch = collate([{"input_ids": ids} for ids in examples])
         batch.pop("labels")
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        # Activations that require grad, as in training: on a CPU with AVX-512-BF16,
+        # bitsandbytes repacks 4-bit weights for inference at the first forward without
+        # them, and training on the repacked weights learns far less.
+        embeds = embeddings(batch.pop("input_ids")).detach().requires_grad_(True)
         # No cache, as trl trains: with one, transformers skips the packed-sequence mask.
-        return model(**batch, use_cache=False).logits[:, -len(b) :].float()
+        out = model(inputs_embeds=embeds, **batch, use_cache=False)
+        return out.logits[:, -len(b) :].detach().float()
 
     was_training = model.training
     model.eval()  # no dropout: the two passes must be comparable
     try:
-        with torch.no_grad():
-            alone, packed = logits([b]), logits([a, b])
+        alone, packed = logits([b]), logits([a, b])
     except (TypeError, ValueError, RuntimeError) as e:
         return False, f"the model cannot run a flattened batch ({type(e).__name__}: {e})"
     finally:

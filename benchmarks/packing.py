@@ -185,6 +185,8 @@ def main():
             results[name] = dict(seconds=seconds, per_step=per_step, losses=losses, computed=computed)
     padded = results["padded"]
     tokens = sum(padded["per_step"])
+    # The loss of every arm after as many tokens as the arm that trained on fewest saw.
+    common = min(sum(r["per_step"]) for r in results.values())
     summary = {
         "device": torch.cuda.get_device_name() if gpu else "cpu",
         "size": args.size,
@@ -192,6 +194,7 @@ def main():
         "batch": batch,
         "packed_batch": packed_batch,
         "max_seq_length": seq,
+        "common_tokens": common,
     }
     for name, r in results.items():
         useful = sum(r["per_step"])
@@ -202,10 +205,8 @@ def main():
             "useful_tokens_per_s": round(useful / r["seconds"], 1),
             "over_padded_tokens_per_s": round((useful / r["seconds"]) / (tokens / padded["seconds"]), 2),
             "final_loss": round(sum(r["losses"][-5:]) / len(r["losses"][-5:]), 4),
-            "loss_at_padded_tokens": round(
-                loss_at_tokens(r["per_step"], r["losses"], tokens) or float("nan"), 4
-            ),
-            "loss_at_half_padded_tokens": round(loss_at_tokens(r["per_step"], r["losses"], tokens / 2), 4),
+            "loss_at_common_tokens": round(loss_at_tokens(r["per_step"], r["losses"], common), 4),
+            "loss_at_half_common_tokens": round(loss_at_tokens(r["per_step"], r["losses"], common / 2), 4),
         }
     # Same rows at every step: the largest per-step loss difference is float noise.
     pairs = zip(results["padded"]["losses"], results["padding_free"]["losses"])

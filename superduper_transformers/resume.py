@@ -41,7 +41,8 @@ if t.TYPE_CHECKING:
 RUNNING, FINISHED, ABANDONED = "running", "finished", "abandoned"
 
 #: Settings that may differ between an interrupted run and the training that resumes it:
-#: bookkeeping, and the length of training (the schedule is rebuilt from the new length).
+#: bookkeeping, the length of training (the schedule is rebuilt from the new length), and
+#: the batch layout where it keeps the examples of each step (not ``packing``).
 #: Any other change (learning rate, LoRA rank, model, ...) starts a fresh run instead.
 CHANGES_THAT_RESUME = frozenset(
     {
@@ -65,6 +66,8 @@ CHANGES_THAT_RESUME = frozenset(
         "early_stopping_patience",
         "early_stopping_threshold",
         "record_generations",
+        # Padded or padding-free: the same examples per step, the same loss.
+        "padding_free",
     }
 )
 

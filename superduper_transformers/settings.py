@@ -184,6 +184,44 @@ def training_device(use_cpu: bool, num_gpus: t.Optional[int], ray_use_gpu: t.Opt
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: How examples are laid out in a batch: padded to the longest, flattened into one
+#: sequence without padding (position ids restart per example), or packed into
+#: ``max_seq_length`` bins (trl's best-fit-decreasing, then flattened the same way).
+PADDED, PADDING_FREE, PACKED = "padded", "padding_free", "packed"
+
+
+@dc.dataclass(frozen=True)
+class Batching:
+    """The batch layout of a training, and whether the user chose it.
+
+    :param mode: ``padded``, ``padding_free`` (the default) or ``packed``.
+    :param explicit: The user set ``packing`` or ``padding_free``. A default layout falls
+        back to padding when the model cannot keep flattened examples apart; a user's
+        choice is kept (with a warning).
+    """
+
+    mode: str = PADDED
+    explicit: bool = False
+
+
+def resolve_batching(training_kwargs: t.Optional[t.Mapping[str, t.Any]]) -> Batching:
+    """The batch layout from an ``LLMTrainer``'s ``training_kwargs``.
+
+    ``packing=True`` packs; ``padding_free=True`` flattens each batch; either one set to
+    False (and no other) pads. Neither given: padding-free, which trains on the same
+    examples per step as padding (same steps, same loss) without computing on pad tokens.
+
+    :param training_kwargs: The trainer's ``SFTConfig`` keywords.
+    """
+    tk = training_kwargs or {}
+    explicit = "packing" in tk or "padding_free" in tk
+    if tk.get("packing"):
+        return Batching(PACKED, True)
+    if tk.get("padding_free"):
+        return Batching(PADDING_FREE, True)
+    return Batching(PADDED, True) if explicit else Batching(PADDING_FREE, False)
+
+
 @dc.dataclass(frozen=True)
 class LoraSettings:
     """What peft's ``LoraConfig`` is built from.
@@ -223,6 +261,7 @@ class TrainSettings:
         or None.
     :param record_generations: Prompts of the first eval set to generate for at each
         evaluation and record on the model (0: none).
+    :param batching: The batch layout (:func:`resolve_batching`).
     """
 
     lora: t.Optional[LoraSettings] = LoraSettings()
@@ -233,6 +272,7 @@ class TrainSettings:
     callbacks: t.Tuple[t.Tuple[str, str], ...] = ()
     early_stopping: t.Optional[t.Tuple[int, float]] = None
     record_generations: int = 0
+    batching: Batching = Batching()
 
     @classmethod
     def from_trainer(cls, trainer: t.Any, training_args: t.Any = None) -> TrainSettings:
@@ -277,6 +317,7 @@ class TrainSettings:
             ),
             early_stopping=(int(patience), float(threshold or 0.0)) if patience else None,
             record_generations=int(getattr(trainer, "record_generations", None) or 0),
+            batching=resolve_batching(tk),
         )
 
 

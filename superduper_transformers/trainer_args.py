@@ -140,6 +140,11 @@ def validate_trainer(trainer: t.Any) -> None:
             "`bf16=True` and `fp16=True` were both given: choose one, or neither to let the "
             "plugin choose from the hardware (bf16 where it is native, else fp32 on the CPU)."
         )
+    if tk.get("packing") and not trainer.max_seq_length:
+        issues.append(
+            f"`packing=True` needs `max_seq_length` (the length of a packed sequence), got "
+            f"{trainer.max_seq_length!r}: set it, e.g. `max_seq_length=512`, or drop `packing`."
+        )
     if trainer.resume_from_db not in VALID_RESUME:
         issues.append(f"`resume_from_db` must be one of {VALID_RESUME}, got {trainer.resume_from_db!r}.")
     if trainer.on_data_change not in VALID_ON_DATA_CHANGE:
@@ -405,9 +410,11 @@ def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **override
 
     Defaults differ from transformers' only where this plugin needs it:
     ``report_to='none'`` (transformers 5's default too: no tracker is contacted unless
-    the user names it; the db records the run in any case), and datasets are
+    the user names it; the db records the run in any case); padding-free batches
+    unless ``packing`` or ``padding_free`` is given (:func:`settings.resolve_batching`;
+    the model is checked before training, :mod:`.hf.packing`); and datasets are
     pre-tokenized by :func:`superduper_transformers.hf.data.tokenize`, so trl keeps our
-    labels (prompt masked with -100) as they are.
+    labels (prompt masked with -100) as they are, also when it packs them.
 
     :param trainer: The trainer component.
     :param output_dir: Folder where the HF trainer writes its checkpoints.
@@ -420,6 +427,10 @@ def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **override
     kwargs.update(trainer.training_kwargs or {})
     kwargs["output_dir"] = output_dir
     kwargs["max_length"] = trainer.max_seq_length
+    if resolved.resolve_batching(trainer.training_kwargs).mode == resolved.PADDING_FREE:
+        # Rows are cut to `max_seq_length` when tokenized; trl refuses a `max_length`
+        # with padding-free batches that are not packed (it would not enforce it).
+        kwargs.update(padding_free=True, max_length=None)
     kwargs.setdefault("gradient_checkpointing", False)
     if not has_eval:
         if str(kwargs.get("eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):

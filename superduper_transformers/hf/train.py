@@ -15,6 +15,7 @@ from superduper_transformers.hf.callbacks import build_callbacks, early_stopping
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import load_causal_lm, load_tokenizer
 from superduper_transformers.hf.lora import prepare_lora_training
+from superduper_transformers.hf.packing import keep_examples_apart
 from superduper_transformers.hf.quantization import (
     create_quantization_config,
     device_map_for_quantized,
@@ -66,12 +67,15 @@ def run_job(job: TrainJob):
         # The trainer's arguments are the resolved truth for precision.
         settings = dc.replace(settings, precision=precision_of(job.training_args))
     model = load_model_for_training(job.model_kwargs, settings, job.local_rank)
+    # Without settings the arguments are the caller's own: their layout is kept.
+    explicit = settings is None or settings.batching.explicit
+    training_args = keep_examples_apart(model, job.training_args, explicit)
     eval_datasets = job.eval_datasets
     if isinstance(eval_datasets, dict) and not eval_datasets:
         eval_datasets = None
     trainer = SFTTrainer(
         model=model,
-        args=job.training_args,
+        args=training_args,
         train_dataset=job.train_dataset,
         eval_dataset=eval_datasets,
         processing_class=tokenizer,

@@ -148,6 +148,10 @@ class LLMCallback(TrainerCallback):
         self._prune(args)
 
     def _prune(self, args) -> None:
+        if args.save_total_limit is None:
+            # Every checkpoint is kept: reading the run's rows (one more at each save)
+            # would make each save cost more than the one before.
+            return
         # Checkpoints an alias or a promotion points at are never pruned and do not
         # count toward `save_total_limit`.
         pinned = promote.protected_checkpoints(self.db, self.identifier)

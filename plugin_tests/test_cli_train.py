@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def test_a_bad_config_reports_every_problem_at_once_and_runs_nothing(tmp_path, d
     assert code == 2 and "must be a mapping" in err
 
 
-def test_import_data_writes_folds_and_refuses_bad_files(tmp_path, data_dir, capsys):
+def test_import_data_writes_folds_and_refuses_bad_files(tmp_path, data_dir, tiny_model_dir, capsys):
     jsonl = write_facts(tmp_path / "rows.jsonl", [{"x": p, "y": c} for p, c in fixtures.FACTS])
     code, out, err = run_cli(
         capsys, "--data", data_dir, "import-data", jsonl, "--table", "facts", "--valid-fraction", "0.25"
@@ -126,6 +127,15 @@ def test_import_data_writes_folds_and_refuses_bad_files(tmp_path, data_dir, caps
     assert code == 2 and "no such file" in err
     assert "Traceback" not in err
     assert len(list(db["facts"].select().execute())) == 32  # nothing of the bad files went in
+
+    # A config reads the table, filtered: `--check` counts the rows it would train on.
+    check = ["--data", data_dir, "train", "--check", EXAMPLE, f"model.model_name_or_path={tiny_model_dir}"]
+    train, valid = (sum(r["_fold"] == f and r["y"] == "6" for r in rows) for f in ("train", "valid"))
+    code, out, err = run_cli(capsys, *check, "data.filter={y: '6'}")
+    assert code == 0, err
+    assert f"the config and the data are fine: {train} training rows, {valid} validation rows" in out
+    code, out, err = run_cli(capsys, *check, "data.filter={lang: en}")
+    assert code == 2 and "`data.filter` names column(s) ['lang'] that the table `facts` lacks" in err
 
 
 def _status(capsys, data_dir, model):
@@ -205,3 +215,84 @@ def test_train_is_watched_from_another_process_stopped_with_ctrl_c_and_resumed(
     # and a second identical command does not overwrite the trained model
     code, out, _ = run_cli(capsys, *argv)
     assert code == 0 and out.startswith("Nothing to train: tiny-lora was trained with these settings")
+
+
+def _tmux(*args) -> str:
+    return subprocess.run(
+        ["tmux", "-L", "sdt-test", *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _wait_for(window: str, pattern: str, timeout: float = 600) -> re.Match:
+    """Wait until the pane shows ``pattern`` (joined lines); return the last match."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        screen = _tmux("capture-pane", "-p", "-J", "-S", "-2000", "-t", window)
+        found = list(re.finditer(pattern, screen))
+        if found:
+            return found[-1]
+        time.sleep(0.5)
+    raise AssertionError(f"{pattern!r} never appeared in {window}:\n{screen[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (apt-get install tmux)")
+def test_in_a_terminal_train_shows_progress_stops_on_ctrl_c_and_resumes(
+    tmp_path, data_dir, tiny_model_dir, capsys
+):
+    """As a user in a terminal: a progress bar, `status --watch` in a second window,
+    Ctrl-C, the printed command resumes the run."""
+    code, _, err = run_cli(
+        capsys, "--data", data_dir, "import-data", write_facts(tmp_path / "f.jsonl"), "--table", "facts"
+    )
+    assert code == 0, err
+    prog = f"env PYTHONPATH={ROOT} OMP_NUM_THREADS=1 {sys.executable} -m superduper_transformers"
+    # longer than the example: time to watch it, even on a loaded machine
+    train = (
+        f"{prog} --data {data_dir} train {EXAMPLE} model.model_name_or_path={tiny_model_dir} "
+        "trainer.max_steps=480"
+    )
+    _tmux("kill-server") if subprocess.run(
+        ["tmux", "-L", "sdt-test", "has"], capture_output=True
+    ).returncode == 0 else None
+    _tmux("new-session", "-d", "-s", "t", "-x", "220", "-y", "50", "bash --norc --noprofile")
+    try:
+        # `status --watch` in a second window, started first: it waits for the run.
+        _tmux("new-window", "-t", "t", "bash --norc --noprofile")
+        _tmux(
+            "send-keys",
+            "-t",
+            "t:1",
+            f"{prog} --data {data_dir} status tiny-lora --watch --interval 1",
+            "Enter",
+        )
+        _wait_for("t:1", r"waiting for a training run of tiny-lora")
+        _tmux("send-keys", "-t", "t:0", f"{train}; echo EXIT=$?", "Enter")
+        step = _wait_for("t:0", r"(\d+)/480 \[")  # tqdm's bar: a terminal gets one
+        _wait_for("t:1", r"running  step \d+/480 \(\d+%\)  loss [\d.]+  [\d,]+ tokens/s  ETA \w+")
+        while int(step.group(1)) < 90:  # past the first checkpoint (80)
+            step = _wait_for("t:0", r"(\d+)/480 \[")
+        _tmux("send-keys", "-t", "t:0", "C-c")
+        _wait_for("t:0", r"EXIT=130")
+        m = _wait_for(
+            "t:0",
+            r"Interrupted: run (\w+) of tiny-lora stopped at step \d+; its latest checkpoint "
+            r"in the database: step (\d+)\. The database is consistent\. Resume with:\s+(superduper-transformers .+)",
+        )
+        experiment, saved = m.group(1), int(m.group(2))
+        _wait_for("t:1", rf"tiny-lora  run {experiment}  interrupted  step \d+/480")  # --watch ended
+        assert "Traceback" not in _tmux("capture-pane", "-p", "-J", "-S", "-2000", "-t", "t:0")
+
+        # The printed command, as the user would paste it.
+        resume_cmd = m.group(3).strip().replace("superduper-transformers", prog, 1)
+        _tmux("send-keys", "-t", "t:0", "clear", "Enter")
+        _tmux("send-keys", "-t", "t:0", f"{resume_cmd}; echo EXIT=$?", "Enter")
+        _wait_for("t:0", rf"Trained tiny-lora: run {experiment} finished at step 480")
+        _wait_for("t:0", r"EXIT=0")
+    finally:
+        subprocess.run(["tmux", "-L", "sdt-test", "kill-server"], capture_output=True)
+    from superduper import superduper
+
+    db = superduper(f"sqlite:///{data_dir}/demo.db", force_apply=True)
+    run = db.load("TrainingRun", f"tiny-lora-run-{experiment}")
+    assert [r["step"] for r in run.resumes] == [saved] and run.state == "finished"

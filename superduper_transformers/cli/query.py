@@ -33,7 +33,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("status", help="progress of a model's latest training run")
     p.add_argument("model", help="identifier of the LLM")
-    p.add_argument("--watch", action="store_true", help="refresh until the run ends")
+    p.add_argument("--watch", action="store_true", help="refresh until the run ends (waits for one to start)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
     p.set_defaults(run=status)
 
@@ -181,12 +181,20 @@ def checkpoints(args) -> int:
 
 def status(args) -> int:
     db = connect(args)
-    load_llm(db, args.model)
+    if not args.watch:
+        load_llm(db, args.model)  # names the models there are when it is not one
+    waiting = False
     while True:
         found = _runs_of(db, args.model)
         if not found:
-            print(f"{args.model} has no training runs")
-            return 0
+            if not args.watch:
+                print(f"{args.model} has no training runs")
+                return 0
+            if not waiting:  # `--watch` started before the training: wait for it
+                print(f"waiting for a training run of {args.model}...", flush=True)
+                waiting = True
+            time.sleep(args.interval)
+            continue
         run = found[-1]
         state = run_state(run)
         print(f"{args.model}  run {run.experiment_id}  {state}  {progress_line(run)}", flush=True)

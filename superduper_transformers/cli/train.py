@@ -117,6 +117,14 @@ def select_rows(db, data: schema.DataSection):
             f"`data.table`={data.table!r} is not a table in the database (tables: {sorted(tables) or 'none'}). "
             f"Import rows first: `{PROG} import-data FILE.jsonl --table {data.table}`."
         )
+    fields = set(db.load("Table", data.table).fields)
+    unknown = [c for c in data.filter if c not in fields]
+    if unknown:
+        columns = sorted(f for f in fields if not f.startswith("_") or f == "_fold")
+        raise CliError(
+            f"`data.filter` names column(s) {unknown} that the table `{data.table}` lacks; its "
+            f"columns: {columns}."
+        )
     table = db[data.table]
     query = table.select()
     for column, value in data.filter.items():
@@ -148,7 +156,12 @@ def train(args) -> int:
     except (ValueError, OSError, ImportError) as e:
         raise CliError(f"{args.config}: {e}") from e
     if args.check:
-        print(f"{args.config}: the config and the data are fine.")
+        table = db[config.data.table]
+        count = {f: len(llm.trainer.select.filter(table["_fold"] == f).execute()) for f in ("train", "valid")}
+        print(
+            f"{args.config}: the config and the data are fine: {count['train']} training rows, "
+            f"{count['valid']} validation rows in `{config.data.table}`."
+        )
         return 0
     return _run(db, llm, args)
 

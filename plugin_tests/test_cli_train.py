@@ -208,6 +208,7 @@ def test_train_is_watched_from_another_process_stopped_with_ctrl_c_and_resumed(
     steps = re.findall(r"step=(\d+)", out)
     assert steps[-1] == "240" and set(re.findall(r"run=(\w+)", out)) == {experiment}
     assert out.count("*") == 1 and out.count("best (eval_loss)") == 1
+    assert len(re.findall(r"size=[\d.]+ kB  saved=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", out)) == len(steps)
     code, out, _ = run_cli(capsys, "--data", data_dir, "runs")
     assert out.startswith(f"tiny-lora  run {experiment}  finished") and "resumed 1x" in out
     # it learned: at least half the sums (measured: 28 of 32 after 150 steps, 32 after 300)

@@ -174,6 +174,14 @@ def test_rank0_alone_wrote_the_pruned_checkpoints(ray_trained):
     assert llm.adapter_id.identifier in {r["identifier"] for r in rows}
 
 
+def test_rank0_recorded_the_progress_of_the_run(ray_trained):
+    db = ray_trained["db"]
+    (run,) = [db.load("TrainingRun", name) for name in db.show("TrainingRun")]
+    p = run.progress  # what `superduper-transformers status` shows
+    assert (p["step"], p["max_steps"], p["phase"], run.state) == (STEPS, STEPS, "ended", "finished")
+    assert p["loss"] > 0 and p["tokens_per_s"] > 0
+
+
 def test_checkpoint_files_are_in_the_artifact_store(ray_trained):
     db = ray_trained["db"]
     store = os.path.join(ray_trained["root"], "artifact_store")

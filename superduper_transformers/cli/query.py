@@ -7,6 +7,7 @@ be running in another one: ``status --watch`` follows it).
 from __future__ import annotations
 
 import datetime
+import os
 import time
 import types
 import typing as t
@@ -25,7 +26,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "checkpoints",
-        help="list a model's checkpoints: step, losses, size, run, the best; * marks the one in use",
+        help="list a model's checkpoints: step, losses, size, time, run, the best; * marks the one in use",
     )
     p.add_argument("model", nargs="?", help="identifier of the LLM")
     p.add_argument("--model", dest="model_option", help=argparse_suppress())
@@ -154,6 +155,16 @@ def _best(llm, rows):
     return best_checkpoint(rows, metric, greater), metric
 
 
+def saved_at(db, artifact_id: str) -> t.Optional[float]:
+    """When a checkpoint's files were stored: its artifact folder's time (the row has none)."""
+    from superduper_transformers.store.artifacts import store_root
+
+    try:
+        return os.path.getmtime(os.path.join(store_root(db), artifact_id))
+    except (OSError, RuntimeError):  # files gone, or a store without a local folder
+        return None
+
+
 def checkpoints(args) -> int:
     from superduper_transformers.checkpoint import list_checkpoints
 
@@ -172,9 +183,10 @@ def checkpoints(args) -> int:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted((r["metrics"] or {}).items()) if "loss" in k)
         size = sum(entry[0] for entry in (r["manifest"] or {}).values())
         tag = f"  best ({metric})" if best is not None and r["identifier"] == best["identifier"] else ""
+        when = saved_at(db, r["artifact_id"]) if r.get("artifact_id") else None
         print(
             f"{mark} {r['identifier']}  step={r['step']}  {metrics}  size={fmt_size(size)}  "
-            f"run={r['experiment_id']}{tag}"
+            f"saved={fmt_time(when)}  run={r['experiment_id']}{tag}"
         )
     return 0
 

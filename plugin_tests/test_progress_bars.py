@@ -30,15 +30,14 @@ def test_a_large_artifact_copy_shows_a_bar_on_a_terminal_only(db, tmp_path, monk
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     stored = _copy(db, tmp_path, "checkpoint-1")
-    assert "Storing checkpoint-1" in terminal.getvalue() and "300k" in terminal.getvalue()
+    assert "Storing checkpoint-1" in terminal.getvalue() and "/300k" in terminal.getvalue()
     assert os.path.getsize(os.path.join(stored, "weights.bin")) == 300_000
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe or a log file
     _copy(db, tmp_path, "checkpoint-2")
-    assert sys.stderr.getvalue() == ""
+    assert "Storing" not in sys.stderr.getvalue() and "\r" not in sys.stderr.getvalue()
 
     monkeypatch.setattr(artifacts, "MIN_BYTES_FOR_A_BAR", 10_000_000)  # a small copy: no bar at all
     monkeypatch.setattr(sys, "stderr", terminal)
-    before = terminal.getvalue()
     _copy(db, tmp_path, "checkpoint-3")
-    assert terminal.getvalue() == before
+    assert "Storing checkpoint-3" not in terminal.getvalue()

@@ -15,6 +15,7 @@ import pytest
 from plugin_tests import fixtures
 from superduper_transformers import resume
 from superduper_transformers.checkpoint import Checkpoint, list_checkpoints
+from superduper_transformers.cli.query import progress_line
 from superduper_transformers.model import LLM
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.trainer import LLMTrainer
@@ -22,6 +23,7 @@ from superduper_transformers.trainer import LLMTrainer
 CLASSES = (LLM, LLMTrainer, Checkpoint, resume.TrainingRun)
 NEW_FIELDS = [
     ("TrainingRun", "data_fingerprint"),
+    ("TrainingRun", "progress"),
     ("Checkpoint", "data_fingerprint"),
     ("LLMTrainer", "on_data_change"),
 ]
@@ -123,12 +125,14 @@ def test_the_migration_lets_an_old_database_record_runs_and_checkpoints(
     (run,) = [db.load("TrainingRun", r["identifier"]) for r in rows]
     assert run.state == resume.FINISHED
     assert run.data_fingerprint["train_rows"] == len(fixtures.FACTS)
+    assert (run.progress["step"], run.progress["max_steps"], run.progress["phase"]) == (20, 20, "ended")
     checkpoints = [db.load("Checkpoint", r["identifier"]) for r in list_checkpoints(db, "tiny")]
     assert len(checkpoints) == 2 and all(c.data_fingerprint == run.data_fingerprint for c in checkpoints)
     assert db.load("LLMTrainer", "tiny-trainer").on_data_change == "warn"
     # ... and the rows written before the upgrade load, the new fields at their defaults.
     old_run = db.load("TrainingRun", "old-run")
-    assert (old_run.state, old_run.data_fingerprint) == ("finished", {})
+    assert (old_run.state, old_run.data_fingerprint, old_run.progress) == ("finished", {}, {})
+    assert progress_line(old_run) == "no progress recorded"  # what `status`/`runs` show
     assert db.load("LLMTrainer", "old-trainer").on_data_change == "warn"
 
     # Migrating again changes nothing.
@@ -143,7 +147,7 @@ def test_the_migration_adds_only_what_is_missing_and_is_idempotent(old_db_path):
     assert migrate_component_tables(db, CLASSES) == {
         "LLMTrainer": ["on_data_change"],
         "Checkpoint": ["data_fingerprint"],
-        "TrainingRun": ["data_fingerprint"],
+        "TrainingRun": ["data_fingerprint", "progress"],
     }
     after = _schema(old_db_path)
     assert migrate_component_tables(db, CLASSES) == {}

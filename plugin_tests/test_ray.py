@@ -190,6 +190,14 @@ def test_every_worker_built_the_user_callback(ray_trained):
     assert sorted(steps) == sorted((s, r) for s in range(1, STEPS + 1) for r in ("True", "False"))
 
 
+def test_rank0_recorded_the_progress_of_the_run(ray_trained):
+    db = ray_trained["db"]
+    (run,) = [db.load("TrainingRun", name) for name in db.show("TrainingRun")]
+    p = run.progress  # what `superduper-transformers status` shows
+    assert (p["step"], p["max_steps"], p["phase"], run.state) == (STEPS, STEPS, "ended", "finished")
+    assert p["loss"] > 0 and p["tokens_per_s"] > 0
+
+
 def test_checkpoint_files_are_in_the_artifact_store(ray_trained):
     db = ray_trained["db"]
     store = os.path.join(ray_trained["root"], "artifact_store")

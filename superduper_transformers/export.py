@@ -24,6 +24,7 @@ import uuid
 
 from superduper import logging
 
+from superduper_transformers._progress import progress_bar
 from superduper_transformers.checkpoint import file_manifest, list_checkpoints, load_checkpoint
 from superduper_transformers.hf import loading
 
@@ -170,24 +171,30 @@ def export_model(
     # Beside out_dir (same filesystem): the final rename is atomic.
     staging = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:8]}")
     os.makedirs(staging)
+    bar = progress_bar(3, f"Exporting {identifier}", unit="stage")  # weights, tokenizer, manifest
     try:
         if loading.is_adapter_dir(path) and not merge:
             _write_adapter(path, staging, torch_dtype)
         else:
             _write_weights(llm, path, staging, torch_dtype)
+        bar.update()
         tokenizer_kwargs = llm.tokenizer_load_kwargs()
         if loading.has_tokenizer(path):
             tokenizer_kwargs["pretrained_model_name_or_path"] = path
         loading.load_tokenizer(tokenizer_kwargs).save_pretrained(staging)
+        bar.update()
         manifest = file_manifest(staging)
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty (checked above); fails rather than lose a file written since
         os.replace(staging, out_dir)
+        bar.update()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     kind = (
         "merged model"
         if loading.is_adapter_dir(path) and merge

@@ -95,6 +95,11 @@ class TrainingRun(Component):
         tokenization settings (:func:`superduper_transformers.lineage.data_fingerprint`);
         updated when a resume goes on with changed rows; empty for runs recorded before
         fingerprints existed.
+    :param progress: Live progress, written every logging step by the training's
+        ``ProgressCallback`` (:mod:`superduper_transformers.launch.progress`): ``step``,
+        ``max_steps``, ``loss``, ``tokens_per_s``, ``eta_s``, ``updated_at``, ``phase``
+        (``training``, ``ended``, ``interrupted``); empty before the first log and for
+        runs recorded before the field existed.
     """
 
     model: str = ""
@@ -104,9 +109,11 @@ class TrainingRun(Component):
     started_at: float = 0.0
     resumes: t.List = None  # type: ignore[assignment]
     data_fingerprint: t.Dict = None  # type: ignore[assignment]
+    progress: t.Dict = None  # type: ignore[assignment]
 
     def postinit(self):
         """Fill defaults that dataclasses cannot hold as mutable defaults."""
+        self.progress = dict(self.progress or {})  # None: a row from before the field
         self.settings = dict(self.settings or {})
         self.resumes = list(self.resumes or [])
         self.data_fingerprint = dict(self.data_fingerprint or {})

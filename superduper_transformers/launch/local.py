@@ -16,6 +16,7 @@ from superduper_transformers.launch.callback import (
     SaveTheLastStep,
     register_final_checkpoint,
 )
+from superduper_transformers.launch.progress import ProgressCallback, mean_tokens_per_example
 
 
 def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
@@ -37,6 +38,15 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
                 experiment_id=job.experiment_id,
                 data_fingerprint=job.data_fingerprint,
                 generation_samples=job.generation_samples,
+            )
+        )
+    if recording and job.experiment_id:
+        callbacks.append(
+            ProgressCallback(
+                llm.identifier,
+                job.experiment_id,
+                db=db,
+                tokens_per_example=mean_tokens_per_example(job.train_dataset),
             )
         )
     job = dc.replace(job, callbacks=[*job.callbacks, *callbacks])

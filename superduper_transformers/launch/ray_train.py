@@ -201,6 +201,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     from superduper_transformers import resume as runs
     from superduper_transformers.hf.train import run_job
     from superduper_transformers.launch.callback import LLMCallback, SaveTheLastStep
+    from superduper_transformers.launch.progress import ProgressCallback, mean_tokens_per_example
 
     job: TrainJob = loop["job"]
     callbacks = []
@@ -214,6 +215,15 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
                 generation_samples=job.generation_samples,
             )
         )
+        if job.experiment_id:
+            callbacks.append(
+                ProgressCallback(
+                    loop["identifier"],
+                    job.experiment_id,
+                    cfg=loop["cfg"].reveal(),
+                    tokens_per_example=mean_tokens_per_example(job.train_dataset),
+                )
+            )
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
     # Ray; the restarted run re-saves that step and its re-registration is a no-op.
     callbacks += [*job.callbacks, SaveTheLastStep(), RayTrainReportCallback()]

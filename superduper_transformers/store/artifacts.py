@@ -38,6 +38,7 @@ import uuid
 from superduper import logging
 
 from superduper_transformers import _faults
+from superduper_transformers._progress import MIN_BYTES_FOR_A_BAR, progress_bar
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -172,12 +173,15 @@ def store_directory(
     what = f"Checkpoint folder {source}"
     refuse_links(source, what)
     copied = []
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(source) for f in files)
+    bar = progress_bar(total, f"Storing {name}", minimum=MIN_BYTES_FOR_A_BAR)
 
     def copy(src, dst):
         if os.path.islink(src):  # appeared after the check above
             refuse_links(source, what)
         shutil.copy2(src, dst, follow_symlinks=False)
         copied.append(dst)
+        bar.update(os.path.getsize(dst))
         if len(copied) == 1:
             _faults.crash_point("copy", step)
 
@@ -192,6 +196,8 @@ def store_directory(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     final = os.path.join(root, artifact_id)
     os.rename(partial, final)
     _fsync(root)  # make the rename itself durable

@@ -6,7 +6,7 @@
     superduper-transformers promotions MODEL
 
 ``CHECKPOINT`` is a checkpoint identifier, an alias of the model, or a step.
-:func:`add_commands` adds the subcommands to the main parser; :func:`run` runs one.
+:func:`register` adds the subcommands to the main parser; each runs through :func:`run`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import typing as t
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``plot``, ``promote``, ``rollback`` and ``promotions`` to the main parser's subcommands.
 
     :param sub: The ``add_subparsers()`` object of the main parser.
@@ -41,6 +41,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rb.add_argument("--by", help="who rolls back (default: your login name)")
     ps = sub.add_parser("promotions", help="a model's aliases and the history of what it used when")
     ps.add_argument("model", help="identifier of the LLM")
+    for parser in (pl, pr, rb, ps):
+        parser.set_defaults(run=_run_connected)
+
+
+def _run_connected(args: argparse.Namespace) -> int:
+    """Connect to the datalayer the global options name, then :func:`run` the command."""
+    from superduper_transformers.cli.common import connect
+
+    return run(args, connect(args))
 
 
 def run(args: argparse.Namespace, db: t.Any) -> t.Optional[int]:

@@ -11,6 +11,7 @@ if t.TYPE_CHECKING:
     from datasets import Dataset
     from transformers import TrainingArguments
 
+from superduper_transformers.hf.data import from_ray_dataset, is_ray_dataset
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import load_causal_lm, load_tokenizer
 from superduper_transformers.hf.lora import prepare_lora_training
@@ -54,13 +55,17 @@ def run_job(job: TrainJob):
         # The trainer's arguments are the resolved truth for precision.
         settings = dc.replace(settings, precision=precision_of(job.training_args))
     model = load_model_for_training(job.model_kwargs, settings, job.local_rank)
+    train_dataset = job.train_dataset
+    if is_ray_dataset(train_dataset):
+        # Tokenized rows streaming from Ray Data (here: one process reads it all).
+        train_dataset = from_ray_dataset(train_dataset)
     eval_datasets = job.eval_datasets
     if isinstance(eval_datasets, dict) and not eval_datasets:
         eval_datasets = None
     trainer = SFTTrainer(
         model=model,
         args=job.training_args,
-        train_dataset=job.train_dataset,
+        train_dataset=train_dataset,
         eval_dataset=eval_datasets,
         processing_class=tokenizer,
         callbacks=list(job.callbacks),
@@ -87,7 +92,10 @@ def train_func(
     """Run one training on this process (one device, or one Ray worker).
 
     :param training_args: trl ``SFTConfig`` (or ``TrainingArguments``).
-    :param train_dataset: Tokenized ``datasets.Dataset`` (``input_ids``, ``labels``).
+    :param train_dataset: Tokenized ``datasets.Dataset`` (``input_ids``, ``labels``),
+        or a tokenized ``ray.data.Dataset`` with those columns: it is read as a stream
+        (an iterable, so ``training_args.max_steps`` must be set). On Ray
+        (``training.train(..., ray_configs=...)``) each worker reads its own shard.
     :param eval_datasets: One tokenized dataset, a dict name -> dataset, or None.
     :param model_kwargs: ``from_pretrained`` keywords of the base model
         (``pretrained_model_name_or_path`` and options).

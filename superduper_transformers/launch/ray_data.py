@@ -34,6 +34,11 @@ if t.TYPE_CHECKING:
 TOKENIZE_BATCH = 1000
 #: Rows each worker shuffles among (Ray's ``local_shuffle_buffer_size``).
 SHUFFLE_BUFFER = 1000
+#: CPUs each read/tokenize task asks for. None: Ray's default (1). The training workers
+#: usually hold every CPU of the cluster (``ScalingConfig``): tasks that ask for one
+#: would wait forever ("Cluster resources are not enough"), so they ask for none and
+#: run beside the workers; reading and tokenizing short rows costs little next to training.
+DATA_TASK_CPUS = 0
 
 
 @dc.dataclass
@@ -105,27 +110,36 @@ def with_max_steps(training_args, rows: int, ray_configs: t.Dict[str, t.Any]):
 
 # -- driver, with Ray running ---------------------------------------------
 def to_ray_dataset(source: RowSource):
-    """The tokenized ``ray.data.Dataset`` of ``source`` (lazy: read and tokenized by Ray's tasks)."""
+    """The tokenized ``ray.data.Dataset`` of ``source``, read and tokenized by Ray's tasks."""
     import ray.data
 
     if source.sql is not None:
         uri, statement = source.sql
         path = uri[len("sqlite://") :]
-        ds = ray.data.read_sql(statement, functools.partial(_sqlite_connect, path))
+        ds = ray.data.read_sql(statement, functools.partial(_sqlite_connect, path), **_task_args())
     elif source.mongo is not None:
-        ds = ray.data.read_mongo(**source.mongo)
+        ds = ray.data.read_mongo(**source.mongo, ray_remote_args=_task_args())
     else:
         ds = ray.data.from_arrow_refs([ray.put(_page_table(page)) for page in _pages(source.rows)])
-    return ds.map_batches(
+    tokenized = ds.map_batches(
         _tokenize_batch,
         batch_size=TOKENIZE_BATCH,
         batch_format="pyarrow",
+        **_task_args(),
         fn_kwargs=dict(
             tokenizer_kwargs=json.dumps(source.tokenizer_kwargs, sort_keys=True),
             tokenization=source.tokenization,
             json_columns=list(source.json_columns),
         ),
     )
+    # Tokenized once, kept in Ray's object store (spilled to disk when it outgrows it;
+    # this process holds only references): every epoch would otherwise read and
+    # tokenize the table again.
+    return tokenized.materialize()
+
+
+def _task_args() -> t.Dict[str, t.Any]:
+    return {} if DATA_TASK_CPUS is None else {"num_cpus": DATA_TASK_CPUS}
 
 
 def _sqlite_connect(path: str):

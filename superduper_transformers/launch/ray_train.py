@@ -1,7 +1,8 @@
 """The Ray Train path: a ``TrainJob`` run on every worker of a ``TorchTrainer``.
 
-The driver never pickles the datalayer. Workers receive the tokenized datasets,
-the training settings and the serialized db config; rank 0 rebuilds the
+The driver never pickles the datalayer. Workers receive the training settings, their
+shard of the rows (Ray Data, see ``ray_data``; or a pickled ``datasets.Dataset``),
+and the serialized db config; rank 0 rebuilds the
 datalayer from that config (``LLMCallback(cfg=...)``) and writes the checkpoints.
 Ray is imported only inside these functions: it takes seconds to import.
 """

@@ -211,6 +211,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--ray", action="store_true", help="also on a 2-worker local Ray")
+    parser.add_argument("--ray-only", action="store_true", help="only on a 2-worker local Ray")
+    parser.add_argument("--modes", nargs="+", default=["lists", "pages"], choices=["lists", "pages"])
     parser.add_argument("--arm", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
@@ -222,9 +224,9 @@ def main() -> None:
 
     model_dir = build_tiny_model(tempfile.mkdtemp(prefix="data-scale-model-"))
     results = []
-    for workers in [0, 2] if args.ray else [0]:
+    for workers in [2] if args.ray_only else [0, 2] if args.ray else [0]:
         for size in args.sizes:
-            for mode in ("lists", "pages"):
+            for mode in args.modes:
                 r = measure(size, mode, workers, model_dir)
                 results.append(r)
                 print(json.dumps(r), flush=True)

@@ -39,6 +39,8 @@ SHUFFLE_BUFFER = 1000
 #: would wait forever ("Cluster resources are not enough"), so they ask for none and
 #: run beside the workers; reading and tokenizing short rows costs little next to training.
 DATA_TASK_CPUS = 0
+#: Tokenizing actors (each holds one tokenizer).
+TOKENIZE_ACTORS = 1
 
 
 @dc.dataclass
@@ -122,11 +124,15 @@ def to_ray_dataset(source: RowSource):
     else:
         ds = ray.data.from_arrow_refs([ray.put(_page_table(page)) for page in _pages(source.rows)])
     tokenized = ds.map_batches(
-        _tokenize_batch,
+        Tokenize,
         batch_size=TOKENIZE_BATCH,
         batch_format="pyarrow",
+        # One tokenizing actor (more with TOKENIZE_ACTORS): it loads the tokenizer once.
+        # Zero-CPU tasks would otherwise be started without limit, each process
+        # importing transformers.
+        concurrency=TOKENIZE_ACTORS,
         **_task_args(),
-        fn_kwargs=dict(
+        fn_constructor_kwargs=dict(
             tokenizer_kwargs=json.dumps(source.tokenizer_kwargs, sort_keys=True),
             tokenization=source.tokenization,
             json_columns=list(source.json_columns),
@@ -166,37 +172,44 @@ def _page_table(page):
 
 
 # -- Ray's tasks ----------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def _tokenizer(kwargs_json: str):
-    # Loaded once per task process, not once per batch.
-    from superduper_transformers.hf.loading import load_tokenizer
+class Tokenize:
+    """Ray's actor tokenizing batches of rows (Arrow) into examples (Arrow), labels as
+    ``hf.data.tokenize``.
 
-    return load_tokenizer(json.loads(kwargs_json))
+    :param tokenizer_kwargs: The tokenizer's ``from_pretrained`` keywords, as JSON.
+    :param tokenization: ``X``, ``y``, ``max_length``, ``prompt_template``, ``chat_format``.
+    :param json_columns: Key columns holding conversations as JSON text.
+    """
 
+    def __init__(self, tokenizer_kwargs: str, tokenization: t.Dict[str, t.Any], json_columns):
+        from superduper_transformers.hf.loading import load_tokenizer
 
-def _tokenize_batch(batch, tokenizer_kwargs: str, tokenization: t.Dict[str, t.Any], json_columns):
-    """One batch of rows (Arrow) -> tokenized examples (Arrow), labels as ``hf.data.tokenize``."""
-    import pyarrow as pa
+        self.tokenizer = load_tokenizer(json.loads(tokenizer_kwargs))
+        self.tokenization = dict(tokenization)
+        self.json_columns = set(json_columns)
 
-    keys = [k for k in (tokenization["X"], tokenization["y"]) if k is not None]
-    rows = batch.select(keys).to_pylist()
-    for row in rows:
-        for k in keys:
-            value = row[k]
-            if isinstance(value, str) and (k in json_columns or value.startswith('[{"')):
-                try:
-                    row[k] = json.loads(value)
-                except ValueError:
-                    pass  # text that only looks like JSON
-    encoded, _ = data.encode_batch(_tokenizer(tokenizer_kwargs), rows, **tokenization)
-    ids = pa.list_(pa.int32())
-    return pa.table(
-        {
-            "input_ids": pa.array([e["input_ids"] for e in encoded], ids),
-            "attention_mask": pa.array([e["attention_mask"] for e in encoded], pa.list_(pa.int8())),
-            "labels": pa.array([e["labels"] for e in encoded], ids),
-        }
-    )
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        keys = [k for k in (self.tokenization["X"], self.tokenization["y"]) if k is not None]
+        rows = batch.select(keys).to_pylist()
+        for row in rows:
+            for k in keys:
+                value = row[k]
+                if isinstance(value, str) and (k in self.json_columns or value.startswith('[{"')):
+                    try:
+                        row[k] = json.loads(value)
+                    except ValueError:
+                        pass  # text that only looks like JSON
+        encoded, _ = data.encode_batch(self.tokenizer, rows, **self.tokenization)
+        ids = pa.list_(pa.int32())
+        return pa.table(
+            {
+                "input_ids": pa.array([e["input_ids"] for e in encoded], ids),
+                "attention_mask": pa.array([e["attention_mask"] for e in encoded], pa.list_(pa.int8())),
+                "labels": pa.array([e["labels"] for e in encoded], ids),
+            }
+        )
 
 
 # -- workers --------------------------------------------------------------

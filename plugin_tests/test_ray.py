@@ -112,6 +112,28 @@ def free_port():
         return s.getsockname()[1]
 
 
+def _watch_ray_data(mp):
+    """Record the SQL Ray Data reads and what the driver hands each worker (in this process)."""
+    import ray.data
+    import ray.train.torch
+
+    seen = {"sql": [], "loops": []}
+    read_sql = ray.data.read_sql
+
+    def recording_read_sql(sql, *args, **kwargs):
+        seen["sql"].append(sql)
+        return read_sql(sql, *args, **kwargs)
+
+    class RecordingTrainer(ray.train.torch.TorchTrainer):
+        def __init__(self, *args, train_loop_config=None, datasets=None, **kwargs):
+            seen["loops"].append((train_loop_config, sorted(datasets or {})))
+            super().__init__(*args, train_loop_config=train_loop_config, datasets=datasets, **kwargs)
+
+    mp.setattr(ray.data, "read_sql", recording_read_sql)
+    mp.setattr(ray.train.torch, "TorchTrainer", RecordingTrainer)
+    return seen
+
+
 # -- 1. two workers through the datalayer -------------------------------------
 STEPS, SAVE_EVERY, LIMIT = 300, 75, 2
 
@@ -147,9 +169,11 @@ def ray_trained(tiny_model_dir, tmp_path_factory):
     )
     before = fixtures.answered(llm)
     start = time.time()
-    db.apply(llm, force=True)
+    with pytest.MonkeyPatch.context() as mp:
+        seen = _watch_ray_data(mp)
+        db.apply(llm, force=True)
     seconds = time.time() - start
-    yield dict(db=db, uri=uri, root=root, before=before, seconds=seconds, ray_dir=ray_dir)
+    yield dict(db=db, uri=uri, root=root, before=before, seconds=seconds, ray_dir=ray_dir, seen=seen)
     db.disconnect()
     CFG.artifact_store = old_store
     leftovers = _stop_processes_using(ray_dir)
@@ -163,6 +187,16 @@ def test_two_workers_learn_the_facts(ray_trained):
     # 2 workers x batch 8: 300 steps see as many examples as 600 local ones (local
     # LoRA answers all 32 after 225 steps: a margin of more than 2x).
     assert fixtures.answered(llm) >= 31, fixtures.answers(llm)
+
+
+def test_training_rows_reach_the_workers_through_ray_data(ray_trained):
+    seen = ray_trained["seen"]
+    # Read on the cluster from the SQLite file, the training fold only ...
+    assert seen["sql"] == ['SELECT "x", "y" FROM "facts" WHERE "_fold" = \'train\'']
+    # ... and split across the workers: the job pickled into each carries no rows.
+    ((loop, datasets),) = seen["loops"]
+    assert datasets == ["train"] and loop["ray_data"] is True
+    assert loop["job"].train_dataset is None
 
 
 def test_rank0_alone_wrote_the_pruned_checkpoints(ray_trained):
@@ -335,7 +369,7 @@ class StepLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self._write("begin")
+            self._write(f"begin\nfrom {state.global_step}")  # the step it resumed from
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -393,10 +427,13 @@ def test_dead_worker_is_restarted_and_resumes_from_the_latest_checkpoint(
 
     assert os.path.exists(marker)  # the worker did die
     runs = open(steps_file).read().split("begin\n")[1:]
-    first, second = ([int(s) for s in run.split()] for run in runs)
+    starts = [int(run.split()[1]) for run in runs]
+    first, second = ([int(s) for s in run.split()[2:]] for run in runs)
+    assert starts == [0, 40]  # the restarted trainer began at the db's step 40
     assert first == list(range(1, 41))
-    # Ray's latest checkpoint was step 20 (40 died before Ray saw it): resume after 20, not 0.
-    assert second == list(range(21, 61))
+    # Ray's latest checkpoint was step 20 (40 died before Ray saw it), the db's was 40:
+    # the db is the truth, no step is trained twice.
+    assert second == list(range(41, 61))
     assert result.metrics["step"] == 60
     # The db: one row per save, in step order, once each; step 40 (registered before the
     # death, saved again after the restart) was not registered twice.

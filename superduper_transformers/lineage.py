@@ -25,25 +25,115 @@ def _row_hash(row: t.Mapping[str, t.Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def content_hash(rows: t.Iterable[t.Mapping[str, t.Any]]) -> str:
-    """sha256 over the rows' values, independent of the order the rows come in.
+#: How ``train_sha256``/``eval_sha256`` combine the row hashes (recorded in the
+#: fingerprint: hashes made another way are not compared).
+HASH_METHOD = "sha256-sum"
 
-    Each row is hashed on its own (canonical JSON), the row hashes are sorted and hashed
-    together: the same rows returned in another order give the same hash; a changed,
-    added, removed or duplicated row gives another.
+
+class RowsHash:
+    """An order-independent hash of rows, fed one row (or page) at a time.
+
+    Each row is hashed on its own (canonical JSON) and the row hashes are added modulo
+    2**256: the same rows in another order give the same hash; a changed, added, removed
+    or duplicated row gives another. The sum needs no row kept, so a table of any size
+    is fingerprinted in constant memory, page by page.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self._sum = 0
+
+    def add(self, row: t.Mapping[str, t.Any]) -> None:
+        """Count ``row`` in the hash."""
+        self._sum = (self._sum + int(_row_hash(row), 16)) % (1 << 256)
+        self.count += 1
+
+    def update(self, rows: t.Iterable[t.Mapping[str, t.Any]]) -> RowsHash:
+        """Count every row of ``rows``; return ``self``."""
+        for row in rows:
+            self.add(row)
+        return self
+
+    def hexdigest(self) -> str:
+        """The hash so far: 64 hex digits."""
+        return f"{self._sum:064x}"
+
+    @classmethod
+    def combine(cls, hashes: t.Iterable[RowsHash]) -> RowsHash:
+        """The hash of all the rows of ``hashes`` together (as if added to one)."""
+        out = cls()
+        for h in hashes:
+            out._sum = (out._sum + h._sum) % (1 << 256)
+            out.count += h.count
+        return out
+
+
+def content_hash(rows: t.Iterable[t.Mapping[str, t.Any]]) -> str:
+    """sha256-based hash over the rows' values, independent of the order the rows come in.
 
     :param rows: The training values, one mapping per row (column name -> value).
     """
-    digest = hashlib.sha256()
-    for h in sorted(_row_hash(r) for r in rows):
-        digest.update(h.encode("ascii"))
-    return digest.hexdigest()
+    return RowsHash().update(rows).hexdigest()
+
+
+class DataFingerprint:
+    """:func:`data_fingerprint` built incrementally: feed the rows page by page.
+
+    :param query: The string form of the trainer's ``select``.
+    :param max_seq_length: Tokens per example (shapes what is learned of each row).
+    :param prompt_template: The ``LLM``'s prompt template.
+    :param chat_format: ``LLMTrainer.setup_chat_format``.
+    """
+
+    def __init__(self, query: str, max_seq_length, prompt_template, chat_format: bool):
+        self.query = str(query)
+        self.settings = {
+            "max_seq_length": max_seq_length,
+            "prompt_template": prompt_template,
+            "chat_format": bool(chat_format),
+        }
+        self.train, self.eval = RowsHash(), RowsHash()
+
+    def add_train(self, rows: t.Iterable[t.Mapping[str, t.Any]]) -> None:
+        """Count training rows."""
+        self.train.update(rows)
+
+    def add_eval(self, name: str, rows: t.Iterable[t.Mapping[str, t.Any]]) -> None:
+        """Count rows of the eval set ``name``."""
+        self.eval.update({"_set": name, **row} for row in rows)
+
+    @classmethod
+    def of_hashes(
+        cls,
+        query: str,
+        train: RowsHash,
+        evals: t.Mapping[str, RowsHash],
+        max_seq_length,
+        prompt_template,
+        chat_format: bool,
+    ) -> t.Dict[str, t.Any]:
+        """The fingerprint from hashes already made (eval rows hashed with their ``_set``)."""
+        fp = cls(query, max_seq_length, prompt_template, chat_format)
+        fp.train, fp.eval = train, RowsHash.combine(evals.values())
+        return fp.result()
+
+    def result(self) -> t.Dict[str, t.Any]:
+        """The fingerprint as a JSON dict."""
+        return {
+            "query": self.query,
+            "train_rows": self.train.count,
+            "eval_rows": self.eval.count,
+            "train_sha256": self.train.hexdigest(),
+            "eval_sha256": self.eval.hexdigest(),
+            "hash": HASH_METHOD,
+            **self.settings,
+        }
 
 
 def data_fingerprint(
     query: str,
-    train_rows: t.Sequence[t.Mapping[str, t.Any]],
-    eval_rows: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]],
+    train_rows: t.Iterable[t.Mapping[str, t.Any]],
+    eval_rows: t.Mapping[str, t.Iterable[t.Mapping[str, t.Any]]],
     max_seq_length: t.Optional[int],
     prompt_template: t.Optional[str],
     chat_format: bool,
@@ -51,23 +141,18 @@ def data_fingerprint(
     """The fingerprint of one training's data, as a JSON dict.
 
     :param query: The string form of the trainer's ``select``.
-    :param train_rows: The training rows, keyed by the trainer's ``key`` columns.
+    :param train_rows: The training rows, keyed by the trainer's ``key`` columns (any
+        iterable: they are read once, never held).
     :param eval_rows: The evaluation rows by eval set name (``valid``, validation datasets).
     :param max_seq_length: Tokens per example (shapes what is learned of each row).
     :param prompt_template: The ``LLM``'s prompt template.
     :param chat_format: ``LLMTrainer.setup_chat_format``.
     """
-    named = [{"_set": name, **row} for name, rows in sorted(eval_rows.items()) for row in rows]
-    return {
-        "query": str(query),
-        "train_rows": len(train_rows),
-        "eval_rows": len(named),
-        "train_sha256": content_hash(train_rows),
-        "eval_sha256": content_hash(named),
-        "max_seq_length": max_seq_length,
-        "prompt_template": prompt_template,
-        "chat_format": bool(chat_format),
-    }
+    fp = DataFingerprint(query, max_seq_length, prompt_template, chat_format)
+    fp.add_train(train_rows)
+    for name, rows in sorted(eval_rows.items()):
+        fp.add_eval(name, rows)
+    return fp.result()
 
 
 def data_changes(before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any]) -> t.List[str]:
@@ -82,9 +167,11 @@ def data_changes(before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any]) ->
     if not before:
         return []
     changes = []
+    # A hash made another way (before rows were hashed page by page) cannot be compared.
+    same_method = before.get("hash") == after.get("hash")
     for key in DATA_KEYS:
         old, new = before.get(key), after.get(key)
-        if old == new:
+        if old == new or (key.endswith("_sha256") and not same_method):
             continue
         if key.endswith("_sha256"):
             what = "training" if key.startswith("train") else "evaluation"

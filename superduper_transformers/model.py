@@ -316,6 +316,20 @@ class LLM(Model):
         targets = [r[y] for r in rows]
         return {m.identifier: m(predictions, targets) for m in metrics}
 
+    def _create_datasets(self, X, db, select):
+        """The training and validation rows for ``fit``, read in pages (never as lists).
+
+        superduper's ``Model.fit_in_db`` gathers every selected row into Python lists
+        here and hands them to ``fit``; it has no other hook for the data. An
+        ``LLMTrainer`` reads the pages itself (``store.rows.FoldRows``), so a table
+        larger than memory trains. Other trainers get superduper's lists.
+        """
+        from superduper_transformers.trainer import LLMTrainer, fold_rows
+
+        if not isinstance(self.trainer, LLMTrainer):
+            return super()._create_datasets(X, db, select)
+        return fold_rows(self.trainer, db, "train"), fold_rows(self.trainer, db, "valid")
+
     @trigger("apply", depends="fit_in_db", requires="validation")
     def validate_in_db(self):
         """Run the validation metrics of ``validation`` (if any) and store them.

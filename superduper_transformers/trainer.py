@@ -9,7 +9,6 @@ transformers' ``TrainingArguments`` / trl's ``SFTConfig`` collected into
 from __future__ import annotations
 
 import dataclasses as dc
-import functools
 import inspect
 import json
 import typing as t
@@ -26,9 +25,12 @@ from superduper_transformers.hf.callbacks import CallbackError, normalise_callba
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import check_model_path, load_tokenizer
 from superduper_transformers.launch.dispatch import check_devices, launch
+from superduper_transformers.launch.ray_data import ray_row_source, with_max_steps
 from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
 from superduper_transformers.settings import TrainSettings
+from superduper_transformers.store import rows as store_rows
 from superduper_transformers.store.datalayer import migrate_component_tables
+from superduper_transformers.store.rows import FoldRows
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -161,33 +163,60 @@ class LLMTrainer(_LLMTrainerFields):
 
         :param model: The ``LLM`` to train.
         :param db: The datalayer.
-        :param train_dataset: Training values mapped by ``key`` (``_fold == 'train'``).
-        :param valid_dataset: Validation values mapped by ``key`` (``_fold == 'valid'``).
+        :param train_dataset: Training values mapped by ``key`` (``_fold == 'train'``), as
+            superduper's lists, or the rows read in pages (``store.rows.FoldRows``: what
+            ``LLM`` hands in, so that no table is held in memory).
+        :param valid_dataset: Validation values mapped by ``key`` (``_fold == 'valid'``),
+            likewise.
         """
         X, y = cfg.input_output_keys(self.key)
-        train_rows = data.rows_from_values(train_dataset, X, y)
-        data.check_rows(train_rows, X, y, "training rows")
+        train_rows = as_rows(train_dataset, X, y)
         eval_rows = named_eval_rows(model, db, valid_dataset, X, y)
+        # One read of every set, page by page: checked, counted and hashed (fingerprint
+        # and tokenization cache key); no set is held in memory.
+        train_hash = data.scan_rows(train_rows, X, y, "training rows")
+        eval_hashes = {
+            name: data.scan_rows(rows, X, y, f"evaluation rows '{name}'", set_name=name)
+            for name, rows in eval_rows.items()
+        }
 
         check_model_path(model.model_name_or_path)
         tokenizer = load_tokenizer(model.tokenizer_load_kwargs())
-        build = functools.partial(
-            data.build_dataset,
-            tokenizer,
+        tokenization = dict(
             X=X,
             y=y,
             max_length=self.max_seq_length,
             prompt_template=model.prompt_template,
             chat_format=self.setup_chat_format,
         )
-        train_ds = build(train_rows)
-        eval_ds = {name: build(rows) for name, rows in eval_rows.items()}
+
+        def build(rows, digest):
+            key = data.tokenization_key(tokenizer, f"{digest.count}:{digest.hexdigest()}", **tokenization)
+            return data.build_dataset(tokenizer, rows, fingerprint=key, **tokenization)
+
+        if self.ray_configs is not None:
+            # Read and tokenized on the cluster (Ray Data), never on this process.
+            train_ds = ray_row_source(
+                db, self.select, train_rows, model.tokenizer_load_kwargs(), tokenization
+            )
+        else:
+            train_ds = build(train_rows, train_hash)
+        eval_ds = {name: build(rows, eval_hashes[name]) for name, rows in eval_rows.items()}
         if list(eval_ds) == ["valid"]:
             eval_ds = eval_ds["valid"]  # one set: metrics are plain `eval_loss`
 
         training_args = training_args_for(self, model.identifier, list(eval_rows))
         settings = TrainSettings.from_trainer(self, training_args)
-        fingerprint = data_fingerprint(model, self, train_rows, eval_rows)
+        if self.ray_configs is not None:
+            training_args = with_max_steps(training_args, train_hash.count, self.ray_configs)
+        fingerprint = lineage.DataFingerprint.of_hashes(
+            str(self.select),
+            train_hash,
+            eval_hashes,
+            self.max_seq_length,
+            model.prompt_template,
+            self.setup_chat_format,
+        )
         with resume.active(model.identifier):
             # Resume the model's interrupted run (same experiment_id) or record a new one.
             plan = resume.start_run(
@@ -201,7 +230,7 @@ class LLMTrainer(_LLMTrainerFields):
             )
             logging.info(
                 f"Training {model.identifier} (run {plan.experiment_id}, from step {plan.step}): "
-                f"{len(train_rows)} rows, eval sets {list(eval_rows)}, lora={self.use_lora}, "
+                f"{train_hash.count} rows, eval sets {list(eval_rows)}, lora={self.use_lora}, "
                 f"bits={self.bits}, precision={settings.precision.name}, "
                 f"output_dir={training_args.output_dir}"
             )
@@ -369,31 +398,36 @@ def named_eval_rows(
 ) -> t.Dict[str, t.List]:
     """Evaluation rows by name: ``valid`` (rows with ``_fold='valid'``) and each
     dataset of the model's ``validation``, under its own identifier."""
-    out: t.Dict[str, t.List] = {}
+    out: t.Dict[str, t.Any] = {}
     if valid_values:
-        out["valid"] = data.rows_from_values(valid_values, X, y)
+        out["valid"] = as_rows(valid_values, X, y)
     if model.validation is not None:
         for ds in model.validation.datasets:
             ds.db = ds.db or db
             rows = [dict(r) for r in ds.data]
             data.check_rows(rows, X, y, f"rows of validation dataset '{ds.identifier}'")
             out[ds.identifier] = [{k: r[k] for k in (X, y) if k is not None} for r in rows]
-    for name, rows in out.items():
-        data.check_rows(rows, X, y, f"evaluation rows '{name}'")
     return out
 
 
-def _fold_rows(trainer: LLMTrainer, db: Datalayer, fold: str) -> t.List[t.Dict]:
-    select = trainer.select
-    tables = db.show("Table")
-    if select.table not in tables:
-        raise data.DataError(
-            f"`select` reads the table `{select.table}`, which is not in the database (tables: "
-            f"{sorted(t for t in tables if not t[:1].isupper())}). Create it with "
-            "`db.apply(Table(...))` and insert the rows, or fix the query."
-        )
-    table = db[select.table]
-    return [dict(r) for r in select.filter(table["_fold"] == fold).execute()]
+def as_rows(values, X: str, y: t.Optional[str]):
+    """Rows keyed by column name: ``FoldRows`` (read in pages by ``LLM``) as they are,
+    superduper's lists (values mapped by ``key``, the documented ``fit`` form) converted."""
+    if isinstance(values, FoldRows):
+        return values
+    return data.rows_from_values(values, X, y)
+
+
+def fold_rows(trainer: LLMTrainer, db: Datalayer, fold: t.Optional[str]) -> FoldRows:
+    """The rows of ``fold`` of the trainer's ``select``, read in pages (see ``store.rows``).
+
+    :raises DataError: when the query's table is not in the database.
+    """
+    X, y = cfg.input_output_keys(trainer.key)
+    try:
+        return store_rows.fold_rows(db, trainer.select, fold, [k for k in (X, y) if k is not None])
+    except store_rows.MissingTableError as e:
+        raise data.DataError(str(e)) from e
 
 
 def preflight(model: LLM, db: Datalayer) -> None:
@@ -411,9 +445,9 @@ def preflight(model: LLM, db: Datalayer) -> None:
     X, y = cfg.input_output_keys(trainer.key)
     if trainer.select is None:
         raise data.DataError("LLMTrainer needs a `select` query returning the training rows.")
-    train_rows = _fold_rows(trainer, db, "train")
+    train_rows = fold_rows(trainer, db, "train")
     if not train_rows:
-        total = len(trainer.select.execute())
+        total = len(fold_rows(trainer, db, None))
         hint = (
             f" The query returns {total} rows, but none with `_fold='train'`: set `_fold` "
             "on the rows ('train' or 'valid')."
@@ -424,21 +458,29 @@ def preflight(model: LLM, db: Datalayer) -> None:
             f"The training rows are empty: `select` ({trainer.select}) returned no rows with "
             f"`_fold='train'`.{hint} Insert training rows before applying the model."
         )
-    data.check_rows(train_rows, X, y, "training rows")
-    valid_rows = _fold_rows(trainer, db, "valid")
+    # Read page by page: checked and hashed, never held.
+    train_hash = data.scan_rows(train_rows, X, y, "training rows")
+    valid_rows = fold_rows(trainer, db, "valid")
+    eval_hashes = {}
     if valid_rows:
-        data.check_rows(valid_rows, X, y, "validation rows (`_fold='valid'`)")
+        eval_hashes["valid"] = data.scan_rows(
+            valid_rows, X, y, "validation rows (`_fold='valid'`)", set_name="valid"
+        )
     if model.validation is None:
         # A refused resume fails here, before the apply writes anything. With validation
         # datasets (read only in `fit`) the same check runs at the start of `fit`.
-        keys = [k for k in (X, y) if k is not None]
-        project = lambda rows: [{k: r[k] for k in keys} for r in rows]  # noqa: E731
-        eval_rows = {"valid": project(valid_rows)} if valid_rows else {}
         resume.refuse_changed_data(
             db,
             model.identifier,
             run_settings(model, trainer),
-            data_fingerprint(model, trainer, project(train_rows), eval_rows),
+            lineage.DataFingerprint.of_hashes(
+                str(trainer.select),
+                train_hash,
+                eval_hashes,
+                trainer.max_seq_length,
+                model.prompt_template,
+                trainer.setup_chat_format,
+            ),
             trainer.resume_from_db,
             trainer.on_data_change,
         )

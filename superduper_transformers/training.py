@@ -61,7 +61,11 @@ def train(
     records every checkpoint and eval metric of the run in the datalayer.
 
     :param training_args: trl ``SFTConfig``.
-    :param train_dataset: Tokenized training dataset.
+    :param train_dataset: Tokenized training dataset: a ``datasets.Dataset``, or a
+        ``ray.data.Dataset`` with ``input_ids``/``attention_mask``/``labels`` (streamed;
+        set ``max_steps``). With ``ray_configs`` a ``ray.data.Dataset`` is split across
+        the workers (``get_dataset_shard``) instead of being pickled into each; build
+        it after ``ray.init`` (the training then uses that Ray as it is).
     :param eval_datasets: A tokenized dataset, a dict name -> dataset, or None.
     :param model_kwargs: ``from_pretrained`` keywords of the base model.
     :param tokenizer_kwargs: ``from_pretrained`` keywords of the tokenizer.

@@ -169,26 +169,10 @@ def _encode(tokenizer, example, X, y, max_length, prompt_template, chat_format):
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     # a chat template writes its own special tokens
     prompt_ids = tokenizer(prompt, add_special_tokens=not chat_format)["input_ids"]
-    if y is None:
-        input_ids = prompt_ids + eos
-        labels = list(input_ids)
-    else:
+    completion_ids = None
+    if y is not None:
         completion_ids = tokenizer(example[y], add_special_tokens=False)["input_ids"] + eos
-        input_ids = prompt_ids + completion_ids
-        labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
-    status = FITS
-    if max_length is not None and len(input_ids) > max_length:
-        status = END_LOST
-        if y is not None and len(completion_ids) < max_length:
-            status = PROMPT_CUT
-            # Too long: drop the *start* of the prompt, so the completion (what is learned)
-            # and its EOS survive; cutting the end would leave nothing to learn.
-            cut = len(input_ids) - max_length
-            input_ids, labels = input_ids[cut:], labels[cut:]
-        else:
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
-    encoded = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
-    return encoded, status
+    return _combine(prompt_ids, completion_ids, eos, max_length)
 
 
 def _encode_conversation(tokenizer, messages, max_length):
@@ -229,13 +213,14 @@ def _encode_conversation(tokenizer, messages, max_length):
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}, status
 
 
-def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str) -> None:
+def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str, start: int = 0) -> None:
     """Check that rows carry text under the keys; raise a ``DataError`` otherwise.
 
     :param rows: Rows (mappings) as returned by the select query.
     :param X: Input column.
     :param y: Output column or None.
     :param where: Human description of the rows (e.g. ``"training rows of 'docs'"``).
+    :param start: The number of the first row (a page of a longer read).
     """
     if not rows:
         raise DataError(
@@ -244,9 +229,9 @@ def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: s
         )
     keys = [k for k in (X, y) if k is not None]
     if any(k in row and is_conversation(row[k]) for row in rows for k in keys):
-        _check_conversations(rows, X, y, where)
+        _check_conversations(rows, X, y, where, start)
         return
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, start):
         for k in keys:
             if k not in row:
                 raise DataError(
@@ -263,7 +248,9 @@ def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: s
                 )
 
 
-def _check_conversations(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str) -> None:
+def _check_conversations(
+    rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str, start: int = 0
+) -> None:
     """Rows holding conversations: one column of lists of messages, each well formed."""
     if y is not None:
         raise DataError(
@@ -271,7 +258,7 @@ def _check_conversations(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str]
             f"the conversations), but the trainer's `key` is a pair ({X!r}, {y!r}). Set "
             f"`key={X!r}` and put the answers in the conversations as assistant messages."
         )
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, start):
         if X not in row:
             raise DataError(
                 f"Key `{X}` is missing from row {i} of the {where}; the row has keys "
@@ -286,6 +273,31 @@ def _check_conversations(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str]
             )
 
 
+def scan_rows(rows: t.Iterable[t.Mapping], X: str, y: t.Optional[str], where: str, set_name=None):
+    """Read ``rows`` once, page by page: check each page and hash it; nothing is kept.
+
+    :param rows: A list, an iterable, or ``store.rows.FoldRows`` (read in its pages).
+    :param X: Input column.
+    :param y: Output column or None.
+    :param where: Human description of the rows, for errors.
+    :param set_name: The eval set's name, hashed with each row (None for training rows).
+    :return: a ``lineage.RowsHash`` of the rows projected on the keys (its ``count``
+        is the number of rows).
+    :raises DataError: on the first bad row, or when there is none.
+    """
+    from superduper_transformers.lineage import RowsHash
+
+    keys = [k for k in (X, y) if k is not None]
+    digest = RowsHash()
+    for page in _pages(rows):
+        check_rows(page, X, y, where, start=digest.count)
+        prefix = {} if set_name is None else {"_set": set_name}
+        digest.update({**prefix, **{k: r[k] for k in keys}} for r in page)
+    if not digest.count:
+        check_rows([], X, y, where)  # raises: no rows
+    return digest
+
+
 def rows_from_values(values: t.Sequence[t.Any], X: str, y: t.Optional[str]) -> t.List[t.Dict]:
     """Superduper's trainer lists (mapped by ``key``) -> rows keyed by column name."""
     if y is None:
@@ -293,7 +305,7 @@ def rows_from_values(values: t.Sequence[t.Any], X: str, y: t.Optional[str]) -> t
     return [{X: v[0], y: v[1]} for v in values]
 
 
-def build_dataset(
+def encode_batch(
     tokenizer,
     rows: t.Sequence[t.Mapping],
     X: str,
@@ -301,21 +313,239 @@ def build_dataset(
     max_length: t.Optional[int],
     prompt_template: str = "{input}",
     chat_format: bool = False,
+) -> t.Tuple[t.List[t.Dict[str, t.List[int]]], t.List[str]]:
+    """:func:`tokenize` of many rows at once: the same labels, one tokenizer call per column.
+
+    Text rows are tokenized as a batch (prompts together, completions together: the
+    fast tokenizer runs them in Rust); conversations are rendered and tokenized one by
+    one (:func:`_encode_conversation`).
+
+    :return: the examples and, for each, ``FITS``, ``PROMPT_CUT`` or ``END_LOST``.
+    """
+    out: t.List[t.Any] = [None] * len(rows)
+    text = []
+    for i, row in enumerate(rows):
+        if y is None and is_conversation(row[X]):
+            out[i] = _encode_conversation(tokenizer, row[X], max_length)
+        else:
+            text.append(i)
+    if text:
+        prompts = [build_prompt(tokenizer, rows[i][X], prompt_template, chat_format) for i in text]
+        prompt_ids = tokenizer(prompts, add_special_tokens=not chat_format)["input_ids"]
+        completions = [None] * len(text)
+        if y is not None:
+            completions = tokenizer([rows[i][y] for i in text], add_special_tokens=False)["input_ids"]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        for i, p_ids, c_ids in zip(text, prompt_ids, completions):
+            out[i] = _combine(p_ids, None if y is None else c_ids + eos, eos, max_length)
+    return [e for e, _ in out], [s for _, s in out]
+
+
+def _combine(prompt_ids, completion_ids, eos, max_length):
+    """Prompt and completion tokens -> example and truncation status (see :func:`tokenize`)."""
+    if completion_ids is None:
+        input_ids = prompt_ids + eos
+        labels = list(input_ids)
+    else:
+        input_ids = prompt_ids + completion_ids
+        labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    status = FITS
+    if max_length is not None and len(input_ids) > max_length:
+        status = END_LOST
+        if completion_ids is not None and len(completion_ids) < max_length:
+            status = PROMPT_CUT
+            # Too long: drop the *start* of the prompt, so the completion (what is learned)
+            # and its EOS survive; cutting the end would leave nothing to learn.
+            cut = len(input_ids) - max_length
+            input_ids, labels = input_ids[cut:], labels[cut:]
+        else:
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+    encoded = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+    return encoded, status
+
+
+#: Bump when the tokenized output of the same rows and settings changes (cache key).
+TOKENIZATION_VERSION = 1
+#: The truncation status of each example, kept in the cached dataset so the warning
+#: is the same on a cache hit (dropped before training).
+_STATUS = "_truncation"
+_STATUS_CODES = {FITS: 0, PROMPT_CUT: 1, END_LOST: 2}
+#: Rows tokenized per batch when the rows come as a plain iterable.
+BATCH_SIZE = 1000
+
+
+def data_cache_dir() -> str:
+    """Where tokenized datasets are cached: ``$SD_TRANSFORMERS_DATA_CACHE``, else a
+    folder of datasets' own cache (``$HF_DATASETS_CACHE``)."""
+    import os
+
+    from datasets import config
+
+    return os.environ.get(CACHE_ENV) or os.path.join(str(config.HF_DATASETS_CACHE), "superduper_transformers")
+
+
+#: Environment variable naming the tokenized-dataset cache folder.
+CACHE_ENV = "SD_TRANSFORMERS_DATA_CACHE"
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A hash of what decides a tokenizer's output: vocabulary, rules, chat template, EOS."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:  # a slow tokenizer: hash the object the way datasets does
+        from datasets.fingerprint import Hasher
+
+        text = Hasher.hash(tokenizer)
+    parts = [type(tokenizer).__name__, text, str(tokenizer.chat_template), str(tokenizer.eos_token_id)]
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
+
+
+def tokenization_key(
+    tokenizer,
+    data_hash: str,
+    X: str,
+    y: t.Optional[str],
+    max_length: t.Optional[int],
+    prompt_template: str,
+    chat_format: bool,
+) -> str:
+    """The cache key of a tokenized dataset: its rows' hash and every tokenization setting.
+
+    :param data_hash: An order-*dependent* hash of the rows would be exact; the rows'
+        content hash (``lineage``) with their count is used: the same rows in another
+        order give the same cached dataset, in the order first read.
+    """
+    import hashlib
+    import json
+
+    settings = [TOKENIZATION_VERSION, data_hash, X, y, max_length, prompt_template, bool(chat_format)]
+    text = json.dumps(settings) + tokenizer_hash(tokenizer)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _pages(rows) -> t.Iterator[t.List[t.Mapping]]:
+    """Pages of rows: the rows' own pages (``FoldRows.pages``) or batches of an iterable."""
+    if hasattr(rows, "pages"):
+        yield from rows.pages()
+        return
+    if isinstance(rows, t.Sequence):
+        for start in range(0, len(rows), BATCH_SIZE):
+            yield rows[start : start + BATCH_SIZE]
+        return
+    page = []
+    for row in rows:
+        page.append(row)
+        if len(page) == BATCH_SIZE:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _features():
+    from datasets import Features, Sequence, Value
+
+    ids = Sequence(Value("int32"))
+    return Features(
+        input_ids=ids, attention_mask=Sequence(Value("int8")), labels=ids, **{_STATUS: Value("int8")}
+    )
+
+
+def build_dataset(
+    tokenizer,
+    rows: t.Iterable[t.Mapping],
+    X: str,
+    y: t.Optional[str],
+    max_length: t.Optional[int],
+    prompt_template: str = "{input}",
+    chat_format: bool = False,
+    fingerprint: t.Optional[str] = None,
+    cache_dir: t.Optional[str] = None,
 ):
-    """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``."""
+    """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``.
+
+    The rows are read page by page and tokenized in batches into an Arrow file
+    (``Dataset.from_generator``): the dataset is memory-mapped, never one Python list.
+    It is cached under ``fingerprint`` (datasets' own builder cache, in ``cache_dir``):
+    the same rows with the same tokenization settings are read from the cache, without
+    reading or tokenizing the rows again.
+
+    :param tokenizer: A Hugging Face tokenizer.
+    :param rows: The rows: a list, any iterable, or ``store.rows.FoldRows`` (read in its
+        pages). Read at most once.
+    :param X: The input (prompt) column.
+    :param y: The output (completion) column, or None.
+    :param max_length: At most this many tokens (see :func:`tokenize`).
+    :param prompt_template: Template with ``{input}``.
+    :param chat_format: Wrap the prompt in the chat template.
+    :param fingerprint: Cache key (:func:`tokenization_key`); None: computed from the
+        rows' content (which reads them once more).
+    :param cache_dir: The cache folder (default :func:`data_cache_dir`).
+    """
     from datasets import Dataset
 
-    encoded, statuses = [], {FITS: 0, PROMPT_CUT: 0, END_LOST: 0}
-    for row in rows:
-        example, status = _encode(tokenizer, row, X, y, max_length, prompt_template, chat_format)
-        encoded.append(example)
-        statuses[status] += 1
-    if statuses[PROMPT_CUT] or statuses[END_LOST]:
+    if fingerprint is None:
+        from superduper_transformers.lineage import RowsHash
+
+        digest = RowsHash().update(r for page in _pages(rows) for r in page)
+        data_hash = f"{digest.count}:{digest.hexdigest()}"
+        fingerprint = tokenization_key(tokenizer, data_hash, X, y, max_length, prompt_template, chat_format)
+
+    def examples():
+        for page in _pages(rows):
+            encoded, statuses = encode_batch(tokenizer, page, X, y, max_length, prompt_template, chat_format)
+            for example, status in zip(encoded, statuses):
+                yield {**example, _STATUS: _STATUS_CODES[status]}
+
+    ds = Dataset.from_generator(
+        examples, features=_features(), cache_dir=cache_dir or data_cache_dir(), fingerprint=fingerprint
+    )
+    _warn_truncated(ds, max_length)
+    return ds.remove_columns(_STATUS)
+
+
+def _warn_truncated(ds, max_length: t.Optional[int]) -> None:
+    import pyarrow.compute as pc
+
+    counts = {v["values"]: v["counts"] for v in pc.value_counts(ds.data.column(_STATUS)).to_pylist()}
+    cut, lost = counts.get(1, 0), counts.get(2, 0)
+    if cut or lost:
         logging.warn(
-            f"{statuses[PROMPT_CUT] + statuses[END_LOST]} of {len(rows)} rows are longer than "
-            f"max_seq_length={max_length} tokens: {statuses[PROMPT_CUT]} had the start of "
-            f"their prompt cut (the completion is kept whole), {statuses[END_LOST]} lost their "
+            f"{cut + lost} of {len(ds)} rows are longer than "
+            f"max_seq_length={max_length} tokens: {cut} had the start of "
+            f"their prompt cut (the completion is kept whole), {lost} lost their "
             "end (the completion or text alone is longer, so its EOS is not learned). Raise "
             "`max_seq_length` to keep them whole."
         )
-    return Dataset.from_list(encoded)
+
+
+def iterable_dataset(examples: t.Callable[[], t.Iterator[t.Dict[str, t.Any]]]):
+    """A ``datasets.IterableDataset`` of tokenized examples from a generator function.
+
+    Each pass calls ``examples()`` again (one epoch). Used for rows that stream from
+    Ray Data: a ``ray.data.Dataset`` or a worker's shard.
+    """
+    from datasets import IterableDataset
+
+    features = _features()
+    del features[_STATUS]
+    return IterableDataset.from_generator(examples, features=features)
+
+
+def is_ray_dataset(value: t.Any) -> bool:
+    """Whether ``value`` is a ``ray.data.Dataset`` (or a worker's shard), without importing Ray."""
+    module = type(value).__module__ or ""
+    return module.startswith("ray.data") and hasattr(value, "iter_rows")
+
+
+def from_ray_dataset(ds, seed: int = 0):
+    """A tokenized ``ray.data.Dataset`` (or shard) as a ``datasets.IterableDataset``."""
+
+    def examples():
+        for batch in ds.iter_batches(batch_size=256, batch_format="pyarrow"):
+            yield from batch.to_pylist()
+
+    return iterable_dataset(examples)

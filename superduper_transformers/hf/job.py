@@ -13,7 +13,10 @@ class TrainJob:
     """One training, as the launchers run it (locally, or pickled to each Ray worker).
 
     :param training_args: trl ``SFTConfig`` (or ``TrainingArguments``), resolved.
-    :param train_dataset: Tokenized ``datasets.Dataset`` (``input_ids``, ``labels``).
+    :param train_dataset: Tokenized ``datasets.Dataset`` (``input_ids``, ``labels``), a
+        tokenized ``ray.data.Dataset``, or (from ``LLMTrainer.fit`` with ``ray_configs``)
+        a ``launch.ray_data.RowSource`` that Ray Data reads from the db. On Ray the
+        last two reach the workers as shards, not inside the pickled job.
     :param eval_datasets: One tokenized dataset, a dict name -> dataset, or None.
     :param model_kwargs: ``from_pretrained`` keywords of the base model.
     :param tokenizer_kwargs: ``from_pretrained`` keywords of the tokenizer.

@@ -12,6 +12,7 @@ if t.TYPE_CHECKING:
     from transformers import TrainingArguments
 
 from superduper_transformers.hf.callbacks import build_callbacks, early_stopping_callback
+from superduper_transformers.hf.data import from_ray_dataset, is_ray_dataset
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import load_causal_lm, load_tokenizer
 from superduper_transformers.hf.lora import prepare_lora_training
@@ -70,13 +71,17 @@ def run_job(job: TrainJob):
     # Without settings the arguments are the caller's own: their layout is kept.
     explicit = settings is None or settings.batching.explicit
     training_args = keep_examples_apart(model, job.training_args, explicit)
+    train_dataset = job.train_dataset
+    if is_ray_dataset(train_dataset):
+        # Tokenized rows streaming from Ray Data (here: one process reads it all).
+        train_dataset = from_ray_dataset(train_dataset)
     eval_datasets = job.eval_datasets
     if isinstance(eval_datasets, dict) and not eval_datasets:
         eval_datasets = None
     trainer = SFTTrainer(
         model=model,
         args=training_args,
-        train_dataset=job.train_dataset,
+        train_dataset=train_dataset,
         eval_dataset=eval_datasets,
         processing_class=tokenizer,
         # The settings' first: early stopping decides in `on_evaluate` before the job's
@@ -105,7 +110,10 @@ def train_func(
     """Run one training on this process (one device, or one Ray worker).
 
     :param training_args: trl ``SFTConfig`` (or ``TrainingArguments``).
-    :param train_dataset: Tokenized ``datasets.Dataset`` (``input_ids``, ``labels``).
+    :param train_dataset: Tokenized ``datasets.Dataset`` (``input_ids``, ``labels``),
+        or a tokenized ``ray.data.Dataset`` with those columns: it is read as a stream
+        (an iterable, so ``training_args.max_steps`` must be set). On Ray
+        (``training.train(..., ray_configs=...)``) each worker reads its own shard.
     :param eval_datasets: One tokenized dataset, a dict name -> dataset, or None.
     :param model_kwargs: ``from_pretrained`` keywords of the base model
         (``pretrained_model_name_or_path`` and options).

@@ -1,7 +1,8 @@
 """The Ray Train path: a ``TrainJob`` run on every worker of a ``TorchTrainer``.
 
-The driver never pickles the datalayer. Workers receive the tokenized datasets,
-the training settings and the serialized db config; rank 0 rebuilds the
+The driver never pickles the datalayer. Workers receive the training settings, their
+shard of the rows (Ray Data, see ``ray_data``; or a pickled ``datasets.Dataset``),
+and the serialized db config; rank 0 rebuilds the
 datalayer from that config (``LLMCallback(cfg=...)``) and writes the checkpoints.
 Ray is imported only inside these functions: it takes seconds to import.
 """
@@ -18,7 +19,9 @@ import uuid
 
 from superduper import logging
 
+from superduper_transformers.hf.data import is_ray_dataset
 from superduper_transformers.hf.job import TrainJob
+from superduper_transformers.launch.ray_data import RowSource, shard_dataset, to_ray_dataset, use_own_shard
 from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_setup  # noqa: F401
 from superduper_transformers.settings import Secret
 
@@ -154,12 +157,28 @@ def ray_train(
     identifier = llm.identifier if llm is not None else "llm"
     run_config = run_config or default_run_config(job.training_args, identifier, experiment_id)
     env = worker_env(db if recording else None)
+    ray_data = isinstance(job.train_dataset, RowSource) or is_ray_dataset(job.train_dataset)
     with ray_session(ray_configs, env):
+        datasets = None
+        if ray_data:
+            # The rows reach the workers through Ray Data, each its own shard: the job
+            # (pickled into every worker) carries none of them.
+            train = job.train_dataset
+            datasets = {"train": to_ray_dataset(train) if isinstance(train, RowSource) else train}
+            job = dc.replace(job, train_dataset=None)
+            logging.info(f"Training data on Ray Data: {train!r}")
+        loop_config["job"] = dc.replace(
+            job,
+            train_dataset=_in_memory(job.train_dataset),
+            eval_datasets=_in_memory(job.eval_datasets),
+        )
+        loop_config["ray_data"] = ray_data
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
             scaling_config=scaling_config,
             run_config=run_config,
+            datasets=datasets,
         )
         result = trainer.fit()
     logging.info(f"Ray run {experiment_id} finished; results in {result.path}")
@@ -177,6 +196,19 @@ def ray_train(
     return result
 
 
+def _in_memory(ds):
+    """A memory-mapped ``datasets.Dataset`` (a file of this machine's cache) loaded into
+    memory, so that it pickles with its rows to workers on other machines; eval sets
+    are small. Dicts of them likewise; anything else as it is."""
+    if isinstance(ds, dict):
+        return {name: _in_memory(d) for name, d in ds.items()}
+    if getattr(ds, "cache_files", None):
+        from datasets import Dataset
+
+        return Dataset.from_dict(ds.to_dict(), features=ds.features)
+    return ds
+
+
 def _refresh(db: Datalayer, llm: t.Any) -> None:
     """Copy what rank 0 stored (adapter, metrics, generations) into the driver's ``llm``.
 
@@ -191,7 +223,7 @@ def _refresh(db: Datalayer, llm: t.Any) -> None:
 
 # -- workers --------------------------------------------------------------
 def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
-    """Run on each Ray worker: resume from Ray's latest checkpoint, train, report.
+    """Run on each Ray worker: resume from the db's latest verified checkpoint, train, report.
 
     :param loop: ``train_loop_config`` built by :func:`ray_train`.
     """
@@ -236,15 +268,56 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
         trainer_prepare_func=prepare_trainer,
         local_rank=ray.train.get_context().get_local_rank(),
     )
-    checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as folder:
-        if folder is not None:
-            # A restart after a failure: continue where Ray's last checkpoint left off.
-            resume = os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME)
-            job = dc.replace(job, resume_from_checkpoint=resume)
-            logging.info(f"Resuming from {resume}")
+    if loop.get("ray_data"):
+        # This worker's part of the rows (Ray Data); an iterable, so resuming cannot skip
+        # the batches already seen: it goes on with fresh ones (`ignore_data_skip`).
+        shard = ray.train.get_dataset_shard("train")
+        job = dc.replace(
+            job,
+            train_dataset=shard_dataset(shard, seed=job.training_args.seed),
+            training_args=dc.replace(job.training_args, ignore_data_skip=True),
+            trainer_prepare_func=lambda trainer: use_own_shard(prepare_trainer(trainer)),
+        )
+    with contextlib.ExitStack() as stack:
+        resume_from = _resume_point(loop, job, stack)
+        if resume_from is not None:
+            job = dc.replace(job, resume_from_checkpoint=resume_from)
+            logging.info(f"Resuming from {resume_from}")
         with runs.active(loop["identifier"] or ""):  # saves by rank 0 are not re-applies
             run_job(job)
+
+
+def _resume_point(loop: t.Dict[str, t.Any], job: TrainJob, stack: contextlib.ExitStack):
+    """Where this (maybe restarted) worker resumes: the db's newest verified checkpoint.
+
+    The db is the one source of truth, as for a local run: rank 0 registers each
+    checkpoint before Ray hears of it, so after a crash the db may be a checkpoint
+    ahead of Ray, and resuming from Ray's would train those steps twice. Without db
+    logging (nothing registered during the run), Ray's latest checkpoint.
+    """
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    if loop["cfg"] is not None and job.experiment_id:
+        from superduper_transformers import resume as runs
+        from superduper_transformers.store.datalayer import datalayer_from_config
+
+        db = datalayer_from_config(loop["cfg"].reveal())
+        try:
+            ckpt = runs.latest_verified_checkpoint(db, loop["identifier"], job.experiment_id)
+        finally:
+            db.disconnect()
+        if ckpt is not None:
+            if ray.train.get_context().get_world_rank() == 0:
+                # Also clears what the dead process left in output_dir past that step.
+                return runs.fetch_checkpoint(ckpt, job.training_args.output_dir)
+            return ckpt.local_path  # verified against its manifest; read only
+        return job.resume_from_checkpoint
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return job.resume_from_checkpoint
+    folder = stack.enter_context(checkpoint.as_directory())
+    return os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME)
 
 
 # -- results --------------------------------------------------------------

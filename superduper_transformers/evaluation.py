@@ -9,6 +9,7 @@ own ``Model.validate_in_db`` puts them: ``model.metric_values['<dataset>/<versio
 
 from __future__ import annotations
 
+import itertools
 import typing as t
 
 from superduper import logging
@@ -88,5 +89,5 @@ def generation_samples(
             "target": str(row[y]) if y is not None else "",
             "special_tokens": not chat_format,  # a chat template writes its own
         }
-        for row in list(rows)[:n]
+        for row in itertools.islice(rows, n)  # rows may be read in pages: no list
     ]

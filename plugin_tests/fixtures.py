@@ -161,6 +161,24 @@ class RecordingCallback(TrainerCallback):
             self._record("log", state)
 
 
+class HoldAt(TrainerCallback):
+    """Wait at the end of ``step`` until the file ``until`` exists (tests stop a training
+    at a known step without racing its speed); ``<until>.holding`` says it waits."""
+
+    def __init__(self, step: int, until: str):
+        self.step = step
+        self.until = until
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        if state.global_step != self.step:
+            return
+        open(f"{self.until}.holding", "w").close()
+        while not os.path.exists(self.until):
+            time.sleep(0.05)
+
+
 def exact_match(predictions: t.Sequence[str], targets: t.Sequence[str]) -> float:
     """Share of generations that are exactly the target (a superduper ``Metric``'s object)."""
     return sum(str(p).strip() == str(y).strip() for p, y in zip(predictions, targets)) / max(len(targets), 1)

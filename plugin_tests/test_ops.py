@@ -148,7 +148,7 @@ def test_cli_plot_and_its_errors(trained, tmp_path, capsys, monkeypatch):
     assert cli.main(["--data", str(data), "plot", "tiny", "--out", str(out)]) == 0  # a fresh datalayer
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{out}: run " in capsys.readouterr().out
-    monkeypatch.setattr(cli, "_connect", lambda args: db)  # building a datalayer costs seconds
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)  # building a datalayer costs seconds
     assert cli.main(["--data", str(data), "plot", "nope", "--out", str(out)]) == 2
     assert "Model `nope` is not in the database" in capsys.readouterr().err
     assert cli.main(["--data", str(data), "plot", "tiny", "--out", str(tmp_path / "no" / "x.png")]) == 2
@@ -254,7 +254,7 @@ def test_promote_refuses_a_checkpoint_whose_files_do_not_verify(trained):
 
 def test_cli_promote_rollback_and_promotions(trained, capsys, monkeypatch):
     db, data = trained
-    monkeypatch.setattr(cli, "_connect", lambda args: db)  # building a datalayer costs seconds
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)  # building a datalayer costs seconds
     base = ["--data", str(data)]
     ten = next(r["identifier"] for r in list_checkpoints(db, "tiny") if r["step"] == 10)
     assert cli.main([*base, "promote", "tiny", "10", "--by", "carol"]) == 0

@@ -27,7 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     pl.add_argument("model", help="identifier of the LLM")
     pl.add_argument("--out", required=True, help="the image file to write, e.g. run.png")
-    pl.add_argument("--run", help="experiment id of the run (default: the one whose checkpoint is in use)")
+    # dest `experiment`: `run` is the command's function (`set_defaults(run=...)`)
+    pl.add_argument(
+        "--run",
+        dest="experiment",
+        help="experiment id of the run (default: the one whose checkpoint is in use)",
+    )
     pr = sub.add_parser("promote", help="point a model (or one of its aliases) at another stored checkpoint")
     pr.add_argument("model", help="identifier of the LLM")
     pr.add_argument("checkpoint", help="checkpoint identifier, alias or step")
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace, db: t.Any) -> t.Optional[int]:
 def _plot(args, db) -> None:
     from superduper_transformers.plot import plot_history
 
-    data = plot_history(db, args.model, args.out, experiment_id=args.run)
+    data = plot_history(db, args.model, args.out, experiment_id=args.experiment)
     print(
         f"{data.path}: run {data.experiment_id}, {', '.join(data.panels)}; checkpoints at {data.checkpoints}"
     )

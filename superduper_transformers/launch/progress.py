@@ -94,6 +94,9 @@ class ProgressCallback(TrainerCallback):
         self._start: t.Optional[t.Tuple[float, int]] = None
         self._written = 0.0
         self._loss: t.Optional[float] = None
+        # trl's own count of the tokens trained on (`num_tokens` in its logs, summed over
+        # the workers): first value seen with its time, and the latest.
+        self._tokens: t.Optional[t.Tuple[float, float, float]] = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -124,6 +127,9 @@ class ProgressCallback(TrainerCallback):
         tokens = getattr(state, "num_input_tokens_seen", 0) or 0
         if tokens and elapsed > 0:
             tokens_per_s = tokens / elapsed  # counted by the trainer (since this process started)
+        elif self._tokens is not None and self._tokens[2] > self._tokens[0] and now > self._tokens[1]:
+            # trl's count: what a stream of rows (Ray Data) gives, where no sample is cheap
+            tokens_per_s = (self._tokens[2] - self._tokens[0]) / (now - self._tokens[1])
         elif rate and self.tokens_per_example and state.train_batch_size:
             tokens_per_s = rate * self.tokens_per_example * state.train_batch_size
         else:
@@ -150,6 +156,9 @@ class ProgressCallback(TrainerCallback):
             return
         if logs and isinstance(logs.get("loss"), (int, float)):
             self._loss = float(logs["loss"])
+        if logs and isinstance(logs.get("num_tokens"), (int, float)):
+            first, since = (self._tokens or (float(logs["num_tokens"]), time.time(), 0.0))[:2]
+            self._tokens = (first, since, float(logs["num_tokens"]))
         self._write(state, TRAINING)
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -263,10 +263,15 @@ def test_in_a_terminal_train_shows_progress_stops_on_ctrl_c_and_resumes(
     )
     assert code == 0, err
     prog = f"env PYTHONPATH={ROOT} OMP_NUM_THREADS=1 {sys.executable} -m superduper_transformers"
-    # longer than the example: time to watch it, even on a loaded machine
+    # Longer than the example, and held at step 100 until Ctrl-C was pressed: the stop is
+    # at a known step however fast the machine trains.
+    release = tmp_path / "release"
+    hold = shlex.quote(
+        f'trainer.callbacks=[{{class: "plugin_tests.fixtures:HoldAt", kwargs: {{step: 100, until: "{release}"}}}}]'
+    )
     train = (
         f"{prog} --data {data_dir} train {EXAMPLE} model.model_name_or_path={tiny_model_dir} "
-        "trainer.max_steps=480"
+        f"trainer.max_steps=480 {hold}"
     )
     _tmux("kill-server") if subprocess.run(
         ["tmux", "-L", "sdt-test", "has"], capture_output=True
@@ -284,11 +289,14 @@ def test_in_a_terminal_train_shows_progress_stops_on_ctrl_c_and_resumes(
         )
         _wait_for("t:1", r"waiting for a training run of tiny-lora")
         _tmux("send-keys", "-t", "t:0", f"{train}; echo EXIT=$?", "Enter")
-        step = _wait_for("t:0", r"(\d+)/480 \[")  # tqdm's bar: a terminal gets one
+        _wait_for("t:0", r"(\d+)/480 \[")  # tqdm's bar: a terminal gets one
         _wait_for("t:1", r"running  step \d+/480 \(\d+%\)  loss [\d.]+  [\d,]+ tokens/s  ETA \w+")
-        while int(step.group(1)) < 90:  # past the first checkpoint (80)
-            step = _wait_for("t:0", r"(\d+)/480 \[")
+        deadline = time.time() + 600
+        while not os.path.exists(f"{release}.holding") and time.time() < deadline:
+            time.sleep(0.5)
         _tmux("send-keys", "-t", "t:0", "C-c")
+        time.sleep(1)  # the signal handler runs in the held main thread
+        release.touch()
         _wait_for("t:0", r"EXIT=130")
         m = _wait_for(
             "t:0",

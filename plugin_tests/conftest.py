@@ -48,6 +48,18 @@ def db(artifact_store, tmp_path):
 
 
 @pytest.fixture
+def sqlite_db(artifact_store, tmp_path):
+    """A SQLite-file datalayer with the arithmetic rows: one that several processes share
+    (Ray workers, a CLI in a subprocess), which mongomock cannot be."""
+    from superduper import superduper
+
+    db = superduper(f"sqlite:///{tmp_path / 'db.sqlite'}", force_apply=True)
+    fixtures.insert_rows(db)
+    yield db
+    db.disconnect()
+
+
+@pytest.fixture
 def caplog_loguru():
     """The messages superduper's (loguru) logger writes during the test."""
     from loguru import logger

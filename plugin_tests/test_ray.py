@@ -79,17 +79,6 @@ def ray_tmp():
     assert not leftovers, f"Ray processes were left running under {path}: {leftovers}"
 
 
-@pytest.fixture
-def sqlite_db(artifact_store, tmp_path):
-    """A SQLite-file datalayer (shared by the driver and the workers) with the rows."""
-    from superduper import superduper
-
-    db = superduper(f"sqlite:///{tmp_path / 'db.sqlite'}", force_apply=True)
-    fixtures.insert_rows(db)
-    yield db
-    db.disconnect()
-
-
 def ray_configs(temp_dir, workers=2, **extra):
     """Local Ray with ``workers`` CPU workers (gloo) on this machine's 2 cores."""
     from ray.train import ScalingConfig

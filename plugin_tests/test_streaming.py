@@ -37,16 +37,6 @@ def data_cache(tmp_path, monkeypatch):
     return path
 
 
-@pytest.fixture
-def sqlite_db(artifact_store, tmp_path):
-    from superduper import superduper
-
-    db = superduper(f"sqlite:///{tmp_path / 'db.sqlite'}", force_apply=True)
-    fixtures.insert_rows(db)
-    yield db
-    db.disconnect()
-
-
 def _insert_long_row(db):
     db["facts"].insert([{"x": LONG[0], "y": LONG[1], "_fold": "train"}])
 

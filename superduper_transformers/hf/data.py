@@ -162,17 +162,10 @@ FITS, PROMPT_CUT, END_LOST = "fits", "prompt_cut", "end_lost"
 
 
 def _encode(tokenizer, example, X, y, max_length, prompt_template, chat_format):
-    """:func:`tokenize`, and ``FITS``, ``PROMPT_CUT`` or ``END_LOST``."""
-    if y is None and is_conversation(example[X]):
-        return _encode_conversation(tokenizer, example[X], max_length)
-    prompt = build_prompt(tokenizer, example[X], prompt_template, chat_format)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    # a chat template writes its own special tokens
-    prompt_ids = tokenizer(prompt, add_special_tokens=not chat_format)["input_ids"]
-    completion_ids = None
-    if y is not None:
-        completion_ids = tokenizer(example[y], add_special_tokens=False)["input_ids"] + eos
-    return _combine(prompt_ids, completion_ids, eos, max_length)
+    """:func:`tokenize`, and ``FITS``, ``PROMPT_CUT`` or ``END_LOST``: one row of
+    :func:`encode_batch`, so that one example and a batch are tokenized alike."""
+    examples, statuses = encode_batch(tokenizer, [example], X, y, max_length, prompt_template, chat_format)
+    return examples[0], statuses[0]
 
 
 def _encode_conversation(tokenizer, messages, max_length):

@@ -109,6 +109,11 @@ class LLMCallback(TrainerCallback):
         self.db = datalayer_from_config(self.cfg)
         self.llm = self.db.load("LLM", self.identifier)
 
+    def datalayer(self) -> Datalayer:
+        """The datalayer this callback records in (rebuilt from ``cfg`` on first use)."""
+        self._connect()
+        return self.db
+
     @property
     def run_id(self) -> str:
         """The run these checkpoints belong to."""

@@ -74,6 +74,8 @@ class ProgressCallback(TrainerCallback):
     :param tokens_per_example: Mean tokens of a training example (for tokens/s when the
         trainer does not count input tokens itself).
     :param min_interval_s: Least time between two writes (the final one is always written).
+    :param connect: Returns the datalayer to write to, instead of one rebuilt from ``cfg``
+        (a Ray worker passes its ``LLMCallback``'s: rank 0 builds one datalayer, not two).
     """
 
     def __init__(
@@ -84,8 +86,10 @@ class ProgressCallback(TrainerCallback):
         cfg: t.Any = None,
         tokens_per_example: t.Optional[float] = None,
         min_interval_s: float = 1.0,
+        connect: t.Optional[t.Callable[[], Datalayer]] = None,
     ):
         self.model = model
+        self.connect = connect
         self.experiment_id = experiment_id
         self.db = db
         self.cfg = cfg
@@ -100,13 +104,15 @@ class ProgressCallback(TrainerCallback):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["db"] = None  # a datalayer never travels to Ray workers
+        state["db"] = state["connect"] = None  # a datalayer never travels to Ray workers
         return state
 
     def _write(self, state, phase: str, force: bool = False) -> None:
         now = time.time()
         if not force and now - self._written < self.min_interval_s:
             return
+        if self.db is None and self.connect is not None:
+            self.db = self.connect()
         if self.db is None:
             from superduper_transformers.store.datalayer import datalayer_from_config
 

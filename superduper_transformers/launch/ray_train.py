@@ -238,15 +238,14 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     job: TrainJob = loop["job"]
     callbacks = []
     if loop["cfg"] is not None:
-        callbacks.append(
-            LLMCallback(
-                cfg=loop["cfg"].reveal(),
-                identifier=loop["identifier"],
-                experiment_id=job.experiment_id,
-                data_fingerprint=job.data_fingerprint,
-                generation_samples=job.generation_samples,
-            )
+        recorder = LLMCallback(
+            cfg=loop["cfg"].reveal(),
+            identifier=loop["identifier"],
+            experiment_id=job.experiment_id,
+            data_fingerprint=job.data_fingerprint,
+            generation_samples=job.generation_samples,
         )
+        callbacks.append(recorder)
         if job.experiment_id:
             callbacks.append(
                 ProgressCallback(
@@ -254,6 +253,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
                     job.experiment_id,
                     cfg=loop["cfg"].reveal(),
                     tokens_per_example=mean_tokens_per_example(job.train_dataset),
+                    connect=recorder.datalayer,  # one datalayer on rank 0, not two
                 )
             )
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of

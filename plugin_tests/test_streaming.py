@@ -123,12 +123,17 @@ def test_fit_reads_pages_and_a_second_fit_reuses_the_tokenized_cache(
     db.apply(fixtures.make_llm(db, tiny_model_dir, identifier="first", **settings), force=True)
     assert max(pages_read) == 10  # read in pages of 10 rows
     assert sorted(encoded) == [2, 8, 10, 10, 10]  # 32 training rows in pages of 10, 8 valid rows
+    # 40 rows read twice: checked and hashed by the preflight (`fit` reuses that scan,
+    # and superduper's `len()` its count), then tokenized. No third or fourth read.
+    assert sum(pages_read) == 2 * 40
     cached = os.listdir(os.path.join(data_cache, "generator"))
     assert len(cached) == 2  # the training and the validation set
 
     encoded.clear()
+    pages_read.clear()
     db.apply(fixtures.make_llm(db, tiny_model_dir, identifier="second", **settings), force=True)
     assert encoded == []  # same rows, same tokenization: nothing tokenized again
+    assert sum(pages_read) == 40  # read once: the preflight's scan
     assert os.listdir(os.path.join(data_cache, "generator")) == cached
     for model in ("first", "second"):
         assert [r["step"] for r in list_checkpoints(db, model)] == [4]

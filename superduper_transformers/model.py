@@ -324,11 +324,13 @@ class LLM(Model):
         ``LLMTrainer`` reads the pages itself (``store.rows.FoldRows``), so a table
         larger than memory trains. Other trainers get superduper's lists.
         """
+        from superduper_transformers.store.rows import take_scan
         from superduper_transformers.trainer import LLMTrainer, fold_rows
 
         if not isinstance(self.trainer, LLMTrainer):
             return super()._create_datasets(X, db, select)
-        return fold_rows(self.trainer, db, "train"), fold_rows(self.trainer, db, "valid")
+        # The preflight of this apply checked, counted and hashed them: not read again.
+        return tuple(take_scan(self.uuid, fold_rows(self.trainer, db, fold)) for fold in ("train", "valid"))
 
     @trigger("apply", depends="fit_in_db", requires="validation")
     def validate_in_db(self):

@@ -466,6 +466,10 @@ def preflight(model: LLM, db: Datalayer) -> None:
         eval_hashes["valid"] = data.scan_rows(
             valid_rows, X, y, "validation rows (`_fold='valid'`)", set_name="valid"
         )
+    # `fit` (same apply, same process) takes these instead of reading every row again.
+    store_rows.remember_scan(model.uuid, train_rows, train_hash)
+    if valid_rows:
+        store_rows.remember_scan(model.uuid, valid_rows, eval_hashes["valid"])
     if model.validation is None:
         # A refused resume fails here, before the apply writes anything. With validation
         # datasets (read only in `fit`) the same check runs at the start of `fit`.

@@ -280,6 +280,8 @@ def scan_rows(rows: t.Iterable[t.Mapping], X: str, y: t.Optional[str], where: st
     """
     from superduper_transformers.lineage import RowsHash
 
+    if getattr(rows, "scanned", None) is not None:
+        return rows.scanned  # checked and hashed earlier in this apply (the preflight)
     keys = [k for k in (X, y) if k is not None]
     digest = RowsHash()
     for page in _pages(rows):

@@ -52,3 +52,41 @@ def test_database_reads_per_save_do_not_grow_with_the_checkpoints(
     steady = reads[(limit or 0) + 1 :]
     assert len(set(steady)) == 1, reads
     assert len(checkpoint.list_checkpoints(db, "tiny")) == (limit or steps)
+
+
+def test_progress_writes_take_at_most_their_share_of_the_training_time(monkeypatch):
+    """A slow datalayer (each progress write 0.25 s) logging every 0.1 s of training: the
+    writes are spaced so that they take at most 2% of the time, not one per second (which
+    would have cost the training 25% of its speed). A fake clock: nothing is timed."""
+    import types
+
+    from superduper_transformers.launch import progress
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(time=lambda: clock["now"]))
+    writes = []
+
+    class SlowDb:
+        def load(self, *a, **k):
+            return types.SimpleNamespace(progress=None)
+
+        def apply(self, run, **k):
+            writes.append(run.progress["step"])
+            clock["now"] += 0.25
+
+    callback = progress.ProgressCallback("m", "run", db=SlowDb(), min_interval_s=1.0)
+    state = types.SimpleNamespace(
+        global_step=0, max_steps=1000, epoch=0.0, is_world_process_zero=True, train_batch_size=8
+    )
+    callback.on_train_begin(None, state, None)
+    start = clock["now"]
+    for step in range(1, 1001):  # 100 s of training, a log every step
+        clock["now"] += 0.1
+        state.global_step = step
+        callback.on_log(None, state, None, logs={"loss": 1.0 / step})
+    callback.on_train_end(None, state, None)
+    spent = 0.25 * len(writes)
+    assert spent <= 0.02 * (clock["now"] - start) + 3 * 0.25  # + the first, the first log, the last
+    assert len(writes) >= 5 and writes[-1] == 1000  # still updated along the way, and at the end
+    gaps = [b - a for a, b in zip(writes[2:-1], writes[3:-1])]
+    assert gaps and min(gaps) >= 100  # >= 12.5 s apart (0.25 s / 2%), at 0.1 s per step

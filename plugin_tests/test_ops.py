@@ -270,6 +270,107 @@ def test_cli_promote_rollback_and_promotions(trained, capsys, monkeypatch):
     assert "Model `nope` is not in the database" in capsys.readouterr().err
 
 
+def _step(db, step):
+    return next(r["identifier"] for r in list_checkpoints(db, "tiny") if r["step"] == step)
+
+
+def _state(db):
+    """What a refused delete must leave as it was: rows, pointers, aliases, history."""
+    record = db.load("Promotions", "tiny")
+    in_use = db.load("LLM", "tiny").adapter_id.identifier
+    return list_checkpoints(db, "tiny"), in_use, dict(record.aliases), list(record.history)
+
+
+def test_cli_checkpoints_shows_each_checkpoints_aliases(trained, capsys, monkeypatch):
+    db, data = trained
+    monkeypatch.setattr(cli.query, "connect", lambda args: db)  # building a datalayer costs seconds
+    assert cli.main(["--data", str(data), "checkpoints", "tiny"]) == 0
+    lines = {
+        line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()
+    }  # after the `*` column
+    assert lines[_step(db, 10)].endswith(
+        "  [candidate, prod]"
+    )  # prod from the fixture, candidate from a test above
+    assert "[" not in lines[_step(db, STEPS)]
+
+
+def test_delete_checkpoint_refuses_an_aliased_checkpoint_and_writes_nothing(trained, capsys, monkeypatch):
+    db, data = trained
+    ten = _step(db, 10)
+    assert promote.promotions(db, "tiny").aliases == {"prod": ten, "candidate": ten}
+    before = _state(db)
+    for name in (ten, 10, "prod"):  # by identifier, step or alias
+        with pytest.raises(promote.PromotionError) as e:
+            promote.delete_checkpoint(db, "tiny", name)
+        message = str(e.value)
+        assert f"Checkpoint `{ten}` of model `tiny` is protected" in message
+        assert "alias `candidate` points at it" in message and "alias `prod` points at it" in message
+        assert "superduper-transformers promote tiny CHECKPOINT --alias candidate" in message
+        assert "force=True" in message
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)
+    assert cli.main(["--data", str(data), "delete-checkpoint", "tiny", "prod"]) == 2
+    err = capsys.readouterr().err
+    assert f"delete-checkpoint: Checkpoint `{ten}` of model `tiny` is protected" in err and "--force" in err
+    assert _state(db) == before
+    assert load_checkpoint(db, ten).step == 10  # its files are all there and verify
+
+
+def test_delete_checkpoint_refuses_the_checkpoint_in_use_even_forced(trained):
+    db, _ = trained
+    in_use = db.load("LLM", "tiny").adapter_id.identifier
+    before = _state(db)
+    with pytest.raises(promote.PromotionError) as e:
+        promote.delete_checkpoint(db, "tiny", in_use, force=True)
+    assert f"Cannot delete checkpoint `{in_use}`: model `tiny` uses it" in str(e.value)
+    assert "Promote another checkpoint first" in str(e.value)
+    assert _state(db) == before
+    load_checkpoint(db, in_use)
+
+
+def test_delete_checkpoint_refuses_a_rollback_target(trained):
+    db, _ = trained
+    last, thirty = _step(db, STEPS), _step(db, 30)
+    assert db.load("LLM", "tiny").adapter_id.identifier == last
+    promote.promote(db, "tiny", thirty, by="tester")  # a rollback would return to `last`
+    try:
+        before = _state(db)
+        with pytest.raises(
+            promote.PromotionError,
+            match=f"Checkpoint `{last}` of model `tiny` is protected: `rollback` of the model would return to it",
+        ):
+            promote.delete_checkpoint(db, "tiny", last)
+        assert _state(db) == before
+    finally:
+        promote.rollback(db, "tiny", by="tester")
+    assert db.load("LLM", "tiny").adapter_id.identifier == last
+
+
+def test_delete_checkpoint_deletes_a_free_one_and_forced_an_aliased_one_with_its_aliases(
+    trained, capsys, monkeypatch
+):
+    db, data = trained
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)
+    base = ["--data", str(data), "delete-checkpoint", "tiny"]
+    ten, thirty = _step(db, 10), _step(db, 30)
+    ten_folder = load_checkpoint(db, ten).local_path
+
+    assert cli.main([*base, "30"]) == 0  # nothing points at it
+    assert capsys.readouterr().out.strip() == f"deleted {thirty}"
+    assert cli.main([*base, "prod", "--force", "--by", "dave"]) == 0
+    assert capsys.readouterr().out.strip() == f"deleted {ten} and its aliases candidate, prod"
+
+    assert [r["step"] for r in list_checkpoints(db, "tiny")] == [STEPS]
+    assert not os.path.exists(ten_folder)
+    record = db.load("Promotions", "tiny")
+    assert record.aliases == {}  # none left pointing at nothing
+    assert [(e["pointer"], e["action"], e["from"], e["to"], e["by"]) for e in record.history[-2:]] == [
+        ("candidate", "delete", ten, None, "dave"),
+        ("prod", "delete", ten, None, "dave"),
+    ]
+    with pytest.raises(promote.PromotionError, match="has no alias `prod`"):
+        promote.resolve_alias(db, "tiny", "prod")
+
+
 def test_delete_model_removes_its_promotions_and_history(trained):
     # Last in this module: it deletes the trained model.
     from superduper_transformers import delete_model

@@ -455,6 +455,11 @@ def best_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = No
 def delete_checkpoint(db: Datalayer, identifier: str) -> None:
     """Remove a checkpoint row and its files from the artifact store.
 
+    Low level: it checks nothing that points at the checkpoint (the model's in-use pointer,
+    aliases, rollback targets). Pruning calls it on checkpoints it already knows are free;
+    users delete with :func:`superduper_transformers.promote.delete_checkpoint`, which
+    refuses those.
+
     A checkpoint whose folder is already gone from the store is removed too (with a
     warning): deleting metadata must not need the files, or one lost folder would make
     every later prune of the run fail.

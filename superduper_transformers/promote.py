@@ -9,14 +9,16 @@ promoted and rolled back the same way, by name.
 
 Everything is recorded in one ``Promotions`` row per model (identifier = the model's):
 ``aliases`` (alias -> checkpoint identifier) and ``history``, one entry per change:
-``{"pointer": "in_use" | alias, "action": "promote" | "rollback", "from", "to", "by", "time"}``.
+``{"pointer": "in_use" | alias, "action": "promote" | "rollback" | "delete", "from", "to", "by",
+"time"}`` (``delete``: a forced :func:`delete_checkpoint` removed the alias).
 A plain ``db.load`` user finds the ``prod`` checkpoint with
 ``db.load("Checkpoint", db.load("Promotions", model).aliases["prod"])``, or with
 :func:`resolve_alias` / :func:`load_model` here.
 
 Pruning (``save_total_limit``) never deletes a checkpoint an alias points at, the one a
 promotion or rollback pointed the model at, nor the one :func:`rollback` would return to
-(:func:`protected_checkpoints`).
+(:func:`protected_checkpoints`). :func:`delete_checkpoint` (what users call to delete one)
+refuses those too unless ``force=True``, and always refuses the checkpoint in use.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
 IN_USE = "in_use"
-PROMOTE, ROLLBACK = "promote", "rollback"
+PROMOTE, ROLLBACK, DELETE = "promote", "rollback", "delete"
 _ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
@@ -47,9 +49,10 @@ class Promotions(Component):
 
     :param model: Identifier of the ``LLM`` (also this row's identifier).
     :param aliases: ``{alias: checkpoint identifier}``.
-    :param history: One entry per promotion or rollback, oldest first: ``pointer``
-        (``"in_use"`` or the alias), ``action``, ``from`` and ``to`` (checkpoint
-        identifiers; ``from`` may be None), ``by`` (who), ``time`` (Unix time).
+    :param history: One entry per promotion, rollback or alias removed by a forced
+        delete, oldest first: ``pointer`` (``"in_use"`` or the alias), ``action``, ``from``
+        and ``to`` (checkpoint identifiers; ``from`` may be None, ``to`` is None for a
+        delete), ``by`` (who), ``time`` (Unix time).
     """
 
     model: str = ""
@@ -287,6 +290,78 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no login name (e.g. a container user without a passwd entry)
         return "unknown"
+
+
+def delete_checkpoint(
+    db: Datalayer,
+    model: str,
+    checkpoint: t.Union[str, int],
+    force: bool = False,
+    by: t.Optional[str] = None,
+) -> t.Dict[str, t.Any]:
+    """Delete one of ``model``'s stored checkpoints (its row and files), unless something
+    still points at it.
+
+    Refused, with nothing written, when the checkpoint is the one the model uses (even
+    with ``force``: the model would point at nothing), or, without ``force``, when an
+    alias points at it, the latest promotion or rollback pinned the model to it, or a
+    :func:`rollback` would return to it. ``force=True`` deletes it anyway and removes
+    the aliases that point at it (recorded in the history as ``delete``), so none dangles.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param checkpoint: Identifier, alias or step of one of the model's checkpoints.
+    :param force: Delete a protected checkpoint (not the one in use) and drop its aliases.
+    :param by: Who deletes (default: the login name of this process), for the history.
+    :return: ``{"checkpoint": identifier, "aliases_removed": [alias, ...]}``.
+    :raises PromotionError: unknown model or checkpoint, the checkpoint in use, or a
+        protected checkpoint without ``force``.
+    """
+    identifier = find_checkpoint(db, model, checkpoint)
+    in_use = getattr(db.load("LLM", model).adapter_id, "identifier", None)
+    if identifier == in_use:
+        raise PromotionError(
+            f"Cannot delete checkpoint `{identifier}`: model `{model}` uses it (its in-use "
+            "pointer), so the model would point at nothing; `force` does not override this. "
+            f"Promote another checkpoint first (`superduper-transformers promote {model} "
+            f"CHECKPOINT`, or `promote(db, {model!r}, CHECKPOINT)`), then delete this one."
+        )
+    record = promotions(db, model)
+    aliases = sorted(a for a, target in record.aliases.items() if target == identifier)
+    reasons = [f"alias `{a}` points at it" for a in aliases]
+    if record.pinned() == identifier:
+        reasons.append("the model's latest promotion or rollback pointed it at this checkpoint")
+    for pointer in sorted({IN_USE, *record.aliases}):
+        if record.rollback_target(pointer) == identifier:
+            what = "the model" if pointer == IN_USE else f"alias `{pointer}`"
+            reasons.append(f"`rollback` of {what} would return to it")
+    if reasons and not force:
+        fix = (
+            f"Move {'the alias' if len(aliases) == 1 else 'the aliases'} to another checkpoint "
+            f"first (`superduper-transformers promote {model} CHECKPOINT --alias {aliases[0]}`, or "
+            f"`promote(db, {model!r}, CHECKPOINT, alias={aliases[0]!r})`), or delete it anyway "
+            "with `--force` / `force=True`, which removes "
+            f"{'the alias' if len(aliases) == 1 else 'the aliases'} too."
+            if aliases
+            else "Delete it anyway with `--force` / `force=True` (a later `rollback` then cannot "
+            "return to it)."
+        )
+        raise PromotionError(
+            f"Checkpoint `{identifier}` of model `{model}` is protected: {'; '.join(reasons)}. {fix}"
+        )
+    if aliases:  # before the files go: an interrupted delete leaves no alias pointing at nothing
+        who, now = by or _user(), time.time()
+        for alias in aliases:
+            del record.aliases[alias]
+            record.history.append(
+                {"pointer": alias, "action": DELETE, "from": identifier, "to": None, "by": who, "time": now}
+            )
+        db.apply(record, force=True, jobs=False)
+    ckpts.delete_checkpoint(db, identifier)
+    logging.info(
+        f"{model}: deleted checkpoint {identifier}" + (f" and its aliases {aliases}" if aliases else "")
+    )
+    return {"checkpoint": identifier, "aliases_removed": aliases}
 
 
 def forget(db: Datalayer, model: str) -> bool:

@@ -6,6 +6,7 @@
     superduper-transformers ask --model NAME "question"
     superduper-transformers export NAME --out DIR [--merge]
     superduper-transformers plot NAME --out run.png | promote NAME CHECKPOINT | rollback NAME
+    superduper-transformers delete-checkpoint NAME CHECKPOINT [--force]
 
 ``--data`` is a folder holding ``demo.db`` and ``artifact_store/`` (the main job's
 layout, the default database); ``--db`` (or ``--uri``) and ``--artifact-store`` name

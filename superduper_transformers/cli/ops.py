@@ -1,9 +1,10 @@
-"""Command line for operating trained models: plot a run, promote / roll back checkpoints.
+"""Command line for operating trained models: plot a run, promote / roll back / delete checkpoints.
 
     superduper-transformers plot MODEL --out run.png [--run EXPERIMENT_ID]
     superduper-transformers promote MODEL CHECKPOINT [--alias prod] [--by NAME]
     superduper-transformers rollback MODEL [--alias prod] [--by NAME]
     superduper-transformers promotions MODEL
+    superduper-transformers delete-checkpoint MODEL CHECKPOINT [--force] [--by NAME]
 
 ``CHECKPOINT`` is a checkpoint identifier, an alias of the model, or a step.
 :func:`register` adds the subcommands to the main parser; each runs through :func:`run`.
@@ -18,7 +19,8 @@ import typing as t
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``plot``, ``promote``, ``rollback`` and ``promotions`` to the main parser's subcommands.
+    """Add ``plot``, ``promote``, ``rollback``, ``promotions`` and ``delete-checkpoint`` to the
+    main parser's subcommands.
 
     :param sub: The ``add_subparsers()`` object of the main parser.
     """
@@ -46,7 +48,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb.add_argument("--by", help="who rolls back (default: your login name)")
     ps = sub.add_parser("promotions", help="a model's aliases and the history of what it used when")
     ps.add_argument("model", help="identifier of the LLM")
-    for parser in (pl, pr, rb, ps):
+    dc = sub.add_parser(
+        "delete-checkpoint",
+        help="delete a stored checkpoint (refuses the one in use, and aliased or rollback targets "
+        "without --force)",
+    )
+    dc.add_argument("model", help="identifier of the LLM")
+    dc.add_argument("checkpoint", help="checkpoint identifier, alias or step")
+    dc.add_argument(
+        "--force",
+        action="store_true",
+        help="delete it even when an alias points at it (the alias is removed) or a rollback would "
+        "return to it; never the checkpoint in use",
+    )
+    dc.add_argument("--by", help="who deletes (default: your login name)")
+    for parser in (pl, pr, rb, ps, dc):
         parser.set_defaults(run=_run_connected)
 
 
@@ -112,6 +128,14 @@ def _promotions(args, db) -> None:
         _print_entry(entry)
 
 
+def _delete_checkpoint(args, db) -> None:
+    from superduper_transformers.promote import delete_checkpoint
+
+    done = delete_checkpoint(db, args.model, args.checkpoint, force=args.force, by=args.by)
+    removed = done["aliases_removed"]
+    print(f"deleted {done['checkpoint']}" + (f" and its aliases {', '.join(removed)}" if removed else ""))
+
+
 def _print_entry(entry: t.Dict[str, t.Any]) -> None:
     when = datetime.datetime.fromtimestamp(entry["time"], datetime.timezone.utc).strftime(
         "%Y-%m-%d %H:%M:%S UTC"
@@ -119,4 +143,10 @@ def _print_entry(entry: t.Dict[str, t.Any]) -> None:
     print(f"{when}  {entry['by']}  {entry['action']} {entry['pointer']}: {entry['from']} -> {entry['to']}")
 
 
-_RUN = {"plot": _plot, "promote": _promote, "rollback": _rollback, "promotions": _promotions}
+_RUN = {
+    "plot": _plot,
+    "promote": _promote,
+    "rollback": _rollback,
+    "promotions": _promotions,
+    "delete-checkpoint": _delete_checkpoint,
+}

@@ -25,7 +25,8 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "checkpoints",
-        help="list a model's checkpoints: step, losses, size, time, run, the best; * marks the one in use",
+        help="list a model's checkpoints: step, losses, size, time, run, the best, [aliases]; "
+        "* marks the one in use",
     )
     p.add_argument("model", nargs="?", help="identifier of the LLM")
     p.add_argument("--model", dest="model_option", help=argparse_suppress())
@@ -154,6 +155,7 @@ def saved_at(db, artifact_id: str) -> t.Optional[float]:
 
 def checkpoints(args) -> int:
     from superduper_transformers.checkpoint import best_of_model, list_checkpoints
+    from superduper_transformers.promote import promotions
 
     name = args.model or args.model_option
     if not name:
@@ -170,11 +172,16 @@ def checkpoints(args) -> int:
         for b in (best_of_model(db, name, run) for run in {r["experiment_id"] for r in rows})
         if b
     }
+    aliases: t.Dict[str, t.List[str]] = {}
+    for alias, target in sorted(promotions(db, name).aliases.items()):
+        aliases.setdefault(target, []).append(alias)
     for r in rows:
         mark = "*" if r["identifier"] == in_use else " "
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted((r["metrics"] or {}).items()) if "loss" in k)
         size = sum(entry[0] for entry in (r["manifest"] or {}).values())
         tag = "  (best)" if r["identifier"] in best else ""
+        if r["identifier"] in aliases:
+            tag += f"  [{', '.join(aliases[r['identifier']])}]"
         when = saved_at(db, r["artifact_id"]) if r.get("artifact_id") else None
         print(
             f"{mark} {r['identifier']}  step={r['step']}  {metrics}  size={fmt_size(size)}  "

@@ -38,3 +38,23 @@ def test_layer_contracts_hold():
     out = subprocess.run([exe], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "0 broken" in out.stdout
+
+
+def test_the_command_line_does_not_import_peft_or_bitsandbytes():
+    """`superduper-transformers status` and friends open the package only: peft and
+    bitsandbytes (about 10 s of imports on a CPU) load when a training starts."""
+    code = (
+        "import sys; from superduper_transformers.cli import main; import superduper_transformers; "
+        "print(sorted(m for m in ('peft', 'bitsandbytes', 'trl') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_checkpoint_folder_prefix_is_transformers_own():
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from superduper_transformers import resume
+
+    assert resume.PREFIX_CHECKPOINT_DIR == PREFIX_CHECKPOINT_DIR

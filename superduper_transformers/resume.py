@@ -29,7 +29,11 @@ import typing as t
 import uuid
 
 from superduper import Component, logging
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+#: transformers' ``trainer_utils.PREFIX_CHECKPOINT_DIR`` (a test keeps them equal).
+#: Importing that module imports peft and bitsandbytes, about 10 s on a CPU, into
+#: every process that opens the package, e.g. each ``superduper-transformers status``.
+PREFIX_CHECKPOINT_DIR = "checkpoint"
 
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers import history, lineage, promote

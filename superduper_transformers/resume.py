@@ -30,17 +30,17 @@ import uuid
 
 from superduper import Component, logging
 
-#: transformers' ``trainer_utils.PREFIX_CHECKPOINT_DIR`` (a test keeps them equal).
-#: Importing that module imports peft and bitsandbytes, about 10 s on a CPU, into
-#: every process that opens the package, e.g. each ``superduper-transformers status``.
-PREFIX_CHECKPOINT_DIR = "checkpoint"
-
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers import history, lineage, promote
 from superduper_transformers.store import artifacts
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
+
+#: transformers' ``trainer_utils.PREFIX_CHECKPOINT_DIR`` (a test keeps them equal).
+#: Importing that module imports peft and bitsandbytes, about 10 s on a CPU, into
+#: every process that opens the package, e.g. each ``superduper-transformers status``.
+PREFIX_CHECKPOINT_DIR = "checkpoint"
 
 RUNNING, FINISHED, ABANDONED = "running", "finished", "abandoned"
 

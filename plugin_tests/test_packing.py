@@ -166,3 +166,37 @@ def test_the_probe_leaves_a_4bit_model_training_as_before(tiny_model_dir, tmp_pa
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
     torch.testing.assert_close(first_gradient(probe=True), first_gradient(probe=False))
+
+
+def test_rows_of_one_length_train_padded_and_long_tailed_rows_padding_free(
+    db, tiny_model_dir, tmp_path, caplog_loguru
+):
+    """Flattening removes padding; with sdpa it also attends a batch as one long sequence
+    (B times the attention work). Rows of nearly one length have no padding to remove:
+    the default stays padded there, and flattens long-tailed rows."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from superduper_transformers.hf import data
+    from superduper_transformers.hf.loading import load_tokenizer
+    from superduper_transformers.hf.packing import keep_examples_apart, padding_share
+    from superduper_transformers.trainer_args import build_sft_config
+
+    tokenizer = load_tokenizer({"pretrained_model_name_or_path": tiny_model_dir})
+    rng = random.Random(0)
+    same = [{"x": "1+2=" * 8, "y": "3"} for _ in range(64)]
+    tailed = [{"x": "1+2=" * int(rng.lognormvariate(1.0, 1.0) + 1), "y": "3"} for _ in range(64)]
+    same_ds, tailed_ds = (data.build_dataset(tokenizer, r, "x", "y", 512) for r in (same, tailed))
+    assert padding_share(same_ds, 8) == 0.0
+    assert padding_share(tailed_ds, 8) > 0.4  # measured 0.6
+    args = build_sft_config(_trainer(db), str(tmp_path / "out"), has_eval=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+
+    padded = keep_examples_apart(model, args, explicit=False, train_dataset=same_ds)
+    assert not padded.padding_free and args.padding_free
+    assert any(
+        "Batches: padded, not padding-free: the rows are of nearly one length" in m for m in caplog_loguru
+    )
+    assert keep_examples_apart(model, args, explicit=False, train_dataset=tailed_ds) is args
+    assert keep_examples_apart(model, args, explicit=True, train_dataset=same_ds) is args  # the user's choice

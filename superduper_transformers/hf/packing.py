@@ -14,6 +14,13 @@ before it. So before training :func:`keep_examples_apart` asks the loaded model:
 logits of an example alone must equal its logits after another example in one flat
 sequence. Where they do not, a default layout falls back to padding (logged with the
 reason); a layout the user chose is kept, with a warning.
+
+Flattening is also only worth it where there is padding to remove. Without a
+variable-length attention kernel (flash-attention), a flat batch of B examples of length
+L is attended as one sequence of B*L tokens under a block mask: B times the attention
+work of B padded rows. So the default layout stays padded when the rows are of nearly
+one length (:func:`padding_share` under :data:`MIN_PADDING_SHARE`), where flattening
+saves nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +32,44 @@ from superduper import logging
 
 #: Lengths of the two probe examples (the second one is compared).
 _PROBE_LENGTHS = (5, 7)
+
+#: Below this share of pad tokens in padded batches, a default layout stays padded
+#: unless the attention kernel is variable-length (see the module's docstring).
+MIN_PADDING_SHARE = 0.1
+
+
+def padding_share(dataset, batch_size: int, batches: int = 256, seed: int = 0) -> t.Optional[float]:
+    """The expected share of pad tokens in padded batches of ``batch_size`` random rows.
+
+    Read from the lengths of the tokenized rows (one Arrow column, not the rows), over
+    ``batches`` random batches. None for a dataset without random access (a stream).
+
+    :param dataset: A tokenized ``datasets.Dataset`` (``input_ids``).
+    :param batch_size: Rows per device batch.
+    :param batches: Random batches to average over.
+    :param seed: The sampling seed.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    try:
+        column = dataset.data.column("input_ids")
+    except Exception:
+        return None
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if len(lengths) == 0 or batch_size < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(lengths), size=(batches, min(batch_size, len(lengths))))
+    sampled = lengths[picks]
+    padded = float(sampled.max(axis=1).sum() * sampled.shape[1])
+    return 1.0 - float(sampled.sum()) / padded if padded else None
+
+
+def _variable_length_attention(model) -> bool:
+    """Whether the model's attention kernel attends flattened examples one by one."""
+    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    return "flash" in attention
 
 
 def _tolerance(dtype) -> float:
@@ -91,13 +136,15 @@ def examples_kept_apart(model) -> t.Tuple[bool, str]:
     )
 
 
-def keep_examples_apart(model, training_args, explicit: bool):
+def keep_examples_apart(model, training_args, explicit: bool, train_dataset=None):
     """The training arguments to use with ``model``: padding-free/packed where correct.
 
     :param model: The loaded model (after LoRA / quantization).
     :param training_args: The ``SFTConfig`` built for the training (not changed).
     :param explicit: The user chose ``packing``/``padding_free`` (kept even when the
         probe fails); otherwise a failed probe falls back to padded batches.
+    :param train_dataset: The tokenized training rows: a default padding-free layout
+        stays padded when they are of nearly one length (:func:`padding_share`).
     :return: ``training_args``, or a copy with padding-free and packing turned off.
     """
     packing = bool(getattr(training_args, "packing", False))
@@ -105,6 +152,15 @@ def keep_examples_apart(model, training_args, explicit: bool):
     if not (packing or padding_free):
         return training_args
     layout = "packed" if packing else "padding-free"
+    if not explicit and not packing and train_dataset is not None and not _variable_length_attention(model):
+        share = padding_share(train_dataset, int(getattr(training_args, "per_device_train_batch_size", 8)))
+        if share is not None and share < MIN_PADDING_SHARE:
+            logging.info(
+                f"Batches: padded, not padding-free: the rows are of nearly one length (padded "
+                f"batches would be {share:.0%} padding), and without a variable-length attention "
+                "kernel a flattened batch costs more attention than it saves."
+            )
+            return _padded(training_args)
     ok, why = examples_kept_apart(model)
     if ok:
         logging.info(f"Batches: {layout} ({why}).")
@@ -116,6 +172,10 @@ def keep_examples_apart(model, training_args, explicit: bool):
         )
         return training_args
     logging.warn(f"Batches: padded, not {layout}, because {why}.")
+    return _padded(training_args)
+
+
+def _padded(training_args):
     # A shallow copy: building a new SFTConfig would reset accelerate's global state.
     args = copy.copy(training_args)
     args.padding_free, args.packing, args.eval_packing = False, False, False

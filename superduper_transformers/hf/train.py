@@ -70,8 +70,8 @@ def run_job(job: TrainJob):
     model = load_model_for_training(job.model_kwargs, settings, job.local_rank)
     # Without settings the arguments are the caller's own: their layout is kept.
     explicit = settings is None or settings.batching.explicit
-    training_args = keep_examples_apart(model, job.training_args, explicit)
     train_dataset = job.train_dataset
+    training_args = keep_examples_apart(model, job.training_args, explicit, train_dataset)
     if is_ray_dataset(train_dataset):
         # Tokenized rows streaming from Ray Data (here: one process reads it all).
         train_dataset = from_ray_dataset(train_dataset)

@@ -200,3 +200,27 @@ def test_rows_of_one_length_train_padded_and_long_tailed_rows_padding_free(
     )
     assert keep_examples_apart(model, args, explicit=False, train_dataset=tailed_ds) is args
     assert keep_examples_apart(model, args, explicit=True, train_dataset=same_ds) is args  # the user's choice
+
+
+@pytest.mark.parametrize("layout", [dict(padding_free=False), dict(packing=True, max_seq_length=64)])
+def test_trl_passes_over_the_tokenized_rows_only_to_pack_them(db, tiny_model_dir, tmp_path, layout):
+    """The rows arrive tokenized and cut: trl does not map them again (a pass of minutes
+    over a large table), except to pack them."""
+    from trl import SFTTrainer
+
+    from superduper_transformers.hf import data
+    from superduper_transformers.hf.loading import load_causal_lm, load_tokenizer
+    from superduper_transformers.trainer_args import build_sft_config
+
+    trainer = _trainer(db, **layout)
+    tokenizer = load_tokenizer({"pretrained_model_name_or_path": tiny_model_dir})
+    rows = [{"x": p, "y": c} for p, c in fixtures.FACTS]
+    dataset = data.build_dataset(tokenizer, rows, "x", "y", trainer.max_seq_length)
+    args = build_sft_config(trainer, str(tmp_path / "out"), has_eval=False)
+    model = load_causal_lm({"pretrained_model_name_or_path": tiny_model_dir})
+    sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    if layout.get("packing"):
+        assert len(sft.train_dataset) < len(dataset)  # packed: fewer, fuller rows
+    else:
+        assert sft.train_dataset._fingerprint == dataset._fingerprint  # the same rows, not re-mapped
+        assert sft.train_dataset[0]["labels"] == dataset[0]["labels"]

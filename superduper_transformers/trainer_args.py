@@ -432,6 +432,11 @@ def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **override
         # with padding-free batches that are not packed (it would not enforce it).
         kwargs.update(padding_free=True, max_length=None)
     kwargs.setdefault("gradient_checkpointing", False)
+    if not kwargs.get("packing"):
+        # Our rows arrive tokenized, labelled and cut to `max_seq_length`: trl's own
+        # preparation would only re-read every row (truncate, drop unlabelled rows), a
+        # pass of minutes over a large table. Packing is done in that preparation.
+        kwargs["dataset_kwargs"] = {"skip_prepare_dataset": True, **(kwargs.get("dataset_kwargs") or {})}
     if not has_eval:
         if str(kwargs.get("eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
             raise ConfigError(

@@ -138,7 +138,8 @@ def check_manifest_entries(manifest: t.Dict[str, t.List], identifier: str) -> No
             raise CheckpointError(
                 f"Checkpoint `{identifier}`: its manifest names {rel!r}, which is not a plain "
                 "relative file name inside the checkpoint folder (absolute, `..` or `.` parts). "
-                "The row was altered: delete the checkpoint (`delete_checkpoint`) and use another."
+                "The row was altered: delete the checkpoint (`superduper-transformers "
+                "delete-checkpoint MODEL CHECKPOINT`) and use another."
             )
         if not (isinstance(value, (list, tuple)) and len(value) == 2):
             raise CheckpointError(
@@ -192,7 +193,7 @@ def verify_directory(directory: str, manifest: t.Dict[str, t.List], identifier: 
             raise CheckpointError(
                 f"Checkpoint `{identifier}`: manifest entry `{rel}` matches no file listed "
                 f"in {directory}. The row or the folder was altered: delete the checkpoint "
-                "(`delete_checkpoint`) and use another."
+                "(`superduper-transformers delete-checkpoint MODEL CHECKPOINT`) and use another."
             )
         if actual[rel][1] != sha:
             raise CheckpointError(

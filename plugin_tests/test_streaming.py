@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -153,3 +154,36 @@ def test_a_fingerprint_hashed_the_old_way_is_compared_by_its_counts_only():
     old["train_sha256"] = "0" * 64
     assert lineage.data_changes(old, now) == []  # another hash method: not comparable
     assert lineage.data_changes({**old, "train_rows": 31}, now) == ["training rows: 31 before, 32 now"]
+
+
+def test_data_cache_lists_and_clears_what_no_training_used_lately(tokenizer, data_cache, capsys):
+    """`data-cache` lists the tokenized datasets; `--clear --older-than DAYS` removes those
+    no training read for that long, and a training on those rows tokenizes them again."""
+    from superduper_transformers import cli
+
+    rows = [{"x": p, "y": c} for p, c in fixtures.FACTS]
+    old = data.build_dataset(tokenizer, rows, "x", "y", 512)
+    recent = data.build_dataset(tokenizer, rows, "x", "y", 16)  # other settings: another entry
+    old_entry = os.path.dirname(os.path.dirname(old.cache_files[0]["filename"]))
+    old_ids = old["input_ids"]
+    ten_days_ago = time.time() - 10 * 86400
+    os.utime(old_entry, (ten_days_ago, ten_days_ago))
+
+    assert cli.main(["data-cache"]) == 0
+    listing = capsys.readouterr().out
+    assert "2 tokenized dataset(s)" in listing and "used 10.0 days ago" in listing and data_cache in listing
+    assert cli.main(["data-cache", "--older-than", "3"]) == 2  # without --clear: refused
+    assert "add --clear" in capsys.readouterr().err
+
+    assert cli.main(["data-cache", "--clear", "--older-than", "3"]) == 0
+    assert "removed 1 tokenized dataset(s)" in capsys.readouterr().out
+    assert not os.path.exists(old_entry) and os.path.exists(recent.cache_files[0]["filename"])
+    # Used again: marked used now, so it stays; the removed one is tokenized again.
+    data.build_dataset(tokenizer, rows, "x", "y", 16)
+    assert cli.main(["data-cache", "--clear", "--older-than", "3"]) == 0
+    assert "removed 0 tokenized dataset(s)" in capsys.readouterr().out
+    again = data.build_dataset(tokenizer, rows, "x", "y", 512)
+    assert os.path.exists(old_entry) and again["input_ids"] == old_ids  # tokenized again, the same
+    assert cli.main(["data-cache", "--clear"]) == 0
+    assert "removed 2 tokenized dataset(s)" in capsys.readouterr().out
+    assert cli.main(["data-cache"]) == 0 and "0 tokenized dataset(s)" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
     superduper-transformers train examples/tiny_lora.yaml trainer.max_steps=100
     superduper-transformers import-data rows.jsonl --table facts --valid-fraction 0.1
+    superduper-transformers data-cache [--clear [--older-than DAYS]]
     superduper-transformers runs | checkpoints MODEL | status MODEL --watch
     superduper-transformers ask --model NAME "question"
     superduper-transformers export NAME --out DIR [--merge]

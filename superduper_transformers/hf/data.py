@@ -17,6 +17,9 @@ import typing as t
 
 from superduper import logging
 
+# The cache's folder and bookkeeping live in `data_cache` (also used by the command line).
+from superduper_transformers.hf.data_cache import CACHE_ENV, data_cache_dir, mark_used  # noqa: F401
+
 IGNORE_INDEX = -100
 
 
@@ -369,20 +372,6 @@ _STATUS_CODES = {FITS: 0, PROMPT_CUT: 1, END_LOST: 2}
 BATCH_SIZE = 1000
 
 
-def data_cache_dir() -> str:
-    """Where tokenized datasets are cached: ``$SD_TRANSFORMERS_DATA_CACHE``, else a
-    folder of datasets' own cache (``$HF_DATASETS_CACHE``)."""
-    import os
-
-    from datasets import config
-
-    return os.environ.get(CACHE_ENV) or os.path.join(str(config.HF_DATASETS_CACHE), "superduper_transformers")
-
-
-#: Environment variable naming the tokenized-dataset cache folder.
-CACHE_ENV = "SD_TRANSFORMERS_DATA_CACHE"
-
-
 def tokenizer_hash(tokenizer) -> str:
     """A hash of what decides a tokenizer's output: vocabulary, rules, chat template, EOS."""
     import hashlib
@@ -498,6 +487,7 @@ def build_dataset(
     ds = Dataset.from_generator(
         examples, features=_features(), cache_dir=cache_dir or data_cache_dir(), fingerprint=fingerprint
     )
+    mark_used(ds)  # `data-cache --clear --older-than` removes what was not trained on lately
     _warn_truncated(ds, max_length)
     return ds.remove_columns(_STATUS)
 

@@ -367,6 +367,11 @@ def test_concurrent_trainings_prune_and_resume_only_their_own(ws, sdb):
     # not relative speed, order the two processes.
     release = os.path.join(ws.root, "release-beta")
     beta = ws.spawn("beta", beta_settings, hold={"step": 300, "until": release})
+    # alpha starts once beta trains: two first applies at once on a fresh SQLite datalayer
+    # race inside superduper (one process may not yet see the `Deployment` table the other
+    # just created: "'NoneType' object has no attribute 'identifier'"); that is not what
+    # this test is about.
+    _wait_for_training(ws, beta, model="beta")
     alpha = ws.spawn("alpha", alpha_settings, kill="copy:75")
     ws.wait(alpha, KILLED)
     partial_alpha = ws.store_entries(artifacts.PARTIAL_PREFIX + artifacts.model_tag(sdb, "alpha"))
@@ -399,9 +404,11 @@ KILLS = 20
 MAX = 3000
 
 
-def _wait_for_training(ws: Workspace, proc: subprocess.Popen, timeout: float = 180) -> None:
+def _wait_for_training(
+    ws: Workspace, proc: subprocess.Popen, timeout: float = 180, model: str = "tiny"
+) -> None:
     deadline = time.time() + timeout
-    while not any(r["event"] == "begin" for r in ws.records("tiny", proc.pid)):
+    while not any(r["event"] == "begin" for r in ws.records(model, proc.pid)):
         assert proc.poll() is None, f"worker exited with {proc.returncode} before training"
         assert time.time() < deadline, "worker did not start training"
         time.sleep(0.1)

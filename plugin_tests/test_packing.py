@@ -17,8 +17,8 @@ def _trainer(db, **kwargs):
     return LLMTrainer("t", key=("x", "y"), select=db["facts"].select(), **settings)
 
 
-def _first_batch(tiny_model_dir, tmp_path, trainer):
-    """The first training batch trl collates for the FACTS rows, and the rows tokenized alone."""
+def _sft_trainer(tiny_model_dir, tmp_path, trainer):
+    """trl's trainer as the plugin builds it for the FACTS rows: (model, trainer, rows tokenized)."""
     from trl import SFTTrainer
 
     from superduper_transformers.hf import data
@@ -31,6 +31,12 @@ def _first_batch(tiny_model_dir, tmp_path, trainer):
     args = build_sft_config(trainer, str(tmp_path / "out"), has_eval=False)
     model = load_causal_lm({"pretrained_model_name_or_path": tiny_model_dir})
     sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return model, sft, dataset
+
+
+def _first_batch(tiny_model_dir, tmp_path, trainer):
+    """The first training batch trl collates for the FACTS rows, and the rows tokenized alone."""
+    model, sft, dataset = _sft_trainer(tiny_model_dir, tmp_path, trainer)
     batch = next(iter(sft.get_train_dataloader()))
     return model, batch, {tuple(e["input_ids"]): e["labels"] for e in dataset}
 
@@ -206,19 +212,7 @@ def test_rows_of_one_length_train_padded_and_long_tailed_rows_padding_free(
 def test_trl_passes_over_the_tokenized_rows_only_to_pack_them(db, tiny_model_dir, tmp_path, layout):
     """The rows arrive tokenized and cut: trl does not map them again (a pass of minutes
     over a large table), except to pack them."""
-    from trl import SFTTrainer
-
-    from superduper_transformers.hf import data
-    from superduper_transformers.hf.loading import load_causal_lm, load_tokenizer
-    from superduper_transformers.trainer_args import build_sft_config
-
-    trainer = _trainer(db, **layout)
-    tokenizer = load_tokenizer({"pretrained_model_name_or_path": tiny_model_dir})
-    rows = [{"x": p, "y": c} for p, c in fixtures.FACTS]
-    dataset = data.build_dataset(tokenizer, rows, "x", "y", trainer.max_seq_length)
-    args = build_sft_config(trainer, str(tmp_path / "out"), has_eval=False)
-    model = load_causal_lm({"pretrained_model_name_or_path": tiny_model_dir})
-    sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    _, sft, dataset = _sft_trainer(tiny_model_dir, tmp_path, _trainer(db, **layout))
     if layout.get("packing"):
         assert len(sft.train_dataset) < len(dataset)  # packed: fewer, fuller rows
     else:

@@ -1,8 +1,8 @@
 """The tokenized-data cache on disk: what it holds, and removing what was not used lately.
 
 :func:`superduper_transformers.hf.data.build_dataset` writes one memory-mapped Arrow file
-per distinct (rows, tokenization settings) into :func:`data_cache_dir` (datasets' builder layout: ``generator/default-fingerprint=<key>/``). A
-large table tokenized under a few settings fills the disk; nothing else removes them. Each
+per distinct (rows, tokenization settings) into :func:`data_cache_dir` (datasets' builder
+layout: ``generator/default-fingerprint=<key>/``). A large table tokenized under a few settings fills the disk; nothing else removes them. Each
 training that reads an entry marks it used (its folder's modification time), so "older
 than N days" means "not trained on for N days". Removing an entry a running training has
 open is safe on POSIX systems (its open file stays readable); the next training with those

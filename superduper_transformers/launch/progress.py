@@ -178,8 +178,9 @@ class ProgressCallback(TrainerCallback):
             first, since = (self._tokens or (float(logs["num_tokens"]), time.time(), 0.0))[:2]
             self._tokens = (first, since, float(logs["num_tokens"]))
         # The first log is always written: whoever watches sees a loss and a speed early.
-        self._write(state, TRAINING, force=self._loss is not None and not self._logged)
-        self._logged = self._logged or self._loss is not None
+        first = self._loss is not None and not self._logged
+        self._write(state, TRAINING, force=first)
+        self._logged |= first
 
     def on_step_end(self, args, state, control, **kwargs):
         if stop_requested():

@@ -19,6 +19,7 @@ from superduper import Component, logging
 from superduper.misc import typing as st
 
 from superduper_transformers import _faults
+from superduper_transformers.settings import best_metric
 from superduper_transformers.store.artifacts import CheckpointError  # re-exported: the public name
 
 if t.TYPE_CHECKING:
@@ -419,16 +420,11 @@ def best_metric_of(
     :param eval_sets: Identifiers of the model's validation datasets, in order.
     """
     metric = training_kwargs.get("metric_for_best_model")
-    if metric:
-        metric = metric if metric.startswith("eval_") else f"eval_{metric}"
-    else:
+    if not metric:
         logged = {k for r in rows for k in (r.get("metrics") or {})}
         candidates = ["eval_loss", "eval_valid_loss", *(f"eval_{s}_loss" for s in eval_sets)]
         metric = next((c for c in candidates if c in logged), None)
-    if metric is None:
-        return None, False
-    greater = training_kwargs.get("greater_is_better")
-    return metric, bool(not metric.endswith("loss") if greater is None else greater)
+    return best_metric(metric, training_kwargs.get("greater_is_better"))
 
 
 def best_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = None) -> t.Optional[t.Dict]:

@@ -277,25 +277,50 @@ class LLM(Model):
         superduper plans an apply (this method) before it executes the plan, so an
         error raised here leaves the database as it was.
         """
-        from superduper_transformers.trainer import migrate_tables
+        if resume.in_training(self):
+            # A save of the model this process is training (a checkpoint, the pointer, the
+            # run's marker): bookkeeping, not an apply to plan again (planning builds a trl
+            # config, which resets accelerate's state under the running trainer).
+            return super().create_jobs(
+                context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
+            )
+        from superduper_transformers.trainer import migrate_tables, preflight
 
         # First: a database written by an older version lacks columns (e.g.
         # `TrainingRun.data_fingerprint`) that the reads and writes below need.
         migrate_tables(self.db, LLM)
         if requires and self.trainer is not None and resume.is_interrupted(self.db, self.identifier):
             requires = None  # re-applying a model whose training was cut off trains it again
-        triggers = self.get_triggers(event_type, requires=requires)
-        # Saves of a model this process is training (each checkpoint) are not applies to
-        # check again: the preflight builds an SFTConfig, which resets accelerate's state.
-        if "fit_in_db" in triggers and self.trainer is not None and not resume.is_active(self.identifier):
-            from superduper_transformers.trainer import preflight
-
-            preflight(self, self.db)
+        plan = None
+        if "fit_in_db" in self.get_triggers(event_type, requires=requires) and self.trainer is not None:
+            plan = preflight(self, self.db)
             if self.identifier not in self.db.show("LLM"):  # new, or deleted and re-created
                 resume.abandon_runs_of_a_deleted_model(self.db, self.identifier)
-        return super().create_jobs(
+        out = super().create_jobs(
             context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
         )
+        if plan is not None:
+            # The plan travels with the fit job (JSON in its row; the built plan in this process).
+            for job in out:
+                if job.method == "fit_in_db" and job.uuid == self.uuid:
+                    job.kwargs["plan"] = plan.to_json()
+        return out
+
+    @trigger("apply", requires="trainer")
+    def fit_in_db(self, plan: t.Optional[t.Dict] = None):
+        """Train with the trainer, as the preflight of this apply planned it.
+
+        :param plan: The plan (:mod:`superduper_transformers.plan`), handed over by
+            :meth:`create_jobs` in the fit job's keywords; None (another trainer, or a
+            job from before plans) falls back to superduper's own path.
+        """
+        from superduper_transformers.plan import from_job
+        from superduper_transformers.trainer import LLMTrainer
+
+        built = from_job(plan, self, self.db) if isinstance(self.trainer, LLMTrainer) else None
+        if built is None:
+            return super().fit_in_db()
+        return self.trainer.fit(self, self.db, None, None, plan=built)
 
     def validate(self, key, dataset, metrics) -> t.Dict[str, t.Any]:
         """Generate an answer for every row of ``dataset`` and score it with each ``Metric``.
@@ -324,13 +349,11 @@ class LLM(Model):
         ``LLMTrainer`` reads the pages itself (``store.rows.FoldRows``), so a table
         larger than memory trains. Other trainers get superduper's lists.
         """
-        from superduper_transformers.store.rows import take_scan
         from superduper_transformers.trainer import LLMTrainer, fold_rows
 
         if not isinstance(self.trainer, LLMTrainer):
             return super()._create_datasets(X, db, select)
-        # The preflight of this apply checked, counted and hashed them: not read again.
-        return tuple(take_scan(self.uuid, fold_rows(self.trainer, db, fold)) for fold in ("train", "valid"))
+        return tuple(fold_rows(self.trainer, db, fold) for fold in ("train", "valid"))
 
     @trigger("apply", depends="fit_in_db", requires="validation")
     def validate_in_db(self):

@@ -18,7 +18,6 @@ state), under the same ``experiment_id``, so later checkpoints continue its step
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses as dc
 import os
@@ -74,10 +73,6 @@ CHANGES_THAT_RESUME = frozenset(
         "padding_free",
     }
 )
-
-#: Identifiers of the models this process is training right now (their runs are live,
-#: not interrupted).
-_ACTIVE: t.Counter[str] = collections.Counter()
 
 
 class DataChangedError(ValueError):
@@ -157,27 +152,40 @@ def unfinished_runs(db: Datalayer, model: str) -> t.List[TrainingRun]:
 
 
 def is_interrupted(db: Datalayer, model: str) -> bool:
-    """Whether ``model`` has a run left ``running`` that no training in this process owns.
+    """Whether ``model`` has a run left ``running`` (asked of a model not in training).
 
     :param db: The datalayer.
     :param model: Identifier of the ``LLM``.
     """
-    return not is_active(model) and bool(unfinished_runs(db, model))
+    return bool(unfinished_runs(db, model))
 
 
-def is_active(model: str) -> bool:
-    """Whether this process is training ``model`` now (its saves are not re-applies)."""
-    return _ACTIVE[model] > 0
+#: The attribute that marks an ``LLM`` object as the one a training records on.
+_IN_TRAINING = "_sdt_in_training"
+
+
+def in_training(model: t.Any) -> bool:
+    """Whether ``model`` (this object) is being trained: its saves are bookkeeping (a
+    checkpoint, a pointer, the run's marker), not applies to plan again."""
+    return bool(getattr(model, _IN_TRAINING, False))
+
+
+def mark_training(model: t.Any) -> t.Any:
+    """Mark ``model`` (this object) as in training (a Ray worker's copy, the copy that
+    records the end of the run). Returns ``model``."""
+    setattr(model, _IN_TRAINING, True)
+    return model
 
 
 @contextlib.contextmanager
-def active(model: str):
-    """Mark ``model`` as being trained by this process (nested uses count)."""
-    _ACTIVE[model] += 1
+def training(model: t.Any):
+    """Mark ``model`` (this object) as in training for the duration of the block."""
+    before = in_training(model)
+    mark_training(model)
     try:
-        yield
+        yield model
     finally:
-        _ACTIVE[model] -= 1
+        setattr(model, _IN_TRAINING, before)
 
 
 def latest_verified_checkpoint(db: Datalayer, model: str, experiment_id: str) -> t.Optional[ckpts.Checkpoint]:
@@ -361,7 +369,7 @@ def finish_run(db: Datalayer, model: str, experiment_id: str) -> None:
     run.state = FINISHED
     db.apply(run, force=True, jobs=False)
     # Reloaded: Ray workers may have pointed the stored model at a new checkpoint.
-    _mark_model(db.load("LLM", model), run)
+    _mark_model(mark_training(db.load("LLM", model)), run)
 
 
 def _mark_model(model: t.Any, run: TrainingRun) -> None:
@@ -388,7 +396,7 @@ def show_interrupted_run(model: t.Any) -> None:
     :param model: The ``LLM`` component being set up.
     """
     marker = (model.metric_values or {}).get("training_run") or {}
-    if model.db is None or marker.get("state") == RUNNING:
+    if model.db is None or marker.get("state") == RUNNING or in_training(model):
         return
     if is_interrupted(model.db, model.identifier):
         run = unfinished_runs(model.db, model.identifier)[-1]

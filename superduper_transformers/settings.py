@@ -404,3 +404,25 @@ class Secret:
 
     def __reduce__(self):
         return (Secret, (self._value,))
+
+
+# -- the best checkpoint ---------------------------------------------------------
+def best_metric(metric_for_best_model: t.Optional[str], greater_is_better: t.Optional[bool]):
+    """The metric that ranks checkpoints, as logged (``eval_...``), and its direction.
+
+    The one place this is worked out (the plan, the callback that marks the best
+    checkpoint, pruning and ``best`` in the CLI all call it). transformers prefixes the
+    name with ``eval_``; without ``greater_is_better``, a loss is better lower and any
+    other metric higher, as in transformers.
+
+    :param metric_for_best_model: The setting (with or without ``eval_``); None: none.
+    :param greater_is_better: The setting; None: from the name.
+    :return: ``(name or None, greater_is_better)``.
+    """
+    if not metric_for_best_model:
+        return None, False
+    name = metric_for_best_model
+    if not name.startswith("eval_"):
+        name = f"eval_{name}"
+    greater = not name.endswith("loss") if greater_is_better is None else greater_is_better
+    return name, bool(greater)

@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import dataclasses as dc
 import inspect
-import json
 import typing as t
-import weakref
 
 from superduper import logging
 from superduper.components.model import Trainer
 
-from superduper_transformers import evaluation, lineage, resume
+from superduper_transformers import evaluation, resume
 from superduper_transformers import trainer_args as cfg
 from superduper_transformers.checkpoint import Checkpoint
-from superduper_transformers.hf import data
+from superduper_transformers.hf import objectives
 from superduper_transformers.hf.callbacks import CallbackError, normalise_callbacks
 from superduper_transformers.hf.job import TrainJob
-from superduper_transformers.hf.loading import check_model_path, load_tokenizer
-from superduper_transformers.launch.dispatch import check_devices, launch
-from superduper_transformers.launch.ray_data import ray_row_source, with_max_steps
+from superduper_transformers.hf.loading import load_tokenizer
+from superduper_transformers.launch.dispatch import launch
+from superduper_transformers.launch.ray_data import ray_row_source
 from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
-from superduper_transformers.settings import TrainSettings
-from superduper_transformers.store import rows as store_rows
+from superduper_transformers.plan import TrainingPlan, build_plan, fold_rows, run_settings  # noqa: F401
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.store.rows import FoldRows
 
@@ -42,6 +39,7 @@ LLM = t.Any
 class _LLMTrainerFields(Trainer):
     """The stored fields of :class:`LLMTrainer` (see there)."""
 
+    objective: str = "sft"
     use_lora: bool = True
     lora_r: int = 8
     lora_alpha: int = 16
@@ -72,6 +70,10 @@ class LLMTrainer(_LLMTrainerFields):
     ``save_total_limit``, ``metric_for_best_model``, ...) may be passed directly; it is
     stored in ``training_kwargs``. An unknown keyword is an error.
 
+    :param objective: What training optimises, and so the rows it reads: ``"sft"``
+        (supervised: ``key`` is a text column or an (X, y) pair) or ``"dpo"`` (preferences:
+        ``key`` names the prompt, chosen and rejected columns). Training keywords are those
+        of the objective's trl config (``SFTConfig``, ``DPOConfig``).
     :param use_lora: Train a LoRA adapter (True) or all weights (False).
     :param lora_r: LoRA rank.
     :param lora_alpha: LoRA scaling numerator.
@@ -126,6 +128,8 @@ class LLMTrainer(_LLMTrainerFields):
     def postinit(self):
         """Validate every setting at construction, before anything reaches the db."""
         self.training_kwargs = dict(self.training_kwargs or {})
+        if self.objective is None:
+            self.objective = "sft"  # a trainer stored before objectives existed
         if self.on_data_change is None:
             # A trainer stored before the field existed: `migrate_component_tables` added
             # the column, NULL in its row. It behaves as it did then (warn and resume).
@@ -158,110 +162,107 @@ class LLMTrainer(_LLMTrainerFields):
         db: Datalayer,
         train_dataset: t.List,
         valid_dataset: t.List,
+        plan: t.Optional[TrainingPlan] = None,
     ):
         """Fine-tune ``model`` on the selected rows and record the run in ``db``.
 
         :param model: The ``LLM`` to train.
         :param db: The datalayer.
         :param train_dataset: Training values mapped by ``key`` (``_fold == 'train'``), as
-            superduper's lists, or the rows read in pages (``store.rows.FoldRows``: what
-            ``LLM`` hands in, so that no table is held in memory).
+            superduper's lists; ignored when ``plan`` is given (it holds the rows).
         :param valid_dataset: Validation values mapped by ``key`` (``_fold == 'valid'``),
             likewise.
+        :param plan: The plan of this training, built by the apply's preflight
+            (:func:`superduper_transformers.plan.build_plan`); without one it is built here.
         """
-        X, y = cfg.input_output_keys(self.key)
-        train_rows = as_rows(train_dataset, X, y)
-        eval_rows = named_eval_rows(model, db, valid_dataset, X, y)
-        # One read of every set, page by page: checked, counted and hashed (fingerprint
-        # and tokenization cache key); no set is held in memory.
-        train_hash = data.scan_rows(train_rows, X, y, "training rows")
-        eval_hashes = {
-            name: data.scan_rows(rows, X, y, f"evaluation rows '{name}'", set_name=name)
-            for name, rows in eval_rows.items()
-        }
+        if plan is None:
+            columns = objectives.get(self.objective).columns(self.key)
+            evals = {"valid": as_rows(valid_dataset, columns)} if valid_dataset else {}
+            plan = build_plan(model, db, as_rows(train_dataset, columns), evals)
+        return run(plan, model, db)
 
-        check_model_path(model.model_name_or_path)
-        tokenizer = load_tokenizer(model.tokenizer_load_kwargs())
-        tokenization = dict(
-            X=X,
-            y=y,
-            max_length=self.max_seq_length,
-            prompt_template=model.prompt_template,
-            chat_format=self.setup_chat_format,
+
+def run(plan: TrainingPlan, model: LLM, db: Datalayer):
+    """Train ``model`` as ``plan`` says: datasets, the run's record, launch, validation.
+
+    :param plan: The training's plan.
+    :param model: The ``LLM`` (a copy loaded by the fit job).
+    :param db: The datalayer.
+    """
+    trainer = model.trainer
+    objective = objectives.get(plan.objective)
+    tokenizer = load_tokenizer(model.tokenizer_load_kwargs())
+    tokenization = dict(
+        max_length=trainer.max_seq_length,
+        prompt_template=model.prompt_template,
+        chat_format=trainer.setup_chat_format,
+    )
+    if trainer.ray_configs is not None:
+        # Read and tokenized on the cluster (Ray Data), never on this process.
+        X, y = cfg.input_output_keys(trainer.key)
+        train_ds = ray_row_source(
+            db,
+            trainer.select,
+            plan.rows["train"],
+            model.tokenizer_load_kwargs(),
+            dict(X=X, y=y, **tokenization),
         )
-
-        def build(rows, digest):
-            key = data.tokenization_key(tokenizer, f"{digest.count}:{digest.hexdigest()}", **tokenization)
-            return data.build_dataset(tokenizer, rows, fingerprint=key, **tokenization)
-
-        if self.ray_configs is not None:
-            # Read and tokenized on the cluster (Ray Data), never on this process.
-            train_ds = ray_row_source(
-                db, self.select, train_rows, model.tokenizer_load_kwargs(), tokenization
-            )
-        else:
-            train_ds = build(train_rows, train_hash)
-        eval_ds = {name: build(rows, eval_hashes[name]) for name, rows in eval_rows.items()}
-        if list(eval_ds) == ["valid"]:
-            eval_ds = eval_ds["valid"]  # one set: metrics are plain `eval_loss`
-
-        training_args = training_args_for(self, model.identifier, list(eval_rows))
-        settings = TrainSettings.from_trainer(self, training_args)
-        if self.ray_configs is not None:
-            training_args = with_max_steps(training_args, train_hash.count, self.ray_configs)
-        fingerprint = lineage.DataFingerprint.of_hashes(
-            str(self.select),
-            train_hash,
-            eval_hashes,
-            self.max_seq_length,
-            model.prompt_template,
-            self.setup_chat_format,
+    else:
+        train_ds = objective.build_dataset(
+            tokenizer, plan.rows["train"], plan.columns, tokenization, plan.train.data_hash
         )
-        with resume.active(model.identifier):
-            # Resume the model's interrupted run (same experiment_id) or record a new one.
-            plan = resume.start_run(
-                db,
-                model,
-                run_settings(model, self),
-                training_args.output_dir,
-                self.resume_from_db,
-                data_fingerprint=fingerprint,
-                on_data_change=self.on_data_change,
-            )
-            logging.info(
-                f"Training {model.identifier} (run {plan.experiment_id}, from step {plan.step}): "
-                f"{train_hash.count} rows, eval sets {list(eval_rows)}, lora={self.use_lora}, "
-                f"bits={self.bits}, precision={settings.precision.name}, "
-                f"output_dir={training_args.output_dir}"
-            )
-            job = TrainJob(
-                training_args,
-                train_ds,
-                eval_ds or None,
-                model.model_load_kwargs(),
-                model.tokenizer_load_kwargs(),
-                settings=settings,
-                experiment_id=plan.experiment_id,
-                resume_from_checkpoint=plan.resume_from_checkpoint,
-                data_fingerprint=fingerprint,
-                generation_samples=evaluation.generation_samples(
-                    self.record_generations,
-                    eval_rows,
-                    X,
-                    y,
-                    tokenizer,
-                    model.prompt_template,
-                    self.setup_chat_format,
-                ),
-            )
-            check_devices(self.ray_configs, self.num_gpus)
-            result = launch(job, db=db, llm=model, ray_configs=self.ray_configs)
-            try:  # the Validation's Metrics, on generations; a failing Metric leaves the run finished
-                evaluation.validate_after_training(model, db)
-            finally:
-                resume.finish_run(db, model.identifier, plan.experiment_id)
-        # The job stores fit's return value as JSON: of a ray.train.Result, its metrics.
-        return result.metrics if self.ray_configs is not None else result
+    eval_ds = {
+        s.name: objective.build_dataset(tokenizer, plan.rows[s.name], plan.columns, tokenization, s.data_hash)
+        for s in plan.evals
+    }
+    if list(eval_ds) == ["valid"]:
+        eval_ds = eval_ds["valid"]  # one set: metrics are plain `eval_loss`
+    with resume.training(model):
+        # Resume the model's interrupted run (same experiment_id) or record a new one.
+        run_plan = resume.start_run(
+            db,
+            model,
+            plan.run_settings,
+            plan.output_dir,
+            trainer.resume_from_db,
+            data_fingerprint=plan.fingerprint,
+            on_data_change=trainer.on_data_change,
+        )
+        logging.info(
+            f"Training {model.identifier} (run {run_plan.experiment_id}, from step {run_plan.step}): "
+            f"{plan.objective}, {plan.train.count} rows, eval sets {plan.eval_sets}, "
+            f"lora={trainer.use_lora}, bits={trainer.bits}, precision={plan.settings.precision.name}, "
+            f"output_dir={plan.output_dir}"
+        )
+        X, y = plan.columns[0], plan.columns[1] if len(plan.columns) > 1 else None
+        job = TrainJob(
+            plan.config,
+            train_ds,
+            eval_ds or None,
+            model.model_load_kwargs(),
+            model.tokenizer_load_kwargs(),
+            settings=plan.settings,
+            experiment_id=run_plan.experiment_id,
+            resume_from_checkpoint=run_plan.resume_from_checkpoint,
+            data_fingerprint=plan.fingerprint,
+            objective=plan.objective,
+            generation_samples=evaluation.generation_samples(
+                trainer.record_generations if plan.objective == "sft" else 0,
+                {s.name: plan.rows[s.name] for s in plan.evals},
+                X,
+                y,
+                tokenizer,
+                model.prompt_template,
+                trainer.setup_chat_format,
+            ),
+        )
+        result = launch(job, db=db, llm=model, ray_configs=trainer.ray_configs)
+        try:  # the Validation's Metrics, on generations; a failing Metric leaves the run finished
+            evaluation.validate_after_training(model, db)
+        finally:
+            resume.finish_run(db, model.identifier, run_plan.experiment_id)
+    # The job stores fit's return value as JSON: of a ray.train.Result, its metrics.
+    return result.metrics if trainer.ray_configs is not None else result
 
 
 def migrate_tables(db: Datalayer, *classes: type) -> t.Dict[str, t.List[str]]:
@@ -269,237 +270,38 @@ def migrate_tables(db: Datalayer, *classes: type) -> t.Dict[str, t.List[str]]:
 
     Called while an apply is planned, before superduper writes anything: every process
     that records models, trainers, runs or checkpoints applies an ``LLM`` or its trainer
-    first (Ray workers only after their driver did). See
+    first (Ray workers only after their driver did). Not called for the saves of a model
+    in training (its apply migrated). See
     :func:`superduper_transformers.store.datalayer.migrate_component_tables`.
 
     :param db: The datalayer.
     :param classes: Further component classes (``LLM``: this module may not import it).
     :return: ``{table: [fields added]}``; empty when nothing was missing.
     """
-    classes = (*classes, LLMTrainer, Checkpoint, resume.TrainingRun)
-    checked = _MIGRATED.setdefault(db, set())
-    todo = [c for c in classes if c.__name__ not in checked]
-    if not todo:
-        return {}  # every checkpoint saves the model (an apply): check each datalayer once
-    added = migrate_component_tables(db, todo)
-    # Fields never vanish again, and a table created later gets every field from superduper.
-    checked.update(c.__name__ for c in todo)
-    return added
+    return migrate_component_tables(db, (*classes, LLMTrainer, Checkpoint, resume.TrainingRun))
 
 
-#: Datalayer -> names of the classes whose tables ``migrate_tables`` found complete in it.
-_MIGRATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def run_settings(model: LLM, trainer: LLMTrainer) -> t.Dict[str, t.Any]:
-    """The settings that shape a training, as JSON (compared before resuming).
-
-    :param model: The ``LLM``.
-    :param trainer: Its ``LLMTrainer``.
-    """
-    settings = dict(trainer.training_kwargs or {})
-    for name in (
-        "use_lora",
-        "lora_r",
-        "lora_alpha",
-        "lora_dropout",
-        "lora_target_modules",
-        "lora_bias",
-        "lora_modules_to_save",
-        "bits",
-        "max_seq_length",
-        "setup_chat_format",
-        "callbacks",
-        "early_stopping_patience",
-        "early_stopping_threshold",
-        "record_generations",
-    ):
-        settings[name] = getattr(trainer, name)
-    settings.update(
-        key=trainer.key,
-        model_name_or_path=model.model_name_or_path,
-        prompt_template=model.prompt_template,
-    )
-    kept = {k: v for k, v in settings.items() if k not in resume.CHANGES_THAT_RESUME}
-    return json.loads(json.dumps(kept, default=repr, sort_keys=True))
-
-
-def data_fingerprint(
-    model: LLM, trainer: LLMTrainer, train_rows: t.Sequence[t.Mapping], eval_rows: t.Mapping[str, t.Sequence]
-) -> t.Dict[str, t.Any]:
-    """The fingerprint of the data of a training of ``model`` (see :mod:`..lineage`).
-
-    :param model: The ``LLM``.
-    :param trainer: Its ``LLMTrainer``.
-    :param train_rows: The training rows, keyed by the ``key`` columns.
-    :param eval_rows: The evaluation rows by eval set (:func:`named_eval_rows`).
-    """
-    return lineage.data_fingerprint(
-        str(trainer.select),
-        train_rows,
-        eval_rows,
-        max_seq_length=trainer.max_seq_length,
-        prompt_template=model.prompt_template,
-        chat_format=trainer.setup_chat_format,
-    )
-
-
-def eval_metric_names(eval_sets: t.Sequence[str]) -> t.List[str]:
-    """The metrics evaluation produces for these eval sets (without the ``eval_`` prefix).
-
-    One set of ``_fold='valid'`` rows gives ``loss``; several sets (or a named
-    validation dataset) give ``<set>_loss`` each.
-    """
-    if not eval_sets:
-        return []
-    return ["loss"] if list(eval_sets) == ["valid"] else [f"{name}_loss" for name in eval_sets]
-
-
-def training_args_for(trainer: LLMTrainer, identifier: str, eval_sets: t.Sequence[str]):
-    """The resolved ``SFTConfig`` of a training of ``identifier`` with these eval sets.
-
-    Built in the preflight too, so that a setting transformers or trl refuses (or a
-    best-model metric no evaluation produces) fails before the apply writes anything.
-
-    :raises ConfigError: naming the setting, the value and the fix.
-    """
-    produced = eval_metric_names(eval_sets)
-    overrides = {}
-    metric = trainer.training_kwargs.get("metric_for_best_model")
-    if metric is None and produced:
-        overrides["metric_for_best_model"] = produced[0]
-    elif metric is not None:
-        bare = metric[len("eval_") :] if metric.startswith("eval_") else metric
-        if bare not in produced:
-            where = (
-                f"the eval sets {list(eval_sets)} produce {produced}"
-                if produced
-                else "there is no evaluation data"
-            )
-            raise cfg.ConfigError(
-                f"`metric_for_best_model`={metric!r} is a metric no evaluation produces: {where}. "
-                f"Use one of {produced or ['(none: add rows with `_fold=' + repr('valid') + '`)']}."
-            )
-    try:
-        return cfg.build_sft_config(
-            trainer,
-            output_dir=cfg.output_dir_for(trainer, identifier),
-            has_eval=bool(eval_sets),
-            **overrides,
-        )
-    except cfg.ConfigError:
-        raise
-    except (ValueError, TypeError) as e:  # transformers' / trl's own checks
-        raise cfg.ConfigError(f"Invalid LLMTrainer settings: transformers/trl refused them: {e}") from e
-
-
-def named_eval_rows(
-    model: LLM, db: Datalayer, valid_values, X: str, y: t.Optional[str]
-) -> t.Dict[str, t.List]:
-    """Evaluation rows by name: ``valid`` (rows with ``_fold='valid'``) and each
-    dataset of the model's ``validation``, under its own identifier."""
-    out: t.Dict[str, t.Any] = {}
-    if valid_values:
-        out["valid"] = as_rows(valid_values, X, y)
-    if model.validation is not None:
-        for ds in model.validation.datasets:
-            ds.db = ds.db or db
-            rows = [dict(r) for r in ds.data]
-            data.check_rows(rows, X, y, f"rows of validation dataset '{ds.identifier}'")
-            out[ds.identifier] = [{k: r[k] for k in (X, y) if k is not None} for r in rows]
-    return out
-
-
-def as_rows(values, X: str, y: t.Optional[str]):
-    """Rows keyed by column name: ``FoldRows`` (read in pages by ``LLM``) as they are,
-    superduper's lists (values mapped by ``key``, the documented ``fit`` form) converted."""
+def as_rows(values, columns: t.Sequence[str]):
+    """Rows keyed by column name: ``FoldRows`` as they are, superduper's lists (values
+    mapped by ``key``, the documented ``fit`` form) converted."""
     if isinstance(values, FoldRows):
         return values
-    return data.rows_from_values(values, X, y)
+    if len(columns) == 1:
+        return [{columns[0]: v} for v in values]
+    return [dict(zip(columns, v)) for v in values]
 
 
-def fold_rows(trainer: LLMTrainer, db: Datalayer, fold: t.Optional[str]) -> FoldRows:
-    """The rows of ``fold`` of the trainer's ``select``, read in pages (see ``store.rows``).
-
-    :raises DataError: when the query's table is not in the database.
-    """
-    X, y = cfg.input_output_keys(trainer.key)
-    try:
-        return store_rows.fold_rows(db, trainer.select, fold, [k for k in (X, y) if k is not None])
-    except store_rows.MissingTableError as e:
-        raise data.DataError(str(e)) from e
-
-
-def preflight(model: LLM, db: Datalayer) -> None:
-    """Check what training needs before the apply writes anything to the db.
+def preflight(model: LLM, db: Datalayer) -> t.Optional[TrainingPlan]:
+    """Check and plan a training before the apply writes anything to the db.
 
     :param model: The ``LLM`` about to be applied with its trainer.
     :param db: The datalayer.
+    :return: the plan (None when the model's trainer is not an ``LLMTrainer``).
     :raises ValueError: naming the field or key, the value and the fix.
     """
-    trainer = model.trainer
-    if not isinstance(trainer, LLMTrainer):
-        return
-    check_model_path(model.model_name_or_path)
-    check_devices(trainer.ray_configs, trainer.num_gpus)
-    X, y = cfg.input_output_keys(trainer.key)
-    if trainer.select is None:
-        raise data.DataError("LLMTrainer needs a `select` query returning the training rows.")
-    train_rows = fold_rows(trainer, db, "train")
-    if not train_rows:
-        total = len(fold_rows(trainer, db, None))
-        hint = (
-            f" The query returns {total} rows, but none with `_fold='train'`: set `_fold` "
-            "on the rows ('train' or 'valid')."
-            if total
-            else ""
-        )
-        raise data.DataError(
-            f"The training rows are empty: `select` ({trainer.select}) returned no rows with "
-            f"`_fold='train'`.{hint} Insert training rows before applying the model."
-        )
-    # Read page by page: checked and hashed, never held.
-    train_hash = data.scan_rows(train_rows, X, y, "training rows")
-    valid_rows = fold_rows(trainer, db, "valid")
-    eval_hashes = {}
-    if valid_rows:
-        eval_hashes["valid"] = data.scan_rows(
-            valid_rows, X, y, "validation rows (`_fold='valid'`)", set_name="valid"
-        )
-    # `fit` (same apply, same process) takes these instead of reading every row again.
-    store_rows.remember_scan(model.uuid, train_rows, train_hash)
-    if valid_rows:
-        store_rows.remember_scan(model.uuid, valid_rows, eval_hashes["valid"])
-    if model.validation is None:
-        # A refused resume fails here, before the apply writes anything. With validation
-        # datasets (read only in `fit`) the same check runs at the start of `fit`.
-        resume.refuse_changed_data(
-            db,
-            model.identifier,
-            run_settings(model, trainer),
-            lineage.DataFingerprint.of_hashes(
-                str(trainer.select),
-                train_hash,
-                eval_hashes,
-                trainer.max_seq_length,
-                model.prompt_template,
-                trainer.setup_chat_format,
-            ),
-            trainer.resume_from_db,
-            trainer.on_data_change,
-        )
-    eval_sets = (["valid"] if valid_rows else []) + [
-        ds.identifier for ds in (model.validation.datasets if model.validation is not None else [])
-    ]
-    training_args_for(trainer, model.identifier, eval_sets)
-    if trainer.bits is not None:
-        from superduper_transformers._optional import require
-
-        require("bitsandbytes", "quant", f"`bits={trainer.bits}` (QLoRA)")
-    if trainer.ray_configs is not None:
-        from superduper_transformers.launch.ray_settings import check_ray_setup
-
-        check_ray_setup(trainer.ray_configs, db)  # settings, shared storage, cluster address
+    if not isinstance(model.trainer, LLMTrainer):
+        return None
+    return build_plan(model, db)
 
 
 #: Keywords that are the component's own fields (the rest are training keywords).

@@ -7,15 +7,14 @@ one error at a time. Nothing here touches the database or loads a model.
 
 from __future__ import annotations
 
-import dataclasses as dc
 import difflib
-import functools
 import hashlib
 import os
 import re
 import typing as t
 
 from superduper_transformers import settings as resolved
+from superduper_transformers.hf import objectives
 
 #: Valid values of ``LLMTrainer.bits``.
 VALID_BITS = (None, 4, 8)
@@ -42,44 +41,66 @@ class UnknownKeywordError(ConfigError, TypeError):
     """
 
 
-@functools.lru_cache(maxsize=1)
 def sft_config_fields() -> t.FrozenSet[str]:
     """Names accepted by trl's ``SFTConfig`` (a superset of ``TrainingArguments``)."""
-    from trl import SFTConfig
+    return objectives.config_fields("sft")
 
-    return frozenset(f.name for f in dc.fields(SFTConfig) if f.init)
+
+def _other_objective(name: str, objective: str) -> t.Optional[str]:
+    """The objective whose trl config has the keyword ``name`` (not ``objective``'s), if any."""
+    return next(
+        (o for o in objectives.names() if o != objective and name in objectives.config_fields(o)), None
+    )
+
+
+def _unknown_keyword(k: str, objective: str, valid: t.Iterable[str], where: str) -> str:
+    other = _other_objective(k, objective)
+    if other is not None:
+        return (
+            f"{where} `{k}` is a setting of the `{other}` objective, and this trainer's objective "
+            f"is `{objective}`: set `objective={other!r}`, or remove `{k}`."
+        )
+    close = difflib.get_close_matches(k, sorted(valid), n=3)
+    hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+    config = objectives.get(objective).config_class.split(":")[-1]
+    return (
+        f"{where} `{k}`: it is neither an LLMTrainer field nor a field of transformers' "
+        f"TrainingArguments / trl's {config} (objective `{objective}`).{hint}"
+    )
 
 
 def split_unknown_kwargs(
     kwargs: t.Dict[str, t.Any], own_fields: t.Iterable[str]
 ) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any]]:
-    """Split keyword arguments into the trainer's own fields and ``SFTConfig`` fields.
+    """Split keyword arguments into the trainer's own fields and its trl config's fields.
+
+    The trl config is the one of ``kwargs['objective']`` (default ``sft``: ``SFTConfig``).
 
     :param kwargs: Keyword arguments given to ``LLMTrainer``.
     :param own_fields: Field names of the ``LLMTrainer`` component.
-    :raises ConfigError: for a keyword that is neither, with the closest valid names.
+    :raises ConfigError: for a keyword that is neither, with the closest valid names (or
+        the objective it belongs to).
     """
     own_fields = set(own_fields)
+    objective = kwargs.get("objective") or "sft"
+    try:
+        fields = objectives.config_fields(objective)
+    except ValueError as e:
+        raise ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
     own, training = {}, {}
     unknown = []
     for k, v in kwargs.items():
         if k in own_fields:
             own[k] = v
-        elif k in sft_config_fields():
+        elif k in fields:
             training[k] = v
         else:
             unknown.append(k)
     if unknown:
-        valid = sorted(own_fields | sft_config_fields())
-        lines = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, valid, n=3)
-            hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
-            lines.append(
-                f"LLMTrainer got an unexpected keyword argument `{k}`: it is neither an LLMTrainer "
-                f"field nor a field of transformers' TrainingArguments / trl's SFTConfig.{hint}"
-            )
-        raise UnknownKeywordError("\n".join(lines))
+        where = "LLMTrainer got an unexpected keyword argument"
+        raise UnknownKeywordError(
+            "\n".join(_unknown_keyword(k, objective, own_fields | fields, where) for k in unknown)
+        )
     return own, training
 
 
@@ -91,13 +112,13 @@ def validate_trainer(trainer: t.Any) -> None:
     """
     issues: t.List[str] = []
     tk = trainer.training_kwargs or {}
-
-    for k in sorted(set(tk) - sft_config_fields()):
-        close = difflib.get_close_matches(k, sorted(sft_config_fields()), n=3)
-        hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
-        issues.append(
-            f"`training_kwargs` has `{k}`, which is not a field of TrainingArguments/SFTConfig.{hint}"
-        )
+    try:
+        objective = objectives.get(getattr(trainer, "objective", None))
+    except ValueError as e:
+        raise ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
+    fields = objectives.config_fields(objective.name)
+    for k in sorted(set(tk) - fields):
+        issues.append(_unknown_keyword(k, objective.name, fields, "`training_kwargs` has"))
     issues += resolved.secret_issues(tk, "training_kwargs")
     if getattr(trainer, "transform", None) is not None:
         issues.append(
@@ -172,15 +193,9 @@ def validate_trainer(trainer: t.Any) -> None:
                 "`ScalingConfig(num_workers=2)`), got keys "
                 f"{sorted(trainer.ray_configs)}."
             )
-    key = trainer.key
-    names = [key] if isinstance(key, str) else list(key) if isinstance(key, (list, tuple)) else None
-    if not (
-        names is not None and 1 <= len(names) <= 2 and all(isinstance(k, str) and k.strip() for k in names)
-    ):
-        issues.append(
-            f"`key` must be a column name (learn the whole text) or a pair (X, y) of column "
-            f"names (learn y given X), got {key!r}."
-        )
+    key_issue = objective.key_issue(trainer.key)
+    if key_issue:
+        issues.append(key_issue)
     if issues:
         raise ConfigError("Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues))
 
@@ -405,38 +420,27 @@ def precision_for(trainer: t.Any) -> resolved.Precision:
     return resolved.precision_for_trainer(trainer)
 
 
-def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **overrides):
-    """Turn the trainer's settings into trl's ``SFTConfig``.
+def config_kwargs(trainer: t.Any, output_dir: str, has_eval: bool, **overrides) -> t.Dict[str, t.Any]:
+    """The keywords of the trainer's trl config (``SFTConfig``, ``DPOConfig``...), resolved.
 
     Defaults differ from transformers' only where this plugin needs it:
     ``report_to='none'`` (transformers 5's default too: no tracker is contacted unless
-    the user names it; the db records the run in any case); padding-free batches
-    unless ``packing`` or ``padding_free`` is given (:func:`settings.resolve_batching`;
-    the model is checked before training, :mod:`.hf.packing`); and datasets are
-    pre-tokenized by :func:`superduper_transformers.hf.data.tokenize`, so trl keeps our
-    labels (prompt masked with -100) as they are, also when it packs them.
+    the user names it; the db records the run in any case); the objective's own
+    defaults (:meth:`..hf.objectives.Objective.config_kwargs`: for SFT, padding-free
+    batches of rows we tokenized); and the precision resolved from the hardware.
 
     :param trainer: The trainer component.
     :param output_dir: Folder where the HF trainer writes its checkpoints.
     :param has_eval: Whether evaluation datasets exist (else evaluation is turned off).
     :param overrides: Extra keyword arguments that win over the trainer's.
+    :raises ConfigError: naming the setting, the value and the fix.
     """
-    from trl import SFTConfig
-
+    objective = objectives.get(getattr(trainer, "objective", None))
     kwargs: t.Dict[str, t.Any] = {"report_to": "none", "save_safetensors": True}
     kwargs.update(trainer.training_kwargs or {})
     kwargs["output_dir"] = output_dir
-    kwargs["max_length"] = trainer.max_seq_length
-    if resolved.resolve_batching(trainer.training_kwargs).mode == resolved.PADDING_FREE:
-        # Rows are cut to `max_seq_length` when tokenized; trl refuses a `max_length`
-        # with padding-free batches that are not packed (it would not enforce it).
-        kwargs.update(padding_free=True, max_length=None)
+    kwargs = objective.config_kwargs(kwargs, trainer.max_seq_length)
     kwargs.setdefault("gradient_checkpointing", False)
-    if not kwargs.get("packing"):
-        # Our rows arrive tokenized, labelled and cut to `max_seq_length`: trl's own
-        # preparation would only re-read every row (truncate, drop unlabelled rows), a
-        # pass of minutes over a large table. Packing is done in that preparation.
-        kwargs["dataset_kwargs"] = {"skip_prepare_dataset": True, **(kwargs.get("dataset_kwargs") or {})}
     if not has_eval:
         if str(kwargs.get("eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
             raise ConfigError(
@@ -462,15 +466,47 @@ def build_sft_config(trainer: t.Any, output_dir: str, has_eval: bool, **override
     kwargs.update(precision.trainer_kwargs())
     if precision.device == "cpu" and precision.name != resolved.FP32:
         kwargs["use_cpu"] = True  # transformers refuses half precision on the CPU otherwise
-    from superduper import logging
-
-    logging.info(f"Precision: {precision.name} on {precision.device} ({precision.reason})")
     # ``save_safetensors`` was removed from TrainingArguments in some releases.
-    kwargs = {k: v for k, v in kwargs.items() if k in sft_config_fields()}
-    args = SFTConfig(**kwargs)
-    if trainer.num_gpus == 1 and trainer.ray_configs is None:
+    fields = objectives.config_fields(objective.name)
+    return {k: v for k, v in kwargs.items() if k in fields}
+
+
+def make_config(objective: str, kwargs: t.Mapping[str, t.Any], one_gpu: bool = False):
+    """Construct ``objective``'s trl config from resolved keywords (:func:`config_kwargs`).
+
+    Construction runs transformers' and trl's own checks and resets accelerate's
+    device state: done once per training, never while a trainer runs in this process.
+
+    :param objective: ``sft``, ``dpo``...
+    :param kwargs: The resolved keywords.
+    :param one_gpu: ``num_gpus=1`` locally: cap the GPUs transformers uses at one.
+    :raises ConfigError: with transformers' / trl's message.
+    """
+    cls = objectives.load(objectives.get(objective).config_class)
+    try:
+        args = cls(**kwargs)
+    except (ValueError, TypeError) as e:  # transformers' / trl's own checks
+        raise ConfigError(f"Invalid LLMTrainer settings: transformers/trl refused them: {e}") from e
+    if one_gpu:
         # transformers wraps the model in nn.DataParallel over *every* visible GPU when
         # it sees several; `num_gpus=1` means one, so cap the count it resolved.
         _ = args.device
         args._n_gpu = min(args._n_gpu, 1)
     return args
+
+
+def build_config(trainer: t.Any, output_dir: str, has_eval: bool, **overrides):
+    """The trainer's trl config (of its objective), resolved and constructed.
+
+    :param trainer: The trainer component.
+    :param output_dir: Folder where the HF trainer writes its checkpoints.
+    :param has_eval: Whether evaluation datasets exist.
+    :param overrides: Extra keyword arguments that win over the trainer's.
+    """
+    kwargs = config_kwargs(trainer, output_dir, has_eval, **overrides)
+    one_gpu = trainer.num_gpus == 1 and trainer.ray_configs is None
+    return make_config(getattr(trainer, "objective", None) or "sft", kwargs, one_gpu)
+
+
+#: The seed's name (an SFT trainer's config is an ``SFTConfig``).
+build_sft_config = build_config

@@ -283,11 +283,9 @@ def scan_rows(rows: t.Iterable[t.Mapping], X: str, y: t.Optional[str], where: st
     """
     from superduper_transformers.lineage import RowsHash
 
-    if getattr(rows, "scanned", None) is not None:
-        return rows.scanned  # checked and hashed earlier in this apply (the preflight)
     keys = [k for k in (X, y) if k is not None]
     digest = RowsHash()
-    for page in _pages(rows):
+    for page in pages(rows):
         check_rows(page, X, y, where, start=digest.count)
         prefix = {} if set_name is None else {"_set": set_name}
         digest.update({**prefix, **{k: r[k] for k in keys}} for r in page)
@@ -410,7 +408,7 @@ def tokenization_key(
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def _pages(rows) -> t.Iterator[t.List[t.Mapping]]:
+def pages(rows) -> t.Iterator[t.List[t.Mapping]]:
     """Pages of rows: the rows' own pages (``FoldRows.pages``) or batches of an iterable."""
     if hasattr(rows, "pages"):
         yield from rows.pages()
@@ -474,12 +472,12 @@ def build_dataset(
     if fingerprint is None:
         from superduper_transformers.lineage import RowsHash
 
-        digest = RowsHash().update(r for page in _pages(rows) for r in page)
+        digest = RowsHash().update(r for page in pages(rows) for r in page)
         data_hash = f"{digest.count}:{digest.hexdigest()}"
         fingerprint = tokenization_key(tokenizer, data_hash, X, y, max_length, prompt_template, chat_format)
 
     def examples():
-        for page in _pages(rows):
+        for page in pages(rows):
             encoded, statuses = encode_batch(tokenizer, page, X, y, max_length, prompt_template, chat_format)
             for example, status in zip(encoded, statuses):
                 yield {**example, _STATUS: _STATUS_CODES[status]}

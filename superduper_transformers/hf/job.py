@@ -30,6 +30,7 @@ class TrainJob:
         ``data_collator``, ``optimizers``, ``preprocess_logits_for_metrics``, ...).
     :param trainer_prepare_func: Applied to the built trainer before training.
     :param local_rank: This process's device index (a Ray worker's), for quantized loading.
+    :param objective: The training objective (``hf.objectives``): which trl trainer runs.
     :param generation_samples: Prompts (``{"set", "input", "prompt", "target",
         "special_tokens"}``) generated for at each evaluation and recorded on the model.
     """
@@ -48,6 +49,7 @@ class TrainJob:
     trainer_prepare_func: t.Optional[t.Callable] = None
     local_rank: t.Optional[int] = None
     generation_samples: t.List[t.Dict[str, t.Any]] = dc.field(default_factory=list)
+    objective: str = "sft"
 
     def __repr__(self) -> str:
         # Short on purpose: Ray records its train_loop_config (this job) with `str`, and

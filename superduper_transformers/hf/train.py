@@ -11,6 +11,7 @@ if t.TYPE_CHECKING:
     from datasets import Dataset
     from transformers import TrainingArguments
 
+from superduper_transformers.hf import objectives
 from superduper_transformers.hf.callbacks import build_callbacks, early_stopping_callback
 from superduper_transformers.hf.data import from_ray_dataset, is_ray_dataset
 from superduper_transformers.hf.job import TrainJob
@@ -57,7 +58,6 @@ def run_job(job: TrainJob):
     :return: the ``TrainOutput`` of ``trainer.train()``.
     """
     from transformers import set_seed
-    from trl import SFTTrainer
 
     # LoRA weights are initialised from the global RNG before the HF trainer seeds it:
     # seed first, so the same settings give the same run in any process.
@@ -78,15 +78,15 @@ def run_job(job: TrainJob):
     eval_datasets = job.eval_datasets
     if isinstance(eval_datasets, dict) and not eval_datasets:
         eval_datasets = None
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_datasets,
-        processing_class=tokenizer,
+    trainer = objectives.get(job.objective).build_trainer(
+        model,
+        training_args,
+        train_dataset,
+        eval_datasets,
+        tokenizer,
         # The settings' first: early stopping decides in `on_evaluate` before the job's
         # callbacks (the save of the last step, the db records) see that event.
-        callbacks=[*settings_callbacks(settings), *job.callbacks],
+        [*settings_callbacks(settings), *job.callbacks],
         **job.trainer_kwargs,
     )
     if job.trainer_prepare_func is not None:

@@ -20,25 +20,17 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from superduper_transformers import checkpoint as ckpts
-from superduper_transformers import history, promote
+from superduper_transformers import history, promote, resume
+from superduper_transformers.settings import best_metric
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
 
 def best_metric_name(args) -> t.Tuple[t.Optional[str], bool]:
-    """``metric_for_best_model`` as it appears in logged metrics, and its direction.
-
-    transformers prefixes the name with ``eval_`` when it is not there already;
-    without a setting, the eval loss (lower is better) decides, as in transformers.
-    """
-    metric = args.metric_for_best_model or "loss"
-    if not metric.startswith("eval_"):
-        metric = f"eval_{metric}"
-    greater = args.greater_is_better
-    if greater is None:
-        greater = not metric.endswith("loss")
-    return metric, bool(greater)
+    """``metric_for_best_model`` of the built trl config as logged, and its direction
+    (:func:`..settings.best_metric`); without a setting the eval loss decides."""
+    return best_metric(args.metric_for_best_model or "loss", args.greater_is_better)
 
 
 def latest_metrics(log_history: t.Sequence[t.Dict], step: int) -> t.Dict[str, float]:
@@ -107,7 +99,7 @@ class LLMCallback(TrainerCallback):
         from superduper_transformers.store.datalayer import datalayer_from_config
 
         self.db = datalayer_from_config(self.cfg)
-        self.llm = self.db.load("LLM", self.identifier)
+        self.llm = resume.mark_training(self.db.load("LLM", self.identifier))
 
     def datalayer(self) -> Datalayer:
         """The datalayer this callback records in (rebuilt from ``cfg`` on first use)."""

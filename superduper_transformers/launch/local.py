@@ -50,8 +50,8 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
             )
         )
     job = dc.replace(job, callbacks=[*job.callbacks, *callbacks])
-    # While it trains, saves of the model are bookkeeping, not re-applies to check.
-    with resume.active(llm.identifier) if llm is not None else contextlib.nullcontext():
+    # While it trains, saves of the model are bookkeeping, not re-applies to plan.
+    with resume.training(llm) if llm is not None else contextlib.nullcontext():
         output = hf_train.run_job(job)
         if recording and not log_to_db:
             # Recorded at the end only, as a Ray run with log_to_db=False is.

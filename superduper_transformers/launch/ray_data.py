@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses as dc
 import functools
 import json
-import math
 import typing as t
 
 from superduper_transformers.hf import data
@@ -94,22 +93,6 @@ def ray_row_source(db: Datalayer, select, rows, tokenizer_kwargs, tokenization) 
     return source
 
 
-def with_max_steps(training_args, rows: int, ray_configs: t.Dict[str, t.Any]):
-    """``training_args`` with ``max_steps`` set when it is not: a worker's shard is an
-    iterable of unknown length, so the HF trainer needs the number of steps.
-
-    :param rows: Training rows in all.
-    :param ray_configs: The trainer's ``ray_configs`` (its ``scaling_config`` workers).
-    """
-    if training_args.max_steps > 0:
-        return training_args
-    scaling = ray_configs["scaling_config"]
-    workers = (scaling.get("num_workers") if isinstance(scaling, dict) else scaling.num_workers) or 1
-    per_step = workers * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    steps = math.ceil(rows / per_step) * math.ceil(training_args.num_train_epochs)
-    return dc.replace(training_args, max_steps=max(steps, 1))
-
-
 # -- driver, with Ray running ---------------------------------------------
 def to_ray_dataset(source: RowSource):
     """The tokenized ``ray.data.Dataset`` of ``source``, read and tokenized by Ray's tasks."""
@@ -122,7 +105,7 @@ def to_ray_dataset(source: RowSource):
     elif source.mongo is not None:
         ds = ray.data.read_mongo(**source.mongo, ray_remote_args=_task_args())
     else:
-        ds = ray.data.from_arrow_refs([ray.put(_page_table(page)) for page in _pages(source.rows)])
+        ds = ray.data.from_arrow_refs([ray.put(_page_table(page)) for page in data.pages(source.rows)])
     tokenized = ds.map_batches(
         Tokenize,
         batch_size=TOKENIZE_BATCH,
@@ -152,15 +135,6 @@ def _sqlite_connect(path: str):
     import sqlite3
 
     return sqlite3.connect(path)
-
-
-def _pages(rows):
-    if hasattr(rows, "pages"):
-        yield from rows.pages()
-    else:
-        rows = list(rows)
-        for start in range(0, len(rows), TOKENIZE_BATCH):
-            yield rows[start : start + TOKENIZE_BATCH]
 
 
 def _page_table(page):

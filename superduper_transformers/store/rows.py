@@ -64,9 +64,6 @@ class FoldRows:
         self.keys = list(keys) if keys is not None else None
         self.page_size = page_size
         self._count: t.Optional[int] = None
-        #: The rows' check and hash from a read earlier in this apply (the preflight),
-        #: when it was handed over (:func:`remember_scan`): not read again for them.
-        self.scanned = None
 
     @property
     def query(self):
@@ -98,11 +95,13 @@ class FoldRows:
         for page in self.pages():
             yield from page
 
+    def known_count(self, count: int) -> None:
+        """Record the number of rows, as counted by a read earlier in this training (the plan)."""
+        self._count = count
+
     def __len__(self) -> int:
-        # Counted by reading the pages once (no row is kept); superduper asks before
-        # `fit` whether there is anything to train on.
-        if self._count is None and self.scanned is not None:
-            self._count = self.scanned.count
+        # Counted by reading the pages once (no row is kept), unless already known;
+        # superduper asks before `fit` whether there is anything to train on.
         if self._count is None:
             for _ in self.pages():
                 pass
@@ -115,35 +114,6 @@ class FoldRows:
 
     def __repr__(self) -> str:
         return f"FoldRows({self.query}, page_size={self.page_size})"
-
-
-#: Scans (check + hash) of the preflight, waiting for the ``fit`` of the same apply:
-#: ``(component uuid, backend, query, fold, keys) -> RowsHash``. Taken once.
-_SCANS: t.Dict[t.Tuple[str, ...], t.Any] = {}
-
-
-def _scan_key(uuid: str, rows: FoldRows) -> t.Tuple[str, ...]:
-    return (uuid, str(rows.db.cfg.data_backend), str(rows.query), str(rows.fold), str(rows.keys))
-
-
-def remember_scan(uuid: str, rows: FoldRows, digest) -> None:
-    """Hand the preflight's scan of ``rows`` to the ``fit`` of the same apply.
-
-    Reading a large table costs minutes: the preflight (before the apply writes
-    anything) and ``fit`` would otherwise each read every row to check and hash it.
-
-    :param uuid: The applied component's uuid (``fit`` runs on a copy loaded by it).
-    :param rows: The rows scanned.
-    :param digest: Their ``lineage.RowsHash``.
-    """
-    _SCANS[_scan_key(uuid, rows)] = digest
-
-
-def take_scan(uuid: str, rows: FoldRows) -> FoldRows:
-    """``rows`` with the preflight's scan attached (:attr:`FoldRows.scanned`), if this
-    process ran it for the same component and query; the scan is used once."""
-    rows.scanned = _SCANS.pop(_scan_key(uuid, rows), None)
-    return rows
 
 
 def fold_rows(

@@ -1,0 +1,130 @@
+"""Training objectives: what turns rows into a trl trainer's columns, and builds that trainer.
+
+One module per objective (``sft.py``, ``dpo.py``), each an :class:`Objective`. Everything
+around the trainer (the plan, launch on this process or on Ray, the callback that
+records checkpoints, resume, lineage, promotions) is the same for every objective: adding
+one is adding a module here and its name to :data:`OBJECTIVES`.
+
+Nothing here knows the datalayer: rows arrive as mappings, page by page.
+"""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import functools
+import importlib
+import typing as t
+
+from superduper_transformers.hf.data import DataError
+
+
+class Objective:
+    """What one objective of training needs from the pipeline. Subclasses set the names.
+
+    :cvar name: The value of ``LLMTrainer.objective``.
+    :cvar config_class: trl's config class, as ``"module:Class"`` (imported on use).
+    :cvar trainer_class: trl's trainer class, as ``"module:Class"``.
+    :cvar default_key: The row columns it reads when the trainer's ``key`` names none.
+    """
+
+    name: t.ClassVar[str]
+    config_class: t.ClassVar[str]
+    trainer_class: t.ClassVar[str]
+    default_key: t.ClassVar[t.Tuple[str, ...]] = ()
+
+    # -- settings ---------------------------------------------------------
+    def columns(self, key: t.Any) -> t.List[str]:
+        """The row columns a training reads (the trainer's ``key``, validated)."""
+        raise NotImplementedError
+
+    def key_issue(self, key: t.Any) -> t.Optional[str]:
+        """Why ``key`` does not suit this objective (None when it does)."""
+        return None
+
+    def config_kwargs(self, kwargs: t.Dict[str, t.Any], max_seq_length: int) -> t.Dict[str, t.Any]:
+        """The trl config's keywords from the user's (defaults of this objective added)."""
+        return {**kwargs, "max_length": max_seq_length}
+
+    # -- rows -------------------------------------------------------------
+    def check_rows(self, rows: t.Sequence[t.Mapping], columns: t.Sequence[str], where: str, start: int = 0):
+        """Raise a ``DataError`` naming the row, the column and the fix for a bad row."""
+        raise NotImplementedError
+
+    def build_dataset(
+        self, tokenizer, rows, columns: t.Sequence[str], tokenization: t.Mapping, fingerprint: str
+    ):
+        """The ``datasets.Dataset`` this objective's trl trainer takes, from the rows."""
+        raise NotImplementedError
+
+    # -- the trainer -------------------------------------------------------
+    def build_trainer(self, model, args, train_dataset, eval_dataset, tokenizer, callbacks, **kwargs):
+        """trl's trainer of this objective."""
+        cls = load(self.trainer_class)
+        return cls(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            **kwargs,
+        )
+
+
+def load(path: str):
+    """Import ``"module:Name"``."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@functools.cache
+def config_fields(objective: str) -> t.FrozenSet[str]:
+    """Names accepted by ``objective``'s trl config class (a superset of ``TrainingArguments``)."""
+    cls = load(get(objective).config_class)
+    return frozenset(f.name for f in dc.fields(cls) if f.init)
+
+
+def names() -> t.List[str]:
+    """The objectives an ``LLMTrainer`` may name."""
+    return sorted(OBJECTIVES)
+
+
+def get(name: t.Optional[str]) -> Objective:
+    """The objective ``name`` (None: ``sft``, a trainer stored before objectives existed).
+
+    :raises DataError: naming the value and the valid ones.
+    """
+    name = name or "sft"
+    if name not in OBJECTIVES:
+        raise ValueError(f"`objective` must be one of {names()}, got {name!r}.")
+    module, _, cls = OBJECTIVES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def check_text(rows, columns, where: str, start: int = 0) -> None:
+    """Every row has a non-empty str under each of ``columns`` (preference objectives)."""
+    if not rows:
+        raise DataError(
+            f"The {where} are empty: the trainer's `select` returned no rows. Insert rows "
+            "with `_fold='train'` before applying the model."
+        )
+    for i, row in enumerate(rows, start):
+        for k in columns:
+            if k not in row:
+                raise DataError(
+                    f"Key `{k}` is missing from row {i} of the {where}; the row has keys "
+                    f"{sorted(c for c in row if not str(c).startswith('_'))}. Fix the trainer's "
+                    "`key` or the rows."
+                )
+            if not isinstance(row[k], str) or not row[k]:
+                raise DataError(
+                    f"Key `{k}` of row {i} of the {where} holds {row[k]!r:.60}; it must be "
+                    "non-empty text (str)."
+                )
+
+
+#: ``LLMTrainer.objective`` -> the class of that objective (imported on use).
+OBJECTIVES = {
+    "sft": "superduper_transformers.hf.objectives.sft:SFT",
+    "dpo": "superduper_transformers.hf.objectives.dpo:DPO",
+}

@@ -75,6 +75,46 @@ def test_version_names_this_checkout_and_subcommands_run_as_a_module(tmp_path):
     assert out.stdout.strip() == ""  # an empty database holds no model
 
 
+def test_a_command_prints_its_own_output_only(tmp_path):
+    """No dependency's import-time noise: superduper's missing-secrets-folder warning, and
+    bitsandbytes' (and its `kernels` helper's) lines about an optional CPU kernel, which it
+    prints on CPUs with AVX-512-BF16 when trl pulls in peft. The command's own error stays."""
+    import superduper_transformers
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(superduper_transformers.__file__)))
+    home = tmp_path / "home"  # no ~/.superduper/secrets there: superduper would warn
+    home.mkdir()
+    env = dict(os.environ, PYTHONPATH=root, HOME=str(home))
+    config = os.path.join(root, "examples", "tiny_lora.yaml")
+    argv = ["--data", str(tmp_path), "train", config, "--check"]  # empty db: imports trl, then stops
+    out = subprocess.run(
+        [sys.executable, "-m", "superduper_transformers", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    printed = out.stdout + out.stderr
+    assert out.returncode == 2, printed[-3000:]
+    assert "`data.table`='facts' is not a table in the database" in out.stderr
+    for noise in ("not a valid directory", "gemm_4bit", "publisher trust check"):
+        assert noise not in printed, printed[-3000:]
+
+    # a secrets folder the user set, and got wrong, is still reported
+    env["SUPERDUPER_SECRETS_VOLUME"] = str(tmp_path / "no-such-folder")
+    out = subprocess.run(
+        [sys.executable, "-m", "superduper_transformers", "--data", str(tmp_path), "models"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"The path '{tmp_path / 'no-such-folder'}' is not a valid directory" in out.stderr
+
+
 @pytest.mark.slow
 def test_demo_teaches_smollm2_the_facts(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.getcwd())

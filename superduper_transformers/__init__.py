@@ -1,5 +1,7 @@
 """superduper_transformers: fine-tune causal LMs on data in a superduper datalayer."""
 
+# First: filters dependencies' import-time noise before superduper and peft are imported.
+from superduper_transformers import _quiet  # noqa: F401
 from superduper_transformers.checkpoint import Checkpoint
 from superduper_transformers.model import LLM
 from superduper_transformers.promote import load_model, resolve_alias

@@ -319,3 +319,54 @@ class SaveTheLastStep(TrainerCallback):
         if control.should_training_stop:
             control.should_save = True
         return control
+
+
+def recording_callbacks(
+    job: t.Any,
+    identifier: str,
+    *,
+    db: t.Optional[Datalayer] = None,
+    llm: t.Any = None,
+    cfg: t.Optional[t.Dict] = None,
+    log_to_db: bool = True,
+) -> t.List[t.Any]:
+    """The callbacks that record a training in the db, for this process or a Ray worker.
+
+    The one list both launchers use: :class:`LLMCallback` (checkpoints, metrics; with
+    ``log_to_db``), then the run's live progress (when the job belongs to a run).
+
+    :param job: The ``TrainJob``.
+    :param identifier: The ``LLM``'s identifier.
+    :param db: The datalayer (this process), with ``llm``.
+    :param llm: The ``LLM`` being trained (this process).
+    :param cfg: The datalayer's config instead (a Ray worker rebuilds it on rank 0).
+    :param log_to_db: Record checkpoints and metrics during training.
+    """
+    from superduper_transformers.launch.progress import ProgressCallback, mean_tokens_per_example
+
+    out: t.List[t.Any] = []
+    recorder = None
+    if log_to_db:
+        recorder = LLMCallback(
+            db=db,
+            llm=llm,
+            cfg=cfg,
+            identifier=identifier,
+            experiment_id=job.experiment_id,
+            data_fingerprint=job.data_fingerprint,
+            generation_samples=job.generation_samples,
+        )
+        out.append(recorder)
+    if job.experiment_id:
+        out.append(
+            ProgressCallback(
+                identifier,
+                job.experiment_id,
+                db=db,
+                cfg=cfg,
+                tokens_per_example=mean_tokens_per_example(job.train_dataset),
+                # one datalayer on a Ray worker's rank 0, not two
+                connect=recorder.datalayer if (recorder is not None and cfg is not None) else None,
+            )
+        )
+    return out

@@ -12,11 +12,10 @@ from superduper_transformers import resume
 from superduper_transformers.hf import train as hf_train
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.launch.callback import (
-    LLMCallback,
     SaveTheLastStep,
+    recording_callbacks,
     register_final_checkpoint,
 )
-from superduper_transformers.launch.progress import ProgressCallback, mean_tokens_per_example
 
 
 def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
@@ -29,26 +28,9 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
     """
     log_to_db = job.settings.log_to_db if job.settings is not None else True
     recording = db is not None and llm is not None
-    callbacks = [SaveTheLastStep()] if recording else []
-    if recording and log_to_db:
-        callbacks.append(
-            LLMCallback(
-                db=db,
-                llm=llm,
-                experiment_id=job.experiment_id,
-                data_fingerprint=job.data_fingerprint,
-                generation_samples=job.generation_samples,
-            )
-        )
-    if recording and job.experiment_id:
-        callbacks.append(
-            ProgressCallback(
-                llm.identifier,
-                job.experiment_id,
-                db=db,
-                tokens_per_example=mean_tokens_per_example(job.train_dataset),
-            )
-        )
+    callbacks = []
+    if recording:
+        callbacks = [SaveTheLastStep(), *recording_callbacks(job, llm.identifier, db=db, llm=llm, log_to_db=log_to_db)]
     job = dc.replace(job, callbacks=[*job.callbacks, *callbacks])
     # While it trains, saves of the model are bookkeeping, not re-applies to plan.
     with resume.training(llm) if llm is not None else contextlib.nullcontext():

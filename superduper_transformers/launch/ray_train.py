@@ -232,30 +232,12 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
 
     from superduper_transformers import resume as runs
     from superduper_transformers.hf.train import run_job
-    from superduper_transformers.launch.callback import LLMCallback, SaveTheLastStep
-    from superduper_transformers.launch.progress import ProgressCallback, mean_tokens_per_example
+    from superduper_transformers.launch.callback import SaveTheLastStep, recording_callbacks
 
     job: TrainJob = loop["job"]
     callbacks = []
     if loop["cfg"] is not None:
-        recorder = LLMCallback(
-            cfg=loop["cfg"].reveal(),
-            identifier=loop["identifier"],
-            experiment_id=job.experiment_id,
-            data_fingerprint=job.data_fingerprint,
-            generation_samples=job.generation_samples,
-        )
-        callbacks.append(recorder)
-        if job.experiment_id:
-            callbacks.append(
-                ProgressCallback(
-                    loop["identifier"],
-                    job.experiment_id,
-                    cfg=loop["cfg"].reveal(),
-                    tokens_per_example=mean_tokens_per_example(job.train_dataset),
-                    connect=recorder.datalayer,  # one datalayer on rank 0, not two
-                )
-            )
+        callbacks = recording_callbacks(job, loop["identifier"], cfg=loop["cfg"].reveal())
     # Ray's report last: a worker dying before it leaves the db one checkpoint ahead of
     # Ray; the restarted run re-saves that step and its re-registration is a no-op.
     callbacks += [*job.callbacks, SaveTheLastStep(), RayTrainReportCallback()]

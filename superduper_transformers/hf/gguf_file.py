@@ -83,17 +83,20 @@ def tokenizer_issues(tokenizer) -> t.List[str]:
         kind = spec.get("model", {}).get("type") if spec else type(tokenizer).__name__
         return [
             f"the tokenizer is a `{kind}` model: only byte-level BPE tokenizers (SmolLM2, Llama 3, "
-            "Qwen2, GPT-2) can be written as GGUF yet, not SentencePiece or Unigram ones."
+            "Qwen2, GPT-2) can be written as GGUF yet, not SentencePiece or Unigram ones. Export a "
+            "Hugging Face folder (format `hf`) and convert it with llama.cpp's convert_hf_to_gguf.py."
         ]
     if pre_tokenizer_name(spec) is None:
         return [
             f"the tokenizer's pre-tokenizer ({json.dumps(spec.get('pre_tokenizer'))[:200]}) is not one "
-            f"llama.cpp names: known are {', '.join(f'{k} ({v})' for k, v in PRE_TOKENIZERS.items())}."
+            f"llama.cpp names: known are {', '.join(f'{k} ({v})' for k, v in PRE_TOKENIZERS.items())}. "
+            "convert_hf_to_gguf.py recognises more (by their tokenizations): convert a Hugging Face export."
         ]
     if not _merges(spec):
         return [
             "the tokenizer is a byte-level BPE without merges: llama.cpp refuses such a file "
-            "(`cannot find tokenizer merges`) and the GGUF writer cannot store an empty list."
+            "(`cannot find tokenizer merges`) and the GGUF writer cannot store an empty list. Train "
+            "with a tokenizer that has merges (every released byte-level BPE tokenizer has)."
         ]
     return []
 
@@ -125,7 +128,11 @@ def pre_tokenizer_name(spec: t.Dict[str, t.Any]) -> t.Optional[str]:
         return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and last.get("use_regex", True):
         return "smollm"
-    if kinds == ["Split", "ByteLevel"] and not last.get("use_regex", True):
+    if (
+        kinds == ["Split", "ByteLevel"]
+        and steps[0].get("behavior") == "Isolated"
+        and not last.get("use_regex", True)
+    ):
         regex = steps[0].get("pattern", {}).get("Regex")
         return next((name for name, split in SPLITS.items() if split == regex), None)
     return None

@@ -25,8 +25,18 @@ FAST_TRAINING = dict(
 )
 
 
-def build_tiny_model(directory: str) -> str:
-    """Save a randomly initialised 2-layer Llama and a byte-level BPE tokenizer to ``directory``."""
+#: Words whose merges the tokenizer of ``build_tiny_model(merges=True)`` learns. llama.cpp
+#: reads a byte-level vocabulary only with merges; these never touch "a+b=c" (digits and
+#: symbols are pre-tokenized apart from letters), so the facts tokenize as without them.
+MERGE_WORDS = ["user", "assistant", "system", "start", "end", "hello", "world"]
+
+
+def build_tiny_model(directory: str, merges: bool = False) -> str:
+    """Save a randomly initialised 2-layer Llama and a byte-level BPE tokenizer to ``directory``.
+
+    :param merges: Give the tokenizer 24 merges of :data:`MERGE_WORDS` (as real tokenizers
+        have; the GGUF export needs them), else none.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -35,14 +45,14 @@ def build_tiny_model(directory: str) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<pad>", "<s>", "</s>"]
-    # Vocabulary = the 256 byte symbols + specials: no merges, so "5+1=" and "5+1=6"
-    # split at the same place and the prompt boundary is a token boundary.
+    # Vocabulary = the 256 byte symbols + specials (+ merges of letters only): "5+1=" and
+    # "5+1=6" split at the same place and the prompt boundary is a token boundary.
     trainer = trainers.BpeTrainer(
-        vocab_size=256 + len(specials),
+        vocab_size=256 + len(specials) + (24 if merges else 0),
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator([p + c for p, c in FACTS], trainer=trainer)
+    tok.train_from_iterator(MERGE_WORDS * 10 if merges else [p + c for p, c in FACTS], trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )

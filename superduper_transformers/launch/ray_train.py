@@ -230,7 +230,6 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     import ray.train
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 
-    from superduper_transformers import resume as runs
     from superduper_transformers.hf.train import run_job
     from superduper_transformers.launch.callback import SaveTheLastStep, recording_callbacks
 
@@ -265,8 +264,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
         if resume_from is not None:
             job = dc.replace(job, resume_from_checkpoint=resume_from)
             logging.info(f"Resuming from {resume_from}")
-        with runs.active(loop["identifier"] or ""):  # saves by rank 0 are not re-applies
-            run_job(job)
+        run_job(job)  # rank 0's LLMCallback marks its model in training: its saves are not re-applies
 
 
 def _resume_point(loop: t.Dict[str, t.Any], job: TrainJob, stack: contextlib.ExitStack):

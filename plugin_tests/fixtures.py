@@ -10,6 +10,12 @@ from transformers import TrainerCallback
 #: 32 prompts the model must memorise: "a+b=" -> "c".
 FACTS = [(f"{a}+{b}=", str(a + b)) for a in range(8) for b in range(4)]
 VALID = FACTS[::4]  # evaluation rows (eval loss only; the task is memorisation)
+#: Half the facts (b = 1 or 3): what the tests of each training mode memorise. Measured
+#: learning curves (16/16 reached at, native bf16 CPU / AVX2 kernels in fp32): LoRA 64/64
+#: steps, full fine-tuning 50/50, QLoRA 4-bit 96/96 (then 14-16 on AVX2), 8-bit 64/64, chat
+#: format 150/180, whole text 90/90. The tests give each about 2.5x that.
+FACTS16 = FACTS[1::2]
+VALID16 = FACTS16[::4]
 
 #: Settings that make the tiny model memorise FACTS in a few hundred CPU steps.
 FAST_TRAINING = dict(

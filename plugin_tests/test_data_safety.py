@@ -88,7 +88,7 @@ def test_deleting_a_checkpoint_whose_folder_is_gone(db, tmp_path, monkeypatch):
     warnings = []
     monkeypatch.setattr(ckpts.logging, "warn", lambda msg, *a, **k: warnings.append(msg))
 
-    ckpts.delete_checkpoint(db, ckpt.identifier)
+    ckpts.remove_checkpoint(db, ckpt.identifier)
 
     assert list_checkpoints(db, "tiny") == []
     assert ckpt.identifier not in db.show("Checkpoint")
@@ -129,7 +129,7 @@ def test_an_llm_whose_adapter_folder_is_gone_can_be_torn_down(db, tiny_model_dir
         db.load("LLM", "lost").adapter_path()  # using the weights still fails clearly
     db.teardown("LLM", "lost", force=True)
     assert "lost" not in db.show("LLM")
-    ckpts.delete_checkpoint(db, ckpt.identifier)
+    ckpts.remove_checkpoint(db, ckpt.identifier)
     assert list_checkpoints(db, "tiny") == []
 
 

@@ -449,7 +449,7 @@ def best_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = No
     return best_checkpoint(rows, metric, greater)
 
 
-def delete_checkpoint(db: Datalayer, identifier: str) -> None:
+def remove_checkpoint(db: Datalayer, identifier: str) -> None:
     """Remove a checkpoint row and its files from the artifact store.
 
     Low level: it checks nothing that points at the checkpoint (the model's in-use pointer,

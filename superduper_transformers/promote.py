@@ -357,7 +357,7 @@ def delete_checkpoint(
                 {"pointer": alias, "action": DELETE, "from": identifier, "to": None, "by": who, "time": now}
             )
         db.apply(record, force=True, jobs=False)
-    ckpts.delete_checkpoint(db, identifier)
+    ckpts.remove_checkpoint(db, identifier)
     logging.info(
         f"{model}: deleted checkpoint {identifier}" + (f" and its aliases {aliases}" if aliases else "")
     )

@@ -31,7 +31,7 @@ from superduper import Component, logging
 
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers import history, lineage, promote
-from superduper_transformers.store import artifacts
+from superduper_transformers.store import artifacts, records
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -140,15 +140,7 @@ def run_identifier(model: str, experiment_id: str) -> str:
 
 def unfinished_runs(db: Datalayer, model: str) -> t.List[TrainingRun]:
     """The runs of ``model`` left ``running`` in the db, oldest first."""
-    from superduper.base import exceptions
-
-    table = db["TrainingRun"]
-    try:
-        rows = table.filter(table["model"] == model, table["state"] == RUNNING).select("identifier").execute()
-    except exceptions.NotFound:
-        return []
-    runs = [db.load("TrainingRun", r["identifier"]) for r in rows]
-    return sorted(runs, key=lambda r: r.started_at)
+    return records.runs(db, model, RUNNING)
 
 
 def is_interrupted(db: Datalayer, model: str) -> bool:
@@ -439,7 +431,7 @@ def delete_model(db: Datalayer, identifier: str) -> t.Dict[str, int]:
         removed["models"] = 1
     for row in rows:
         if row["identifier"] in db.show("Checkpoint"):
-            ckpts.delete_checkpoint(db, row["identifier"])
+            ckpts.remove_checkpoint(db, row["identifier"])
     removed["checkpoints"] = len(rows)
     for run in _all_runs(db, identifier):
         db.teardown("TrainingRun", run, force=True)
@@ -452,11 +444,4 @@ def delete_model(db: Datalayer, identifier: str) -> t.Dict[str, int]:
 
 
 def _all_runs(db: Datalayer, model: str) -> t.List[str]:
-    from superduper.base import exceptions
-
-    table = db["TrainingRun"]
-    try:
-        rows = table.filter(table["model"] == model).select("identifier").execute()
-    except exceptions.NotFound:
-        return []
-    return sorted({r["identifier"] for r in rows})
+    return records.run_identifiers(db, model)

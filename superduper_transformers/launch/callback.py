@@ -170,7 +170,7 @@ class LLMCallback(TrainerCallback):
             self.llm.adapter_id = self.db.load("Checkpoint", best["identifier"])
             self.llm.save()
         for r in doomed:
-            ckpts.delete_checkpoint(self.db, r["identifier"])
+            ckpts.remove_checkpoint(self.db, r["identifier"])
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         """Record the eval metrics (one list per metric and eval set) on the model in the db.

@@ -38,7 +38,7 @@ import uuid
 from superduper import logging
 
 from superduper_transformers import _faults
-from superduper_transformers._progress import MIN_BYTES_FOR_A_BAR, progress_bar
+from superduper_transformers._bars import MIN_BYTES_FOR_A_BAR, progress_bar
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer

@@ -176,6 +176,20 @@ class RecordingCallback(TrainerCallback):
         if logs and "loss" in logs:
             self._record("log", state)
 
+    def _weights(self, event: str, state, model) -> None:
+        """A checksum of the trainable weights (``<path>.weights``): Ray workers that train
+        one model (their gradients all-reduced) end with the same checksum."""
+        if self.path and model is not None:
+            total = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+            with open(f"{self.path}.weights", "a") as f:
+                f.write(f"{event} {state.global_step} {state.is_world_process_zero} {total!r}\n")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._weights("begin", state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._weights("end", state, model)
+
 
 class HoldAt(TrainerCallback):
     """Wait at the end of ``step`` until the file ``until`` exists (tests stop a training

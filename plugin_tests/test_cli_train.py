@@ -320,3 +320,40 @@ def test_in_a_terminal_train_shows_progress_stops_on_ctrl_c_and_resumes(
     db = superduper(f"sqlite:///{data_dir}/demo.db", force_apply=True)
     run = db.load("TrainingRun", f"tiny-lora-run-{experiment}")
     assert [r["step"] for r in run.resumes] == [saved] and run.state == "finished"
+
+
+def test_train_never_prints_the_db_password(tmp_path, data_dir, tiny_model_dir, capsys, monkeypatch):
+    """The resume hint and the interruption message show `--db` with `***` for its password."""
+    import argparse
+    import types
+
+    from superduper_transformers.cli import train as cli_train
+    from superduper_transformers.launch import progress
+
+    secret = "S3CR3T-in-the-uri"
+    code, _, err = run_cli(
+        capsys, "--data", data_dir, "import-data", write_facts(tmp_path / "f.jsonl"), "--table", "facts"
+    )
+    assert code == 0, err
+    real_connect = cli_train.connect
+    dbs = []
+
+    def connect(args, uri=None, store=None):  # the rows are in --data's db, not at that URI
+        dbs.append(real_connect(argparse.Namespace(**{**vars(args), "uri": None}), None, store))
+        return dbs[-1]
+
+    def stopped(*args, **kwargs):  # as Ctrl-C ends a training, without training
+        raise progress.TrainingStopped()
+
+    monkeypatch.setattr(cli_train, "connect", connect)
+    monkeypatch.setattr(cli_train, "_latest_run", lambda db, m: types.SimpleNamespace(experiment_id="e1", progress={}))
+    monkeypatch.setattr("superduper.base.datalayer.Datalayer.apply", stopped)
+    uri = f"mongodb://trainer:{secret}@db.example:27017/prod?authSource=admin"
+    argv = ["--data", data_dir, "--db", uri, "train", EXAMPLE, f"model.model_name_or_path={tiny_model_dir}"]
+    code, out, err = run_cli(capsys, *argv, f"db={uri}")
+    assert code == 130, err
+    assert secret not in out + err and "authSource" not in out + err
+    shown = "'mongodb://trainer:***@db.example:27017/prod?***'"
+    assert f"--db {shown} train" in out and f"'db=mongodb://trainer:***@" in out
+    assert f"Resume with:\n  superduper-transformers --data {data_dir} --db {shown}" in err
+    assert "(with the db password in place of ***)" in err

@@ -99,6 +99,30 @@ def test_a_hub_token_is_refused_without_showing_it(db, tiny_model_dir):
     fixtures.make_llm(db, tiny_model_dir, eos_token="</s>")
 
 
+def test_credentials_in_callback_kwargs_or_ray_env_vars_are_refused(db, tiny_model_dir):
+    from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_configs
+
+    callback = {"class": "plugin_tests.fixtures:HoldAt", "kwargs": {"step": 1, "api_key": SECRET}}
+    with pytest.raises(ConfigError, match=r"`callbacks\[0\]\['kwargs'\]` has `api_key`, a credential") as e:
+        fixtures.make_llm(db, tiny_model_dir, callbacks=[callback])
+    assert SECRET not in str(e.value) and "read it from the environment (`os.environ`)" in str(e.value)
+    nested = {"class": "plugin_tests.fixtures:HoldAt", "kwargs": {"auth": {"password": SECRET}}}
+    with pytest.raises(ConfigError, match=r"`callbacks\[0\]\['kwargs'\]\['auth'\]` has `password`"):
+        fixtures.make_llm(db, tiny_model_dir, callbacks=[nested])
+
+    ray = {"scaling_config": {"num_workers": 1}, "runtime_env": {"env_vars": {"HF_TOKEN": f"hf_{SECRET}"}}}
+    where = r"`ray_configs\['runtime_env'\]\['env_vars'\]` has `HF_TOKEN`, a credential"
+    with pytest.raises(ConfigError, match=where) as e:
+        fixtures.make_llm(db, tiny_model_dir, ray_configs=ray)
+    assert SECRET not in str(e.value) and "set it in the environment of the Ray cluster" in str(e.value)
+    with pytest.raises(RayConfigError, match=where):  # `ray_train(ray_configs=...)` checks them too
+        check_ray_configs(ray)
+    assert "LLM" not in db.show() and "LLMTrainer" not in db.show()
+    # Settings that are not credentials pass.
+    ray["runtime_env"]["env_vars"] = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    check_ray_configs(ray)
+
+
 def test_the_db_password_never_reaches_ray_run_metadata(monkeypatch, tmp_path, tiny_model_dir):
     from ray.train.v2._internal.state.schema import _to_json_serializable_value
 

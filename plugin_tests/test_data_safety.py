@@ -236,3 +236,23 @@ def test_stored_checkpoints_are_owner_only(db, tiny_model_dir, tmp_path):
         if path != top:
             assert mode == modes[path], f"{path}: {oct(mode)}"
     load_checkpoint(db, ckpt.identifier)  # still readable by its owner
+
+
+def test_restrict_permissions_never_follows_a_link_to_a_folder(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "f.txt").write_bytes(b"x")
+    for path, mode in ((outside, 0o755), (outside / "sub", 0o755), (outside / "sub" / "f.txt", 0o644)):
+        os.chmod(path, mode)
+    before = _modes(outside)
+    folder = _folder(tmp_path / "ckpt", {"a.bin": b"a", "sub/b.bin": b"b"})
+    os.symlink(outside, os.path.join(folder, "sub", "link"))
+
+    artifacts.restrict_permissions(folder)
+    assert _modes(outside) == before  # the target of the link, and all below it, as they were
+    assert set(_modes(folder).values()) == {artifacts.DIR_MODE, artifacts.FILE_MODE}
+    link = tmp_path / "link-to-outside"
+    os.symlink(outside, link)
+    with pytest.raises(ValueError, match=r"link-to-outside is a symbolic link .*Replace the link by a folder"):
+        artifacts.restrict_permissions(str(link))
+    assert _modes(outside) == before

@@ -346,7 +346,9 @@ def test_train_never_prints_the_db_password(tmp_path, data_dir, tiny_model_dir, 
         raise progress.TrainingStopped()
 
     monkeypatch.setattr(cli_train, "connect", connect)
-    monkeypatch.setattr(cli_train, "_latest_run", lambda db, m: types.SimpleNamespace(experiment_id="e1", progress={}))
+    monkeypatch.setattr(
+        cli_train, "_latest_run", lambda db, m: types.SimpleNamespace(experiment_id="e1", progress={})
+    )
     monkeypatch.setattr("superduper.base.datalayer.Datalayer.apply", stopped)
     uri = f"mongodb://trainer:{secret}@db.example:27017/prod?authSource=admin"
     argv = ["--data", data_dir, "--db", uri, "train", EXAMPLE, f"model.model_name_or_path={tiny_model_dir}"]
@@ -354,6 +356,6 @@ def test_train_never_prints_the_db_password(tmp_path, data_dir, tiny_model_dir, 
     assert code == 130, err
     assert secret not in out + err and "authSource" not in out + err
     shown = "'mongodb://trainer:***@db.example:27017/prod?***'"
-    assert f"--db {shown} train" in out and f"'db=mongodb://trainer:***@" in out
+    assert f"--db {shown} train" in out and "'db=mongodb://trainer:***@" in out
     assert f"Resume with:\n  superduper-transformers --data {data_dir} --db {shown}" in err
     assert "(with the db password in place of ***)" in err

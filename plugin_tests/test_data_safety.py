@@ -253,6 +253,8 @@ def test_restrict_permissions_never_follows_a_link_to_a_folder(tmp_path):
     assert set(_modes(folder).values()) == {artifacts.DIR_MODE, artifacts.FILE_MODE}
     link = tmp_path / "link-to-outside"
     os.symlink(outside, link)
-    with pytest.raises(ValueError, match=r"link-to-outside is a symbolic link .*Replace the link by a folder"):
+    with pytest.raises(
+        ValueError, match=r"link-to-outside is a symbolic link .*Replace the link by a folder"
+    ):
         artifacts.restrict_permissions(str(link))
     assert _modes(outside) == before

@@ -597,7 +597,9 @@ def test_the_local_rays_default_folder_is_per_user(tmp_path, monkeypatch):
     # A folder under this user's name that someone else created first is refused.
     monkeypatch.setattr(os, "getuid", lambda: uid + 2)
     os.mkdir(tmp_path / f"superduper_ray_{uid + 2}")  # owned by `uid`, not by `uid + 2`
-    with pytest.raises(RayConfigError, match=rf"superduper_ray_{uid + 2} belongs to another user \(uid {uid}\)"):
+    with pytest.raises(
+        RayConfigError, match=rf"superduper_ray_{uid + 2} belongs to another user \(uid {uid}\)"
+    ):
         with rt.ray_session({"scaling_config": {}}, {}):
             pass
     assert len(started) == 1

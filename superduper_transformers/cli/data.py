@@ -63,7 +63,7 @@ def data_cache(args) -> int:
     """List the cached tokenized datasets, or remove them with ``--clear``."""
     import time
 
-    from superduper_transformers.hf import data_cache as cache
+    from superduper_transformers import data_cache as cache
 
     if args.older_than is not None and not args.clear:
         raise CliError("--older-than applies to --clear: add --clear to remove those entries.")
@@ -76,14 +76,21 @@ def data_cache(args) -> int:
         kept = cache.entries()
         print(
             f"removed {len(removed)} tokenized dataset(s), {_mb(sum(e.size_bytes for e in removed))}, "
-            f"from {folder}; {len(kept)} kept ({_mb(sum(e.size_bytes for e in kept))})"
+            f"from {folder}; {len(kept)} kept ({_mb(sum(e.size_bytes for e in kept))}; in use by a "
+            "training, or used recently)"
         )
-        return 0
-    found = cache.entries()
-    now = time.time()
-    for e in found:
-        print(f"{_mb(e.size_bytes):>10}  used {(now - e.last_used) / 86400:.1f} days ago  {e.path}")
-    print(f"{len(found)} tokenized dataset(s), {_mb(sum(e.size_bytes for e in found))} in {folder}")
+    else:
+        found = cache.entries()
+        now = time.time()
+        for e in found:
+            print(f"{_mb(e.size_bytes):>10}  used {(now - e.last_used) / 86400:.1f} days ago  {e.path}")
+        print(f"{len(found)} tokenized dataset(s), {_mb(sum(e.size_bytes for e in found))} in {folder}")
+    others = cache.others()
+    if others:
+        print(
+            f"{len(others)} other folder(s) in {os.path.dirname(others[0])} are left alone: not written by "
+            "this plugin, or being written by a training (an entry is marked when complete)."
+        )
     return 0
 
 

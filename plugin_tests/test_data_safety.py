@@ -236,3 +236,60 @@ def test_stored_checkpoints_are_owner_only(db, tiny_model_dir, tmp_path):
         if path != top:
             assert mode == modes[path], f"{path}: {oct(mode)}"
     load_checkpoint(db, ckpt.identifier)  # still readable by its owner
+
+
+def test_restrict_permissions_never_follows_a_link_to_a_folder(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "f.txt").write_bytes(b"x")
+    for path, mode in ((outside, 0o755), (outside / "sub", 0o755), (outside / "sub" / "f.txt", 0o644)):
+        os.chmod(path, mode)
+    before = _modes(outside)
+    folder = _folder(tmp_path / "ckpt", {"a.bin": b"a", "sub/b.bin": b"b"})
+    os.symlink(outside, os.path.join(folder, "sub", "link"))
+
+    artifacts.restrict_permissions(folder)
+    assert _modes(outside) == before  # the target of the link, and all below it, as they were
+    assert set(_modes(folder).values()) == {artifacts.DIR_MODE, artifacts.FILE_MODE}
+    link = tmp_path / "link-to-outside"
+    os.symlink(outside, link)
+    with pytest.raises(
+        ValueError, match=r"link-to-outside is a symbolic link .*Replace the link by a folder"
+    ):
+        artifacts.restrict_permissions(str(link))
+    assert _modes(outside) == before
+
+
+def test_files_outside_the_store_are_owner_only_and_go_with_the_model(
+    db, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The output folder, the tokenized cache and exports follow the store's rule (weights and
+    tokens memorise rows); deleting the model removes the cache entries only it used."""
+    from superduper_transformers import data_cache, delete_model
+    from superduper_transformers.export import export_model
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(data_cache.CACHE_ENV, str(cache))
+    out, exported = tmp_path / "out", tmp_path / "exported"
+    umask = os.umask(0o022)  # what most machines have: everything readable by all
+    try:
+        llm = fixtures.make_llm(
+            db, tiny_model_dir, max_steps=2, save_steps=2, eval_steps=2, output_dir=str(out)
+        )
+        db.apply(llm, force=True)
+        export_model(db, "tiny", str(exported))
+    finally:
+        os.umask(umask)
+    for folder in (out, cache, exported):
+        assert os.stat(folder).st_mode & 0o777 == artifacts.DIR_MODE, folder
+    entries = data_cache.entries()
+    assert len(entries) == 2  # the training rows and the validation rows
+    for path, mode in [*_modes(exported).items(), *(m for e in entries for m in _modes(e.path).items())]:
+        expected = artifacts.DIR_MODE if os.path.isdir(path) else artifacts.FILE_MODE
+        assert mode == expected, f"{path}: {oct(mode)}"
+
+    shared = entries[0].path  # as if another model had trained on the same rows
+    open(os.path.join(shared, data_cache.OWNER_PREFIX + "another-model"), "w").close()
+    removed = delete_model(db, "tiny")
+    assert removed["cached_datasets"] == 1
+    assert [e.path for e in data_cache.entries()] == [shared]

@@ -585,6 +585,35 @@ def test_local_only_settings_with_an_address_are_an_error():
         check_address("my-cluster")
 
 
+def test_the_local_rays_default_folder_is_per_user(tmp_path, monkeypatch):
+    """One user's Ray folder neither blocks nor serves another's (Ray itself is not started)."""
+    from superduper_transformers.launch import ray_train as rt
+    from superduper_transformers.launch.ray_settings import RayConfigError
+
+    started = []
+    fake_ray = types.SimpleNamespace(
+        is_initialized=lambda: False, init=lambda **kw: started.append(kw["_temp_dir"]), shutdown=lambda: None
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    uid = os.getuid()
+    (tmp_path / "superduper_ray").mkdir(mode=0o755)  # what another user's training left before
+    (tmp_path / f"superduper_ray_{uid + 1}").mkdir(mode=0o700)
+    with rt.ray_session({"scaling_config": {}}, {}):
+        pass
+    assert started == [str(tmp_path / f"superduper_ray_{uid}")]
+    assert os.stat(started[0]).st_mode & 0o777 == 0o700
+    # A folder under this user's name that someone else created first is refused.
+    monkeypatch.setattr(os, "getuid", lambda: uid + 2)
+    os.mkdir(tmp_path / f"superduper_ray_{uid + 2}")  # owned by `uid`, not by `uid + 2`
+    with pytest.raises(
+        RayConfigError, match=rf"superduper_ray_{uid + 2} belongs to another user \(uid {uid}\)"
+    ):
+        with rt.ray_session({"scaling_config": {}}, {}):
+            pass
+    assert len(started) == 1
+
+
 def test_workers_get_an_offline_environment_and_the_artifact_store(sqlite_db, artifact_store, monkeypatch):
     from superduper_transformers.launch.ray_train import worker_env
 

@@ -99,6 +99,62 @@ def test_a_hub_token_is_refused_without_showing_it(db, tiny_model_dir):
     fixtures.make_llm(db, tiny_model_dir, eos_token="</s>")
 
 
+def test_credentials_in_callback_kwargs_or_ray_env_vars_are_refused(db, tiny_model_dir):
+    from superduper_transformers.launch.ray_settings import RayConfigError, check_ray_configs
+
+    callback = {"class": "plugin_tests.fixtures:HoldAt", "kwargs": {"step": 1, "api_key": SECRET}}
+    with pytest.raises(ConfigError, match=r"`callbacks\[0\]\['kwargs'\]` has `api_key`, a credential") as e:
+        fixtures.make_llm(db, tiny_model_dir, callbacks=[callback])
+    assert SECRET not in str(e.value) and "read it from the environment (`os.environ`)" in str(e.value)
+    nested = {"class": "plugin_tests.fixtures:HoldAt", "kwargs": {"auth": {"password": SECRET}}}
+    with pytest.raises(ConfigError, match=r"`callbacks\[0\]\['kwargs'\]\['auth'\]` has `password`"):
+        fixtures.make_llm(db, tiny_model_dir, callbacks=[nested])
+
+    ray = {"scaling_config": {"num_workers": 1}, "runtime_env": {"env_vars": {"HF_TOKEN": f"hf_{SECRET}"}}}
+    where = r"`ray_configs\['runtime_env'\]\['env_vars'\]` has `HF_TOKEN`, a credential"
+    with pytest.raises(ConfigError, match=where) as e:
+        fixtures.make_llm(db, tiny_model_dir, ray_configs=ray)
+    assert SECRET not in str(e.value) and "set it in the environment of the Ray cluster" in str(e.value)
+    with pytest.raises(RayConfigError, match=where):  # `ray_train(ray_configs=...)` checks them too
+        check_ray_configs(ray)
+    assert "LLM" not in db.show() and "LLMTrainer" not in db.show()
+    # Settings that are not credentials pass.
+    ray["runtime_env"]["env_vars"] = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    check_ray_configs(ray)
+
+
+def test_names_with_double_quotes_are_quoted_in_ray_datas_sql(tmp_path):
+    """`read_sql`'s statement quotes table and column names: `a"b` is a column, and a
+    crafted key cannot read another table."""
+    import sqlite3
+
+    from superduper_transformers.store.rows import sql_source
+
+    path = tmp_path / "rows.db"
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "my""facts" ("x" TEXT, "a""b" TEXT, "_fold" TEXT)')
+    con.execute("INSERT INTO \"my\"\"facts\" VALUES ('1+1=', '2', 'train'), ('2+2=', '4', 'valid')")
+    con.execute("CREATE TABLE secrets (pw TEXT)")
+    con.execute("INSERT INTO secrets VALUES (?)", (SECRET,))
+    con.commit()
+
+    class Select:
+        table = 'my"facts'
+
+        def __str__(self):
+            return f"{self.table}.select()"
+
+    db = types.SimpleNamespace(cfg=types.SimpleNamespace(data_backend=f"sqlite:///{path}"))
+    _, statement = sql_source(db, Select(), "train", ["x", 'a"b'])
+    assert con.execute(statement).fetchall() == [("1+1=", "2")]
+    _, statement = sql_source(db, Select(), "it's", ["x"])  # a quote in the fold too
+    assert con.execute(statement).fetchall() == []
+    crafted = 'x" , (SELECT pw FROM secrets) AS "y'
+    _, statement = sql_source(db, Select(), "train", [crafted, "x"])
+    # One identifier that names no column (SQLite then reads it as the text itself).
+    assert con.execute(statement).fetchall() == [(crafted, "1+1=")]
+
+
 def test_the_db_password_never_reaches_ray_run_metadata(monkeypatch, tmp_path, tiny_model_dir):
     from ray.train.v2._internal.state.schema import _to_json_serializable_value
 

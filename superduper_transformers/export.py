@@ -28,8 +28,9 @@ import uuid
 
 from superduper import logging
 
-from superduper_transformers._optional import require
 from superduper_transformers._bars import progress_bar
+from superduper_transformers._optional import require
+from superduper_transformers._private import DIR_MODE, restrict_permissions
 from superduper_transformers.checkpoint import file_manifest, list_checkpoints, load_checkpoint
 from superduper_transformers.hf import loading
 from superduper_transformers.hf.gguf_file import QUANTIZATIONS
@@ -282,7 +283,7 @@ def export_model(
     os.makedirs(parent, exist_ok=True)
     # Beside out_dir (same filesystem): the final rename is atomic.
     staging = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:8]}")
-    os.makedirs(staging)
+    os.makedirs(staging, mode=DIR_MODE)  # weights memorise rows: owner-only, as in the store
     bar = progress_bar(3, f"Exporting {identifier}", unit="stage")  # weights, tokenizer, manifest
     try:
         if gguf is not None:
@@ -298,6 +299,7 @@ def export_model(
         manifest = file_manifest(staging)
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
+        restrict_permissions(staging)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty (checked above); fails rather than lose a file written since
         os.replace(staging, out_dir)

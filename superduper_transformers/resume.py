@@ -30,7 +30,8 @@ import uuid
 from superduper import Component, logging
 
 from superduper_transformers import checkpoint as ckpts
-from superduper_transformers import history, lineage, promote
+from superduper_transformers import data_cache, history, lineage, promote
+from superduper_transformers._private import private_dir
 from superduper_transformers.store import artifacts, records
 
 if t.TYPE_CHECKING:
@@ -200,7 +201,7 @@ def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
     leftovers of the interrupted process (maybe half written) and the HF trainer would
     otherwise mix them with the resumed run's saves.
     """
-    os.makedirs(output_dir, exist_ok=True)
+    private_dir(output_dir)  # weights: owner-only, as in the store
     for name in os.listdir(output_dir):
         m = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
         if m and int(m.group(1)) >= ckpt.step:
@@ -417,11 +418,13 @@ def abandon_runs_of_a_deleted_model(db: Datalayer, model: str) -> t.List[str]:
 
 def delete_model(db: Datalayer, identifier: str) -> t.Dict[str, int]:
     """Remove the ``LLM`` ``identifier`` with its trainer, all its checkpoints (rows and
-    files) and its training runs. Works when checkpoint folders are already gone.
+    files), its training runs and its tokenized rows in this machine's data cache. Works
+    when checkpoint folders are already gone.
 
     :param db: The datalayer.
     :param identifier: The ``LLM``'s identifier.
-    :return: how many of each were removed: ``{"models", "checkpoints", "runs", "folders"}``.
+    :return: how many of each were removed: ``{"models", "checkpoints", "runs", "folders",
+        "cached_datasets"}``.
     """
     removed = {"models": 0, "checkpoints": 0, "runs": 0, "folders": 0}
     rows = ckpts.list_checkpoints(db, identifier)
@@ -439,6 +442,8 @@ def delete_model(db: Datalayer, identifier: str) -> t.Dict[str, int]:
     promote.forget(db, identifier)  # its aliases and promotion history
     history.forget(db, identifier)  # the metric history of its runs
     removed["folders"] = len(artifacts.cleanup_orphan_artifacts(db, identifier))
+    # Its tokenized rows on this machine (another model's trainings on the same rows keep theirs).
+    removed["cached_datasets"] = len(data_cache.forget_owner(artifacts.model_tag(db, identifier)))
     logging.info(f"Deleted {identifier}: {removed}")
     return removed
 

@@ -26,6 +26,7 @@ from superduper_transformers.launch.dispatch import launch
 from superduper_transformers.launch.ray_data import ray_row_source
 from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
 from superduper_transformers.plan import TrainingPlan, build_plan, fold_rows, run_settings  # noqa: F401
+from superduper_transformers.store import artifacts
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.store.rows import FoldRows
 
@@ -197,6 +198,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
         prompt_template=model.prompt_template,
         chat_format=trainer.setup_chat_format,
     )
+    owner = artifacts.model_tag(db, model.identifier)  # `delete_model` removes its cache entries
     if trainer.ray_configs is not None:
         # Read and tokenized on the cluster (Ray Data), never on this process.
         X, y = cfg.input_output_keys(trainer.key)
@@ -209,10 +211,12 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
         )
     else:
         train_ds = objective.build_dataset(
-            tokenizer, plan.rows["train"], plan.columns, tokenization, plan.train.data_hash
+            tokenizer, plan.rows["train"], plan.columns, tokenization, plan.train.data_hash, owner
         )
     eval_ds = {
-        s.name: objective.build_dataset(tokenizer, plan.rows[s.name], plan.columns, tokenization, s.data_hash)
+        s.name: objective.build_dataset(
+            tokenizer, plan.rows[s.name], plan.columns, tokenization, s.data_hash, owner
+        )
         for s in plan.evals
     }
     if list(eval_ds) == ["valid"]:

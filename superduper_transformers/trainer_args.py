@@ -15,6 +15,7 @@ import typing as t
 
 from superduper_transformers import settings as resolved
 from superduper_transformers.hf import objectives
+from superduper_transformers.launch.ray_settings import secret_env_issues
 
 #: Valid values of ``LLMTrainer.bits``.
 VALID_BITS = (None, 4, 8)
@@ -120,6 +121,13 @@ def validate_trainer(trainer: t.Any) -> None:
     for k in sorted(set(tk) - fields):
         issues.append(_unknown_keyword(k, objective.name, fields, "`training_kwargs` has"))
     issues += resolved.secret_issues(tk, "training_kwargs")
+    for i, entry in enumerate(getattr(trainer, "callbacks", None) or []):
+        issues += resolved.secret_issues(
+            entry.get("kwargs"),
+            f"callbacks[{i}]['kwargs']",
+            fix="let the callback read it from the environment (`os.environ`) where it runs",
+        )
+    issues += secret_env_issues(trainer.ray_configs)
     if getattr(trainer, "transform", None) is not None:
         issues.append(
             "`transform` is not used by LLMTrainer (rows are tokenized from `key`), and "

@@ -22,7 +22,8 @@ would look orphaned).
 
 Copies are made safe for a shared store: a symlink in a checkpoint folder is refused
 (following it would copy whatever it points at, e.g. a key file, into the store), and the
-copied folders and files are readable by their owner only (:data:`DIR_MODE`, :data:`FILE_MODE`).
+copied folders and files are readable by their owner only (:data:`DIR_MODE`, :data:`FILE_MODE`,
+from ``_private``: superduper itself makes its folders 0o777).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import stat
 import typing as t
 import urllib.parse
 import uuid
@@ -39,6 +39,7 @@ from superduper import logging
 
 from superduper_transformers import _faults
 from superduper_transformers._bars import MIN_BYTES_FOR_A_BAR, progress_bar
+from superduper_transformers._private import DIR_MODE, FILE_MODE, restrict_permissions  # noqa: F401
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -47,13 +48,6 @@ if t.TYPE_CHECKING:
 CHECKPOINT_PREFIX = "ckpt-"
 #: Prefix of a checkpoint folder whose copy has not finished.
 PARTIAL_PREFIX = ".partial-"
-#: Modes of the copied checkpoint folders and files: owner only. Weights memorise their
-#: training rows, which the database guards with credentials; a store shared by several
-#: users or services must not let them read or alter each other's checkpoints (superduper
-#: itself makes its folders 0o777). Giving others access is a deliberate choice (a group
-#: ACL), not a default.
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 
 class CheckpointError(RuntimeError):
@@ -117,18 +111,6 @@ def refuse_links(directory: str, what: str) -> None:
                     f"link (to {os.readlink(full)!r}); checkpoints may only hold regular files "
                     "and folders. Replace the link with a copy of the file, or remove it."
                 )
-
-
-def restrict_permissions(directory: str) -> None:
-    """Set ``directory``, its folders to :data:`DIR_MODE` and its files to :data:`FILE_MODE`."""
-    os.chmod(directory, DIR_MODE)
-    for root, dirs, files in os.walk(directory):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), DIR_MODE)
-        for name in files:
-            full = os.path.join(root, name)
-            if stat.S_ISREG(os.lstat(full).st_mode):  # never chmod through a link
-                os.chmod(full, FILE_MODE)
 
 
 def store_root(db: Datalayer) -> str:

@@ -46,8 +46,8 @@ class DPO(Objective):
                     "remove the row."
                 )
 
-    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint):
-        """Columns ``prompt``/``chosen``/``rejected`` as text (trl tokenizes them)."""
+    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint, owner=None):
+        """Columns ``prompt``/``chosen``/``rejected`` as text (trl tokenizes them; nothing cached)."""
         from datasets import Dataset
 
         p, c, r = columns

@@ -176,3 +176,77 @@ def test_a_planted_secret_is_nowhere_after_a_training(tiny_model_dir, artifact_s
             with open(os.path.join(root, name), "rb") as f:
                 assert SECRET.encode() not in f.read(), name
     assert lines and not [line for line in lines if SECRET in line]
+
+
+# -- 3. the bytes verified are the bytes loaded ---------------------------------------
+
+
+def _adapter(model_dir: str, folder: str, seed: int) -> str:
+    """A LoRA adapter of the tiny model with random (non-zero) weights, saved to ``folder``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(r=4, target_modules=["q_proj"])
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_()
+    model.save_pretrained(folder)
+    return folder
+
+
+def _lora_weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def test_the_files_loaded_are_the_files_verified(db, tiny_model_dir, tmp_path, monkeypatch):
+    # Between the check of the stored folder and the load, another local user swaps it
+    # (its parent is 0o777): what is loaded must still be what was verified.
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from superduper_transformers import checkpoint as ckpts
+
+    good = ckpts.register_checkpoint(
+        db,
+        model="tiny",
+        experiment_id="run1",
+        path=_adapter(tiny_model_dir, str(tmp_path / "good"), 0),
+        step=1,
+    )
+    evil = _adapter(tiny_model_dir, str(tmp_path / "evil"), 1)
+    expected = _lora_weights(
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), evil)
+    )
+    db.apply(LLM("tiny", model_name_or_path=tiny_model_dir, adapter_id=good), force=True)
+    llm = db.load("LLM", "tiny")
+    stored = good.local_path
+    verify = ckpts.verify_directory
+
+    def verify_then_swap(directory, manifest, identifier):
+        verify(directory, manifest, identifier)
+        if os.path.isdir(stored + ".verified"):
+            return
+        os.rename(stored, stored + ".verified")  # the swap: the stored folder is replaced
+        shutil.copytree(evil, stored)
+
+    monkeypatch.setattr(ckpts, "verify_directory", verify_then_swap)
+    model, _ = llm._load()
+    loaded = _lora_weights(model)
+    assert os.path.isdir(stored + ".verified")  # the swap happened after a verification
+    assert loaded.keys() == expected.keys()
+    assert not any(torch.equal(loaded[k], expected[k]) for k in loaded)  # not the swapped-in weights
+    monkeypatch.undo()
+    shutil.rmtree(stored)
+    os.rename(stored + ".verified", stored)
+    want = _lora_weights(
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), stored)
+    )
+    assert all(torch.equal(loaded[k], want[k]) for k in want)  # the verified ones

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses as dc
 import os
 import typing as t
@@ -131,25 +132,48 @@ class LLM(Model):
         """Keyword arguments for loading the tokenizer."""
         return {"pretrained_model_name_or_path": self.model_name_or_path, **self.tokenizer_kwargs}
 
-    def adapter_path(self) -> t.Optional[str]:
-        """Local folder of the adapter/checkpoint, verified against its manifest."""
+    def _adapter_checkpoint(self) -> t.Optional[Checkpoint]:
+        """The ``Checkpoint`` the model uses, resolved (None without one)."""
         error = getattr(self, "_adapter_error", None)
         if error is not None and self.adapter_id is getattr(self, "_missing_adapter", None):
             raise error
-        if self.adapter_id is None:
-            return None
         adapter = self.adapter_id
-        if not isinstance(adapter, Checkpoint) and hasattr(adapter, "unpack"):
+        if adapter is not None and not isinstance(adapter, Checkpoint) and hasattr(adapter, "unpack"):
             try:  # a reference not yet resolved
                 adapter = adapter.unpack()
             except FileNotFoundError as e:
                 raise self._missing_adapter_error(e) from e
-        return adapter.local_path
+        return adapter
+
+    def adapter_path(self) -> t.Optional[str]:
+        """Local folder of the adapter/checkpoint in the artifact store, verified against
+        its manifest. To load from it, use :meth:`verified_adapter`."""
+        adapter = self._adapter_checkpoint()
+        return adapter.local_path if adapter is not None else None
+
+    @contextlib.contextmanager
+    def verified_adapter(self) -> t.Iterator[t.Optional[str]]:
+        """A private copy of the adapter/checkpoint folder, verified against its manifest,
+        for the ``with`` block (None without an adapter). Loading from the copy, not from
+        the store, means the bytes checked are the bytes loaded
+        (:meth:`Checkpoint.verified_copy`)."""
+        adapter = self._adapter_checkpoint()
+        if adapter is None:
+            yield None
+            return
+        with adapter.verified_copy() as path:
+            yield path
 
     def _load(self):
         """Base model + adapter (or full fine-tuned weights) and tokenizer, in eval mode."""
         loading.check_model_path(self.model_name_or_path)
-        path = self.adapter_path()
+        with self.verified_adapter() as path:
+            model, tokenizer = self._load_from(path)
+        adapter = getattr(self.adapter_id, "identifier", None)
+        logging.info(f"LLM {self.identifier}: loaded {self.model_name_or_path} + {adapter}")
+        return model, tokenizer
+
+    def _load_from(self, path: t.Optional[str]):
         tokenizer_kwargs = self.tokenizer_load_kwargs()
         model_kwargs = self.model_load_kwargs()
         if path and loading.has_tokenizer(path):
@@ -175,7 +199,6 @@ class LLM(Model):
 
             model = PeftModel.from_pretrained(model, path)
         model.eval()
-        logging.info(f"LLM {self.identifier}: loaded {self.model_name_or_path} + {path}")
         return model, tokenizer
 
     def precision(self):

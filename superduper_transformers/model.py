@@ -17,6 +17,11 @@ from superduper_transformers.hf import loading
 from superduper_transformers.hf.data import build_prompt, chat_reply, is_conversation
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
+_NO_PICKLE_FIX = (
+    "Give metrics as `ImportedMetric('name', function='package.module:function', kwargs={...})` "
+    "(from superduper_transformers) and datasets as `Dataset('name', select=db['table'].select())` "
+    "without `raw_data` or `pin=True`."
+)
 
 
 class LLM(Model):
@@ -67,6 +72,7 @@ class LLM(Model):
         )
         if secrets:
             raise ValueError(f"LLM `{self.identifier}`: " + " ".join(secrets))
+        self.refuse_pickled_children()  # children built here; those of a stored row: in `setup`
         try:
             (self.prompt_template or "{input}").format(input="")
         except (KeyError, IndexError, ValueError) as e:
@@ -91,6 +97,7 @@ class LLM(Model):
         copy to diff it), so loading weights here would cost a model load per checkpoint.
         """
         self._adapter_error = None
+        self._drop_pickled_children()  # before superduper's `setup` unpickles every child's blobs
         try:
             super().setup()
         except FileNotFoundError as e:
@@ -112,6 +119,64 @@ class LLM(Model):
         if self.trainer is not None:
             resume.show_interrupted_run(self)
         return self
+
+    def refuse_pickled_children(self, db=None) -> None:
+        """Raise when a child component (``validation``'s metrics and datasets, ``upstream``)
+        has a field that superduper would store as a pickled blob in the artifact store.
+
+        superduper unpickles every child's blobs when it sets a model up (every apply, job,
+        save and load): whoever can write the blob file (superduper makes them 0o777) would
+        run code in each process that loads the model.
+
+        :param db: Read children that are not loaded yet from this datalayer (their rows
+            only: nothing is unpickled).
+        :raises PickledFieldError: naming each such field and the fix.
+        """
+        from superduper_transformers.store.pickled import PickledFieldError, pickled_fields
+
+        found = [d for descriptions in pickled_fields(self, db).values() for d in descriptions]
+        if found:
+            raise PickledFieldError(
+                f"LLM `{self.identifier}`: {', '.join(found)} would be stored as a pickled blob in the "
+                "artifact store, and every process that sets the model up would unpickle it (whoever "
+                f"can write that file could run code there). {_NO_PICKLE_FIX}"
+            )
+
+    def _drop_pickled_children(self) -> None:
+        """Leave out, unread, the children of a stored model that hold pickled blobs.
+
+        A database written before :meth:`refuse_pickled_children` may hold such a child.
+        It is not unpickled: the field is set to None in this copy, with a warning. Raising
+        instead would make the model impossible to re-apply or delete, since superduper
+        sets up the stored copy to diff it and to tear it down.
+        """
+        from superduper_transformers.store.pickled import pickled_fields
+
+        for field, found in pickled_fields(self, self.db).items():
+            setattr(self, field, None)
+            logging.warn(
+                f"LLM `{self.identifier}`: its stored {', '.join(found)} is a pickled blob in the "
+                f"artifact store; it was not unpickled and `{field}` is left out of the model (whoever "
+                f"can write that file could run code here). Apply the model again without it: {_NO_PICKLE_FIX}"
+            )
+
+    def check_metrics(self) -> None:
+        """Import every ``ImportedMetric`` of ``validation`` (before the apply writes anything).
+
+        :raises MetricError: naming the metric that cannot be imported.
+        """
+        from superduper.base.datatype import ComponentRef
+
+        from superduper_transformers.metric import ImportedMetric
+
+        validation = self.validation
+        if isinstance(validation, ComponentRef):
+            validation = validation.object  # None: a stored reference not loaded, checked when used
+        for metric in getattr(validation, "metrics", None) or []:
+            if isinstance(metric, ComponentRef):
+                metric = metric.object
+            if isinstance(metric, ImportedMetric):
+                metric.load()
 
     def _missing_adapter_error(self, e: FileNotFoundError) -> CheckpointError:
         identifier = getattr(self.adapter_id, "identifier", self.adapter_id)
@@ -308,6 +373,9 @@ class LLM(Model):
                 context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
             )
         from superduper_transformers.trainer import migrate_tables, preflight
+
+        self.refuse_pickled_children(self.db)
+        self.check_metrics()
 
         # First: a database written by an older version lacks columns (e.g.
         # `TrainingRun.data_fingerprint`) that the reads and writes below need.

@@ -17,11 +17,6 @@ from superduper_transformers.hf import loading
 from superduper_transformers.hf.data import build_prompt, chat_reply, is_conversation
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
-_NO_PICKLE_FIX = (
-    "Give metrics as `ImportedMetric('name', function='package.module:function', kwargs={...})` "
-    "(from superduper_transformers) and datasets as `Dataset('name', select=db['table'].select())` "
-    "without `raw_data` or `pin=True`."
-)
 
 
 class LLM(Model):
@@ -132,15 +127,11 @@ class LLM(Model):
             only: nothing is unpickled).
         :raises PickledFieldError: naming each such field and the fix.
         """
-        from superduper_transformers.store.pickled import PickledFieldError, pickled_fields
+        from superduper_transformers.store import pickled
 
-        found = [d for descriptions in pickled_fields(self, db).values() for d in descriptions]
+        found = [d for descriptions in pickled.pickled_fields(self, db).values() for d in descriptions]
         if found:
-            raise PickledFieldError(
-                f"LLM `{self.identifier}`: {', '.join(found)} would be stored as a pickled blob in the "
-                "artifact store, and every process that sets the model up would unpickle it (whoever "
-                f"can write that file could run code there). {_NO_PICKLE_FIX}"
-            )
+            raise pickled.refusal(f"LLM `{self.identifier}`", found)
 
     def _drop_pickled_children(self) -> None:
         """Leave out, unread, the children of a stored model that hold pickled blobs.
@@ -150,15 +141,11 @@ class LLM(Model):
         instead would make the model impossible to re-apply or delete, since superduper
         sets up the stored copy to diff it and to tear it down.
         """
-        from superduper_transformers.store.pickled import pickled_fields
+        from superduper_transformers.store import pickled
 
-        for field, found in pickled_fields(self, self.db).items():
+        for field, found in pickled.pickled_fields(self, self.db).items():
             setattr(self, field, None)
-            logging.warn(
-                f"LLM `{self.identifier}`: its stored {', '.join(found)} is a pickled blob in the "
-                f"artifact store; it was not unpickled and `{field}` is left out of the model (whoever "
-                f"can write that file could run code here). Apply the model again without it: {_NO_PICKLE_FIX}"
-            )
+            logging.warn(pickled.left_out(f"LLM `{self.identifier}`", field, found))
 
     def check_metrics(self) -> None:
         """Import every ``ImportedMetric`` of ``validation`` (before the apply writes anything).

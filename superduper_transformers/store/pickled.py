@@ -21,8 +21,35 @@ if t.TYPE_CHECKING:
 NOT_PICKLED = frozenset({"Checkpoint", "LLMTrainer", "ImportedMetric"})
 
 
+#: How to give a validation without pickles (the fix in every message).
+FIX = (
+    "Give metrics as `ImportedMetric('name', function='package.module:function', kwargs={...})` "
+    "(from superduper_transformers) and datasets as `Dataset('name', select=db['table'].select())` "
+    "without `raw_data` or `pin=True`."
+)
+
+
 class PickledFieldError(ValueError):
-    """A child component would be stored, or is stored, as a pickled blob."""
+    """A child component would be stored as a pickled blob."""
+
+
+def refusal(owner: str, found: t.Sequence[str]) -> PickledFieldError:
+    """The error refusing ``found`` (descriptions from :func:`pickled_fields`) of ``owner``."""
+    return PickledFieldError(
+        f"{owner}: {', '.join(found)} would be stored as a pickled blob in the artifact store, and "
+        "every process that sets the model up would unpickle it (whoever can write that file could "
+        f"run code there). {FIX}"
+    )
+
+
+def left_out(owner: str, field: str, found: t.Sequence[str]) -> str:
+    """The warning that the stored ``field`` of ``owner`` was left out, unread."""
+    return (
+        f"{owner}: its stored {', '.join(found)} is a pickled blob in the artifact store; it was not "
+        f"unpickled and `{field}` is left out of this copy of the model (whoever can write that file "
+        "could run code here). Apply the model again with a validation of another identifier "
+        f"(superduper itself would set up, so unpickle, a stored one of the same identifier): {FIX}"
+    )
 
 
 def pickled_fields(component: t.Any, db: t.Optional[Datalayer] = None) -> t.Dict[str, t.List[str]]:

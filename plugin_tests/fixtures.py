@@ -210,5 +210,5 @@ class HoldAt(TrainerCallback):
 
 
 def exact_match(predictions: t.Sequence[str], targets: t.Sequence[str]) -> float:
-    """Share of generations that are exactly the target (a superduper ``Metric``'s object)."""
+    """Share of generations that are exactly the target (an ``ImportedMetric``'s function)."""
     return sum(str(p).strip() == str(y).strip() for p, y in zip(predictions, targets)) / max(len(targets), 1)

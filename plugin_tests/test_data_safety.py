@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import types
 
 import pytest
 
@@ -20,7 +19,7 @@ from superduper_transformers.checkpoint import (
     register_checkpoint,
     verify_directory,
 )
-from superduper_transformers.store import artifacts
+from superduper_transformers.store import artifacts, locks
 from superduper_transformers.trainer_args import DEFAULT_OUTPUT_ROOT, output_dir_for
 
 
@@ -67,16 +66,83 @@ def test_cleanup_in_another_database_keeps_this_databases_checkpoints(db, tiny_m
     assert artifacts.cleanup_orphan_artifacts(db, "tiny") == [orphan]  # its own orphans go
 
 
-def test_database_tag_ignores_credentials_and_options():
-    def fake(uri):
-        return types.SimpleNamespace(databackend=types.SimpleNamespace(uri=uri))
+def test_databases_with_the_same_uri_text_keep_each_others_checkpoints(artifact_store, tmp_path):
+    # Two databases whose URIs read the same (staging and production, each
+    # `mongodb://mongo:27017/app` on its own host), one artifact store: two mongomock
+    # datalayers of one URI in one process hold separate data.
+    from superduper import superduper
 
-    plain = fake("mongodb://db.example:27017/prod")
-    with_auth = fake("mongodb://alice:s3cret@db.example:27017/prod?authSource=admin&tls=true")
-    assert artifacts.database_identity(with_auth) == "mongodb://db.example:27017/prod"
-    assert artifacts.database_tag(with_auth) == artifacts.database_tag(plain)
-    assert artifacts.database_tag(fake("mongodb://db.example:27017/test")) != artifacts.database_tag(plain)
-    assert artifacts.model_tag(plain, "tiny").startswith(artifacts.database_tag(plain))
+    first = superduper("mongomock://app", force_apply=True)
+    second = superduper("mongomock://app", force_apply=True)
+    try:
+        mine = _register(first, tmp_path)
+        assert list_checkpoints(second, "tiny") == []  # it cannot see first's rows
+        assert artifacts.database_tag(first) != artifacts.database_tag(second)
+
+        # A training start in `second` cleans up its model's orphans; then all of its own.
+        assert artifacts.cleanup_orphan_artifacts(second, "tiny") == []
+        assert artifacts.cleanup_orphan_artifacts(second) == []
+        theirs = _register(second, tmp_path / "second")
+        assert artifacts.cleanup_orphan_artifacts(first) == []
+
+        load_checkpoint(first, mine.identifier)  # still there, verified
+        load_checkpoint(second, theirs.identifier)
+    finally:
+        first.disconnect()
+        second.disconnect()
+
+
+def test_the_database_id_is_stored_in_the_database_and_created_once(sqlite_db, tmp_path):
+    import threading
+
+    from superduper import superduper
+
+    from superduper_transformers.store import identity
+
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    others = [superduper(uri, force_apply=True) for _ in range(3)]
+    try:
+        # Three datalayers of a fresh database ask at once: one id is created, all read it.
+        tags = [None] * 3
+        threads = [
+            threading.Thread(target=lambda i=i: tags.__setitem__(i, artifacts.database_tag(others[i])))
+            for i in range(3)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(set(tags)) == 1 and tags[0].startswith(artifacts.CHECKPOINT_PREFIX)
+        assert artifacts.database_tag(sqlite_db) == tags[0]
+        assert sqlite_db.show("DatabaseIdentity") == [identity.IDENTIFIER]
+        (row,) = sqlite_db["DatabaseIdentity"].execute()
+        assert tags[0] == f"{artifacts.CHECKPOINT_PREFIX}{row['tag'][:12]}-"
+    finally:
+        for other in others:
+            other.disconnect()
+
+
+def test_folders_named_by_the_uri_tag_still_load_and_are_never_cleaned_up(db, tmp_path, monkeypatch):
+    # Earlier versions named folders `ckpt-<sha256(URI)[:12]>-<model hash>-<random>`.
+    def uri_tag(model):
+        digest = hashlib.sha256(f"mongomock://{db.databackend.uri}".encode()).hexdigest()[:12]
+        return f"ckpt-{digest}-{hashlib.sha256(model.encode()).hexdigest()[:12]}"
+
+    with monkeypatch.context() as m:
+        m.setattr(artifacts, "new_artifact_id", lambda db, model: f"{uri_tag(model)}-{'a' * 32}")
+        old = _register(db, tmp_path, step=10)
+    orphan = os.path.join(artifacts.store_root(db), f"{uri_tag('tiny')}-{'b' * 32}")
+    os.makedirs(orphan)  # a crash leftover of those days: no row references it
+    new = _register(db, tmp_path, step=20)
+    assert not new.artifact_id.startswith(uri_tag("tiny"))
+
+    assert artifacts.cleanup_orphan_artifacts(db, "tiny") == []
+    assert artifacts.cleanup_orphan_artifacts(db) == []
+    assert os.path.isdir(orphan)  # another database with this URI text could own it
+    assert load_checkpoint(db, old.identifier).artifact_id == f"{uri_tag('tiny')}-{'a' * 32}"
+    load_checkpoint(db, new.identifier)
+    ckpts.remove_checkpoint(db, old.identifier)  # deleted with its row, as before
+    assert not os.path.exists(_stored_folder(db, old))
 
 
 # -- a checkpoint folder lost from the store ----------------------------------
@@ -206,7 +272,8 @@ def test_symlinks_in_a_checkpoint_are_refused(db, tmp_path, kind):
         artifacts.store_directory(db, folder, artifacts.new_artifact_id(db, "tiny"), lambda p: None, 10)
     with pytest.raises(CheckpointError, match=r"is a symbolic link"):
         register_checkpoint(db, model="tiny", experiment_id="run1", path=folder, step=10)
-    assert os.listdir(artifacts.store_root(db)) == []  # nothing copied, not even partly
+    # nothing copied, not even partly (the lock file of the database id is no copy)
+    assert [n for n in os.listdir(artifacts.store_root(db)) if n != locks.LOCKS_FOLDER] == []
     assert list_checkpoints(db, "tiny") == []
 
 

@@ -426,24 +426,26 @@ def delete_model(db: Datalayer, identifier: str) -> t.Dict[str, int]:
     :return: how many of each were removed: ``{"models", "checkpoints", "runs", "folders",
         "cached_datasets"}``.
     """
-    removed = {"models": 0, "checkpoints": 0, "runs": 0, "folders": 0}
-    rows = ckpts.list_checkpoints(db, identifier)
-    if identifier in db.show("LLM"):
-        # recursive: its trainer and the checkpoint it points at go with it
-        db.teardown("LLM", identifier, recursive=True, force=True)
-        removed["models"] = 1
-    for row in rows:
-        if row["identifier"] in db.show("Checkpoint"):
-            ckpts.remove_checkpoint(db, row["identifier"])
-    removed["checkpoints"] = len(rows)
-    for run in _all_runs(db, identifier):
-        db.teardown("TrainingRun", run, force=True)
-        removed["runs"] += 1
-    promote.forget(db, identifier)  # its aliases and promotion history
-    history.forget(db, identifier)  # the metric history of its runs
-    removed["folders"] = len(artifacts.cleanup_orphan_artifacts(db, identifier))
-    # Its tokenized rows on this machine (another model's trainings on the same rows keep theirs).
-    removed["cached_datasets"] = len(data_cache.forget_owner(artifacts.model_tag(db, identifier)))
+    # Under the model's lock: no promotion or prune of it runs in between.
+    with artifacts.model_lock(db, identifier):
+        removed = {"models": 0, "checkpoints": 0, "runs": 0, "folders": 0}
+        rows = ckpts.list_checkpoints(db, identifier)
+        if identifier in db.show("LLM"):
+            # recursive: its trainer and the checkpoint it points at go with it
+            db.teardown("LLM", identifier, recursive=True, force=True)
+            removed["models"] = 1
+        for row in rows:
+            if row["identifier"] in db.show("Checkpoint"):
+                ckpts.remove_checkpoint(db, row["identifier"])
+        removed["checkpoints"] = len(rows)
+        for run in _all_runs(db, identifier):
+            db.teardown("TrainingRun", run, force=True)
+            removed["runs"] += 1
+        promote.forget(db, identifier)  # its aliases and promotion history
+        history.forget(db, identifier)  # the metric history of its runs
+        removed["folders"] = len(artifacts.cleanup_orphan_artifacts(db, identifier))
+        # Its tokenized rows on this machine (another model's trainings on the same rows keep theirs).
+        removed["cached_datasets"] = len(data_cache.forget_owner(artifacts.model_tag(db, identifier)))
     logging.info(f"Deleted {identifier}: {removed}")
     return removed
 

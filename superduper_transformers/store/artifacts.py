@@ -18,7 +18,8 @@ its own model before it starts. File ids carry a tag of the database and of the 
 (``ckpt-<db tag>-<model tag>-...``), so one model's clean-up never touches another model's
 files, and one database's clean-up never touches the files of another database that
 shares the artifact store (it cannot see that database's rows, so every folder of it
-would look orphaned).
+would look orphaned). The db tag comes from a random id stored in the database
+(:mod:`superduper_transformers.store.identity`), not from its URI.
 
 Copies are made safe for a shared store: a symlink in a checkpoint folder is refused
 (following it would copy whatever it points at, e.g. a key file, into the store), and the
@@ -32,7 +33,6 @@ import hashlib
 import os
 import shutil
 import typing as t
-import urllib.parse
 import uuid
 
 from superduper import logging
@@ -54,37 +54,41 @@ class CheckpointError(RuntimeError):
     """A stored checkpoint cannot be used; the message names the checkpoint and the file."""
 
 
-def database_identity(db: Datalayer) -> str:
-    """The database's URI without credentials, query or fragment.
-
-    Credentials are left out so that rotating a password keeps the identity; the query
-    holds connection options (auth source, TLS, timeouts), not which database it is.
-    """
-    uri = getattr(db.databackend, "uri", None) or db.cfg.data_backend
-    parts = urllib.parse.urlsplit(str(uri))
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path, "", ""))
-
-
 def _hash12(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def database_tag(db: Datalayer) -> str:
+def database_tag(db: Datalayer, create: bool = True) -> t.Optional[str]:
     """``ckpt-<12 hex>-``: the prefix of every checkpoint folder written by ``db``.
 
-    Several databases may share one artifact store; each cleans up only its own folders.
+    The hex digits come from the database's random id, stored in the database
+    (:mod:`superduper_transformers.store.identity`), never from its URI: two databases
+    with the same URI text (``mongodb://mongo:27017/app`` on two hosts) sharing one
+    artifact store must not clean up each other's folders.
+
+    :param db: The datalayer.
+    :param create: Create the database's id if it has none; else return None then.
     """
-    return f"{CHECKPOINT_PREFIX}{_hash12(database_identity(db))}-"
+    from superduper_transformers.store.identity import database_id
+
+    found = database_id(db, store_root(db), create=create)
+    return f"{CHECKPOINT_PREFIX}{found[:12]}-" if found else None
 
 
 def model_tag(db: Datalayer, model: str) -> str:
     """``ckpt-<db hex>-<model hex>``: the prefix of every checkpoint folder of ``model`` in ``db``.
 
-    Hashes, not the identifiers themselves: identifiers may hold characters a folder name
-    cannot, and a URI may hold a password.
+    A hash, not the identifier itself: identifiers may hold characters a folder name cannot.
     """
-    return database_tag(db) + _hash12(model)
+    return f"{database_tag(db)}{_hash12(model)}"
+
+
+def model_lock(db: Datalayer, model: str) -> t.ContextManager[None]:
+    """The lock that serialises promotions, deletions and pruning of ``model`` in ``db``,
+    across every process sharing the artifact store (:mod:`superduper_transformers.store.locks`)."""
+    from superduper_transformers.store import locks
+
+    return locks.file_lock(locks.lock_path(store_root(db), model_tag(db, model)), f"Model `{model}`")
 
 
 def new_artifact_id(db: Datalayer, model: str) -> str:
@@ -217,8 +221,13 @@ def cleanup_orphan_artifacts(db: Datalayer, model: t.Optional[str] = None) -> t.
     """
     root = store_root(db)
     # Only folders this database wrote: another database sharing the store has rows
-    # this one cannot see, so all its folders would look orphaned.
-    prefix = model_tag(db, model) if model is not None else database_tag(db)
+    # this one cannot see, so all its folders would look orphaned. Folders named by
+    # earlier versions (a tag of the URI, or none) are never removed here: a database
+    # with the same URI text could own them.
+    tag = database_tag(db, create=False)
+    if tag is None:  # no id yet: this database never wrote a folder under one
+        return []
+    prefix = tag + _hash12(model) if model is not None else tag
     referenced = referenced_artifact_ids(db)
     removed = []
     for name in sorted(os.listdir(root)):

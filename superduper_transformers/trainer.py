@@ -25,7 +25,7 @@ from superduper_transformers.hf.loading import load_tokenizer
 from superduper_transformers.launch.dispatch import launch
 from superduper_transformers.launch.ray_data import ray_row_source
 from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
-from superduper_transformers.plan import TrainingPlan, build_plan, fold_rows, run_settings  # noqa: F401
+from superduper_transformers.plan import RUN_FIELDS, TrainingPlan, build_plan, fold_rows, run_settings  # noqa: F401
 from superduper_transformers.store import artifacts
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.store.rows import FoldRows
@@ -113,6 +113,18 @@ class LLMTrainer(_LLMTrainerFields):
         the first eval set and record the prompt/generation/target triples on the model
         (``metric_values['generations']``); None or 0 records none.
     """
+
+    #: A change of any of these is a new version of the trainer, so the ``LLM`` that holds
+    #: it changes too and a re-apply trains (a new run, or the interrupted one resumed
+    #: where only bookkeeping changed); without them superduper updates the trainer's row
+    #: in place and the re-applied model trains nothing.
+    breaks: t.ClassVar[t.Sequence[str]] = (
+        "objective",
+        "key",
+        "select",
+        "training_kwargs",
+        *(name for name in RUN_FIELDS),
+    )
 
     def __init__(self, identifier: str, *args, **kwargs):
         """Take ``TrainingArguments``/``SFTConfig`` keywords directly (into ``training_kwargs``).

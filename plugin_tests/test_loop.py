@@ -1,0 +1,108 @@
+"""The loop in the database: a trained model answers rows as a ``Listener``, follows an alias.
+
+One mongomock datalayer is trained once for the module: ``tiny``, 4 LoRA steps with a
+checkpoint at steps 2 and 4 (mechanics only: the answers are not asserted).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from plugin_tests import fixtures
+from superduper_transformers import LLM, promote
+from superduper_transformers.checkpoint import list_checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    from superduper import CFG, superduper
+
+    data = tmp_path_factory.mktemp("loop-data")
+    old = CFG.artifact_store
+    CFG.artifact_store = f"filesystem://{data / 'artifact_store'}"
+    try:
+        db = superduper(f"mongomock://loop-{data.name}", force_apply=True)
+        fixtures.insert_rows(db)
+        llm = fixtures.make_llm(
+            db,
+            tiny_model_dir,
+            max_steps=4,
+            save_steps=2,
+            eval_steps=2,
+            logging_steps=2,
+            save_total_limit=None,
+            output_dir=str(data / "out"),
+        )
+        db.apply(llm, force=True)
+        steps = {r["step"]: r["identifier"] for r in list_checkpoints(db, "tiny")}
+        assert sorted(steps) == [2, 4]
+        promote.promote(db, "tiny", steps[2], alias="prod", by="tester")
+        yield db, steps, tiny_model_dir
+        db.disconnect()
+    finally:
+        CFG.artifact_store = old
+
+
+def questions_table(db, name: str):
+    from superduper import Table
+
+    db.apply(Table(name, fields={"question": "str"}), force=True)
+
+
+def stored_outputs(db, listener):
+    """``{question: output}`` of the listener, joined on the source row's id."""
+    table = db[listener.select.table]
+    pid = table.primary_id.execute()
+    rows = {r[pid]: r["question"] for r in table.select().execute()}
+    return {rows[o["_source"]]: o[listener.outputs] for o in db[listener.outputs].select().execute()}
+
+
+def test_a_listener_answers_inserted_rows_with_the_checkpoint_of_the_alias(trained):
+    from superduper import Listener
+
+    db, steps, model_dir = trained
+    questions_table(db, "questions")
+    db["questions"].insert([{"question": "1+1="}, {"question": "2+3="}])
+    serving = LLM(
+        "tiny-prod",
+        model_name_or_path=model_dir,
+        alias="prod",
+        alias_model="tiny",
+        record_checkpoint=True,
+        max_batch_size=2,
+        predict_kwargs={"max_new_tokens": 2},
+    )
+    listener = Listener("answers", model=serving, key="question", select=db["questions"].select())
+    db.apply(listener, force=True)  # answers the rows already there
+
+    db["questions"].insert([{"question": f"{a}+2="} for a in range(5)])  # two batches and one row
+    outputs = stored_outputs(db, listener)
+    assert len(outputs) == 7
+    assert {o["checkpoint"] for o in outputs.values()} == {steps[2]}
+    assert all(isinstance(o["answer"], str) for o in outputs.values())
+
+    promote.promote(db, "tiny", steps[4], alias="prod", by="tester")
+    db["questions"].insert([{"question": "7+3="}])  # the listener is not re-applied
+    outputs = stored_outputs(db, listener)
+    assert outputs["7+3="]["checkpoint"] == steps[4]
+    assert outputs["1+1="]["checkpoint"] == steps[2]
+
+
+def test_a_listener_on_the_trained_model_stores_plain_text(trained):
+    from superduper import Listener
+
+    db, steps, _ = trained
+    questions_table(db, "plain")
+    llm = db.load("LLM", "tiny")
+    listener = Listener("plain-answers", model=llm, key="question", select=db["plain"].select())
+    db.apply(listener, force=True)
+    db["plain"].insert([{"question": "1+2="}])
+    assert [type(v) for v in stored_outputs(db, listener).values()] == [str]
+
+
+def test_an_unknown_alias_is_named_with_the_fix(trained):
+    db, _, model_dir = trained
+    llm = LLM("tiny-beta", model_name_or_path=model_dir, alias="beta", alias_model="tiny")
+    llm.db = db
+    with pytest.raises(promote.PromotionError, match="`alias`='beta' is not an alias of model `tiny`"):
+        llm.predict("1+1=")

@@ -106,3 +106,73 @@ def test_an_unknown_alias_is_named_with_the_fix(trained):
     llm.db = db
     with pytest.raises(promote.PromotionError, match="`alias`='beta' is not an alias of model `tiny`"):
         llm.predict("1+1=")
+
+
+def test_feedback_becomes_kto_dpo_and_sft_rows_and_dpo_trains_on_them(trained, tmp_path):
+    from superduper import Listener
+
+    from superduper_transformers import LLMTrainer, feedback
+
+    db, steps, model_dir = trained
+    questions_table(db, "asked")
+    serving = LLM(
+        "tiny-fb",
+        model_name_or_path=model_dir,
+        alias="prod",
+        alias_model="tiny",
+        record_checkpoint=True,
+        predict_kwargs={"max_new_tokens": 2, "min_new_tokens": 2},  # DPO refuses empty texts
+    )
+    listener = Listener("fb-answers", model=serving, key="question", select=db["asked"].select())
+    db.apply(listener, force=True)
+    db["asked"].insert([{"question": "1+1="}, {"question": "1+1="}, {"question": "2+2="}])
+    out = db[listener.outputs]
+    pid = out.primary_id.execute()
+    a, b, c = [str(o[pid]) for o in out.select().execute()]
+    prod = promote.promotions(db, "tiny").aliases["prod"]
+
+    feedback.feedback_table(db)
+    db["feedback"].insert(
+        [
+            {"output": a, "thumbs": "up"},
+            {"output": c, "thumbs": "down"},
+            {"output": a, "rejected": b},
+            {"output": c, "correction": "4"},
+        ]
+    )
+    kto = feedback.training_rows(db, listener, "kto", table="kto_rows")
+    answer = {i: o[listener.outputs]["answer"] for i, o in zip((a, b, c), out.select().execute())}
+    assert answer[a] == answer[b]  # greedy: the preference a over b carries nothing
+    assert [(r["completion"], r["label"]) for r in kto] == [
+        (answer[a], True),
+        (answer[c], False),
+        ("4", True),
+        (answer[c], False),
+    ]
+    assert {r["checkpoint"] for r in kto} == {prod}
+    sft = feedback.training_rows(db, listener, "sft", table="sft_rows")
+    assert [(r["x"], r["y"]) for r in sft] == [("1+1=", answer[a]), ("1+1=", answer[a]), ("2+2=", "4")]
+    dpo = feedback.training_rows(db, listener, "dpo", table="dpo_rows")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in dpo] == [("2+2=", "4", answer[c])]
+    assert feedback.training_rows(db, listener, "dpo", table="dpo_rows") == []  # converted once
+    assert len(db["dpo_rows"].select().execute()) == 1
+
+    trainer = LLMTrainer(
+        "fb-dpo-trainer",
+        objective="dpo",
+        key=("prompt", "chosen", "rejected"),
+        select=db["dpo_rows"].select(),
+        max_steps=2,
+        save_steps=2,
+        per_device_train_batch_size=1,
+        output_dir=str(tmp_path / "dpo"),
+        **{k: v for k, v in fixtures.FAST_TRAINING.items() if k != "per_device_train_batch_size"},
+    )
+    db.apply(LLM("tiny-dpo", model_name_or_path=model_dir, trainer=trainer), force=True)
+    assert [r["step"] for r in list_checkpoints(db, "tiny-dpo")] == [2]
+
+    with pytest.raises(feedback.FeedbackError, match=r"`objective` must be one of \['dpo', 'kto', 'sft'\]"):
+        feedback.training_rows(db, listener, "ppo", table="x")
+    db["feedback"].insert([{"output": "0" * 24, "thumbs": "up"}])
+    with pytest.raises(feedback.FeedbackError, match=r"output\(s\) \[.0{24}.\] that are not in"):
+        feedback.training_rows(db, listener, "sft", table="sft_rows")

@@ -176,3 +176,54 @@ def test_feedback_becomes_kto_dpo_and_sft_rows_and_dpo_trains_on_them(trained, t
     db["feedback"].insert([{"output": "0" * 24, "thumbs": "up"}])
     with pytest.raises(feedback.FeedbackError, match=r"output\(s\) \[.0{24}.\] that are not in"):
         feedback.training_rows(db, listener, "sft", table="sft_rows")
+
+
+def test_compare_stores_both_answers_per_row_and_the_metric_of_each(trained, capsys, monkeypatch):
+    from superduper_transformers import cli
+    from superduper_transformers.compare import SUMMARY_TABLE, CompareError, compare, win_rate
+
+    db, steps, _ = trained
+    result = compare(
+        db, "tiny", 2, steps[4], table="facts", key="x", target="y",
+        metric="plugin_tests.fixtures:exact_match", limit=4,
+    )  # fmt: skip
+    stored = [r for r in db["compare"].select().execute() if r["comparison"] == result.summary["comparison"]]
+    assert [(r["prompt"], r["target"]) for r in stored] == [(p, c) for p, c in fixtures.FACTS[:4]]
+    assert all(isinstance(r["answer_a"], str) and isinstance(r["answer_b"], str) for r in stored)
+    summary = [
+        s for s in db[SUMMARY_TABLE].select().execute() if s["comparison"] == result.summary["comparison"]
+    ]
+    assert len(summary) == 1
+    s = summary[0]
+    assert (s["checkpoint_a"], s["checkpoint_b"], s["rows"]) == (steps[2], steps[4], 4)
+    exact = fixtures.exact_match
+    assert s["score_a"] == exact([r["answer_a"] for r in stored], [c for _, c in fixtures.FACTS[:4]])
+    assert s["score_b"] == exact([r["answer_b"] for r in stored], [c for _, c in fixtures.FACTS[:4]])
+
+    # people judge the side-by-side rows: a win rate
+    pid = db["compare"].primary_id.execute()
+    db.apply(
+        __import__("superduper").Table("votes", fields={"output": "str", "preferred": "str"}), force=True
+    )
+    db["votes"].insert(
+        [
+            {"output": str(stored[0][pid]), "preferred": "b"},
+            {"output": str(stored[1][pid]), "preferred": "tie"},
+        ]
+    )
+    assert win_rate(db, result.summary["comparison"], "votes") == {"a": 0.25, "b": 0.75, "judged": 2}
+
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)
+    assert cli.main(["compare", "tiny", "2", "4", "--table", "facts", "--key", "x", "--target", "y",
+                     "--metric", "plugin_tests.fixtures:exact_match", "--limit", "2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"a: {steps[2]}" in out and f"b: {steps[4]}" in out and "0+1=" in out
+    assert "plugin_tests.fixtures:exact_match: a " in out
+    assert (
+        cli.main(["compare", "tiny", "prod", "4", "--table", "facts", "--key", "x", "--metric", "nope"]) == 2
+    )
+    assert "must be 'module:function'" in capsys.readouterr().err
+    with pytest.raises(CompareError, match="needs `target`"):
+        compare(db, "tiny", 2, 4, table="facts", key="x", metric="plugin_tests.fixtures:exact_match")
+    with pytest.raises(CompareError, match=r"no column\(s\) \['question'\]"):
+        compare(db, "tiny", 2, 4, table="facts", key="question")

@@ -227,3 +227,24 @@ def test_compare_stores_both_answers_per_row_and_the_metric_of_each(trained, cap
         compare(db, "tiny", 2, 4, table="facts", key="x", metric="plugin_tests.fixtures:exact_match")
     with pytest.raises(CompareError, match=r"no column\(s\) \['question'\]"):
         compare(db, "tiny", 2, 4, table="facts", key="question")
+
+
+def test_the_gate_promotes_a_candidate_not_worse_by_the_margin_and_records_each_decision(trained):
+    from superduper_transformers.gate import ROUNDS_TABLE, gate, not_worse
+
+    assert not_worse(0.5, 0.55, margin=0.1) and not not_worse(0.5, 0.7, margin=0.1)
+    assert not not_worse(0.5, 0.5, margin=-0.1)  # a negative margin demands an improvement
+    db, steps, _ = trained
+    promote.promote(db, "tiny", steps[2], alias="prod", by="tester")
+    common = dict(table="facts", key="x", target="y", metric="plugin_tests.fixtures:exact_match")
+    rejected = gate(db, "tiny", 4, margin=-1.0, **common)  # must beat prod by 1: impossible
+    assert promote.promotions(db, "tiny").aliases["prod"] == steps[2]
+    promoted = gate(db, "tiny", 4, margin=1.0, **common)
+    assert promote.promotions(db, "tiny").aliases["prod"] == steps[4]
+    assert promote.promotions(db, "tiny").history[-1]["by"] == "gate"
+    rows = [r for r in db[ROUNDS_TABLE].select().execute()]
+    assert [(r["candidate"], r["prod"], r["decision"]) for r in rows] == [
+        (steps[4], steps[2], "rejected"),
+        (steps[4], steps[2], "promoted"),
+    ]
+    assert rejected["score_candidate"] == promoted["score_candidate"]

@@ -28,8 +28,8 @@ import uuid
 
 from superduper import logging
 
-from superduper_transformers._optional import require
 from superduper_transformers._bars import progress_bar
+from superduper_transformers._optional import require
 from superduper_transformers.checkpoint import file_manifest, list_checkpoints, load_checkpoint
 from superduper_transformers.hf import loading
 from superduper_transformers.hf.gguf_file import QUANTIZATIONS

@@ -103,6 +103,8 @@ def test_a_listener_on_the_trained_model_stores_plain_text(trained):
 def test_an_unknown_alias_is_named_with_the_fix(trained):
     db, _, model_dir = trained
     llm = LLM("tiny-beta", model_name_or_path=model_dir, alias="beta", alias_model="tiny")
+    with pytest.raises(ValueError, match="`alias`='beta' is looked up in the datalayer: apply the model"):
+        llm.predict("1+1=")
     llm.db = db
     with pytest.raises(promote.PromotionError, match="`alias`='beta' is not an alias of model `tiny`"):
         llm.predict("1+1=")

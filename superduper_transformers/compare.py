@@ -112,7 +112,7 @@ def compare(
     if missing:
         raise CompareError(f"Rows of `{table}` have no column(s) {missing}; its columns: {sorted(rows[0])}.")
     prompts = [r[key] for r in rows]
-    llm = db.load("LLM", model)
+    llm = db.load("LLM", model, component_cache=False)  # its adapter is swapped below: a copy of its own
     answers = []
     for checkpoint in checkpoints:
         llm.adapter_id = load_checkpoint(db, checkpoint)

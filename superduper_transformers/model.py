@@ -279,6 +279,11 @@ class LLM(Model):
         from superduper_transformers.checkpoint import load_checkpoint
 
         model = self.alias_model or self.identifier
+        if self.db is None:
+            raise ValueError(
+                f"LLM `{self.identifier}`: `alias`={self.alias!r} is looked up in the datalayer: "
+                "apply the model (or a Listener of it) first, or set `llm.db`."
+            )
         target = promote.promotions(self.db, model).aliases.get(self.alias)
         if target is None:
             raise promote.PromotionError(

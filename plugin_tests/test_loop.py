@@ -250,3 +250,30 @@ def test_the_gate_promotes_a_candidate_not_worse_by_the_margin_and_records_each_
         (steps[4], steps[2], "promoted"),
     ]
     assert rejected["score_candidate"] == promoted["score_candidate"]
+
+
+def test_outputs_and_feedback_rows_on_sqlite(sqlite_db, tiny_model_dir):
+    """The CLI's datalayer (superduper-sql): JSON outputs, feedback rows with unset columns."""
+    from superduper import Listener
+
+    from superduper_transformers import feedback
+
+    db = sqlite_db
+    questions_table(db, "q")
+    llm = LLM(
+        "base",
+        model_name_or_path=tiny_model_dir,
+        record_checkpoint=True,
+        predict_kwargs={"max_new_tokens": 2, "min_new_tokens": 2},
+    )
+    listener = Listener("sql-answers", model=llm, key="question", select=db["q"].select())
+    db.apply(listener, force=True)
+    db["q"].insert([{"question": "1+1="}, {"question": "2+2="}])
+    out = db[listener.outputs]
+    ids = [str(o[out.primary_id.execute()]) for o in out.select().execute()]
+    assert [o[listener.outputs]["checkpoint"] for o in out.select().execute()] == [None, None]
+    feedback.feedback_table(db)
+    db["feedback"].insert([{"output": ids[0], "thumbs": "up"}, {"output": ids[1], "correction": "4"}])
+    rows = feedback.training_rows(db, listener, "sft", table="sft")
+    assert [(r["x"], r["_fold"]) for r in rows] == [("1+1=", "train"), ("2+2=", "train")]
+    assert rows[1]["y"] == "4" and len(db["sft"].select().execute()) == 2

@@ -398,10 +398,11 @@ def _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
 
 def _conversation_table(tokenizer, conversations, max_length):
     """Conversations as :func:`_encode_conversation` tokenizes them, in one tokenizer call."""
-    texts, spans = [], []
+    # Each distinct text is tokenized once: the last reply's prefix is often the whole text.
+    index: t.Dict[str, int] = {}
+    rendered = []  # per conversation: the whole text's index, and each reply's (before, upto)
     for messages in conversations:
         text = render_chat(tokenizer, messages)
-        texts.append(text)
         row_spans = []
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
@@ -410,21 +411,18 @@ def _conversation_table(tokenizer, conversations, max_length):
             upto = render_chat(tokenizer, messages[: i + 1])
             if not (text.startswith(before) and text.startswith(upto)):
                 _encode_conversation(tokenizer, messages, max_length)  # raises, naming the turn
-            row_spans.append((len(texts), len(texts) + 1))
-            texts += [before, upto]
-        spans.append(row_spans)
-    ids = _token_lists(tokenizer, texts, add_special_tokens=False)
+            row_spans.append((index.setdefault(before, len(index)), index.setdefault(upto, len(index))))
+        rendered.append((index.setdefault(text, len(index)), row_spans))
+    ids = _token_lists(tokenizer, list(index), add_special_tokens=False)
     eos = tokenizer.eos_token_id
     input_lists, label_lists, status = [], [], []
-    at = 0
-    for messages, row_spans in zip(conversations, spans):
-        input_ids = ids[at]
+    for messages, (whole, row_spans) in zip(conversations, rendered):
+        input_ids = ids[whole]
         labels = [IGNORE_INDEX] * len(input_ids)
         start = end = 0
         for b, u in row_spans:
             start, end = len(ids[b]), len(ids[u])
             labels[start:end] = input_ids[start:end]
-        at += 1 + 2 * len(row_spans)
         if messages[-1]["role"] == "assistant" and eos is not None and eos not in input_ids[start:end]:
             input_ids, labels = input_ids + [eos], labels + [eos]
         status.append(tokens.FITS)

@@ -49,7 +49,3 @@ def test_a_filtered_query_is_read_by_superduper(table_db):
     select = table_db["docs"].select().filter(table_db["docs"]["x"] == "1+1=")
     assert native_rows.native_pages(table_db, select, "train", ["x", "y"]) is None
     assert _read(table_db, select, "train", ["x", "y"], native=True) == [{"x": "1+1=", "y": "2"}]
-
-
-def test_identifiers_are_quoted():
-    assert native_rows.quote('a"b') == '"a""b"'

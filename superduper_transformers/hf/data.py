@@ -13,6 +13,7 @@ template (ChatML when it has none) and only the assistant turns are learned.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import typing as t
@@ -20,11 +21,10 @@ import typing as t
 import numpy as np
 from superduper import logging
 
-from superduper_transformers.hf import tokens
-
 # The cache's folder and bookkeeping live in `data_cache` (also used by the command line).
 from superduper_transformers._private import private_dir
 from superduper_transformers.data_cache import _BUILDER, CACHE_ENV, data_cache_dir, mark_complete  # noqa: F401
+from superduper_transformers.hf import tokens
 
 IGNORE_INDEX = -100
 
@@ -646,21 +646,39 @@ def _cached_dataset(root: str, fingerprint: str, tables: t.Callable[[], t.Iterat
     import pyarrow as pa
     from datasets import Dataset
 
-    folder = os.path.join(root, f"default-fingerprint={fingerprint}", "0.0.0")
-    path = os.path.join(folder, "data.arrow")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        schema = _features().arrow_schema
-        fd, tmp = tempfile.mkstemp(prefix=".data-", suffix=".arrow.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f, pa.ipc.new_stream(f, schema) as writer:
-                for table in tables():
-                    writer.write_table(table)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    return Dataset.from_file(path)
+    entry = os.path.join(root, f"default-fingerprint={fingerprint}")
+    folder, path = os.path.join(entry, "0.0.0"), os.path.join(entry, "0.0.0", "data.arrow")
+    os.makedirs(folder, exist_ok=True)
+    # The lock datasets' builder takes: `data-cache --clear` leaves an entry alone while a
+    # training builds or opens it, and a second training with the same rows waits for it.
+    with _locked(os.path.join(entry, "0.0.0_builder.lock")):
+        if not os.path.exists(path):
+            fd, tmp = tempfile.mkstemp(prefix=".data-", suffix=".arrow.tmp", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as f, pa.ipc.new_stream(f, _features().arrow_schema) as writer:
+                    for table in tables():
+                        writer.write_table(table)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        return Dataset.from_file(path)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive ``flock`` on ``path`` (created) for the block; none without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock, as in datasets' own fallback
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _warn_truncated(ds, max_length: t.Optional[int]) -> None:

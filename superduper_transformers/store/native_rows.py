@@ -29,11 +29,6 @@ _TEXT, _JSON = ("str", "string"), ("json",)
 Pages = t.Callable[[int], t.Iterator[t.List[t.Dict[str, t.Any]]]]
 
 
-def quote(name: str) -> str:
-    """A SQL identifier, quoted (a ``"`` inside is doubled)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def native_pages(db: Datalayer, select, fold: t.Optional[str], keys: t.Optional[t.Sequence[str]]):
     """A function ``page_size -> iterator of pages`` reading the fold natively, or None.
 
@@ -61,6 +56,8 @@ def native_pages(db: Datalayer, select, fold: t.Optional[str], keys: t.Optional[
 
 
 def _sqlite_pages(backend, table, fold, keys, json_keys, size):
+    from superduper_transformers.store.rows import sql_identifier as quote  # rows imports this module
+
     columns = ", ".join(quote(k) for k in keys)
     where = f"{quote('_fold')} = ? AND " if fold is not None else ""
     statement = f"SELECT rowid, {columns} FROM {quote(table)} WHERE {where}rowid > ? ORDER BY rowid LIMIT ?"

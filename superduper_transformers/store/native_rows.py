@@ -26,6 +26,21 @@ if t.TYPE_CHECKING:
 #: Field types read as they are stored (text), and those stored as JSON text in SQL.
 _TEXT, _JSON = ("str", "string"), ("json",)
 
+
+def sql_identifier(name: str) -> str:
+    """``name`` as a SQL identifier: between double quotes, each ``"`` in it doubled.
+
+    Column and table names come from the user (a trainer's ``key``, the table): quoted
+    this way, a name such as ``x" FROM other --`` is one (missing) column, not SQL.
+    """
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a SQL string literal: between single quotes, each ``'`` doubled."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 Pages = t.Callable[[int], t.Iterator[t.List[t.Dict[str, t.Any]]]]
 
 
@@ -56,11 +71,11 @@ def native_pages(db: Datalayer, select, fold: t.Optional[str], keys: t.Optional[
 
 
 def _sqlite_pages(backend, table, fold, keys, json_keys, size):
-    from superduper_transformers.store.rows import sql_identifier as quote  # rows imports this module
-
-    columns = ", ".join(quote(k) for k in keys)
-    where = f"{quote('_fold')} = ? AND " if fold is not None else ""
-    statement = f"SELECT rowid, {columns} FROM {quote(table)} WHERE {where}rowid > ? ORDER BY rowid LIMIT ?"
+    columns = ", ".join(sql_identifier(k) for k in keys)
+    where = f"{sql_identifier('_fold')} = ? AND " if fold is not None else ""
+    statement = (
+        f"SELECT rowid, {columns} FROM {sql_identifier(table)} WHERE {where}rowid > ? ORDER BY rowid LIMIT ?"
+    )
     positions = [keys.index(k) for k in json_keys]
     last = -(2**63)
     while True:

@@ -174,7 +174,7 @@ class Tokenize:
                     except ValueError:
                         pass  # text that only looks like JSON
         table = data.encode_table(self.tokenizer, rows, **self.tokenization)
-        return table.drop_columns([data.STATUS_COLUMN])
+        return table.drop_columns([data.STATUS_COLUMN]).replace_schema_metadata(None)
 
 
 # -- workers --------------------------------------------------------------

@@ -83,9 +83,11 @@ def test_a_changed_trainer_trains_again_on_reapply(db, tiny_model_dir, tmp_path)
         db.apply(fixtures.make_llm(db, tiny_model_dir, **{**settings, **changes}), force=True)
 
     apply()
+    (first,) = {r["experiment_id"] for r in list_checkpoints(db, "tiny")}
     apply(learning_rate=1e-3)
     rows = list_checkpoints(db, "tiny")
     assert len(db.show("TrainingRun")) == 2 and len({r["experiment_id"] for r in rows}) == 2
-    assert db.load("LLM", "tiny").adapter_id.identifier == rows[-1]["identifier"]
+    (second,) = {r["experiment_id"] for r in rows} - {first}
+    assert db.load("LLM", "tiny").adapter_id.experiment_id == second
     apply(learning_rate=1e-3)  # nothing changed
     assert len(db.show("TrainingRun")) == 2

@@ -225,6 +225,8 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
     logging.info(f"Precision: {precision.name} on {precision.device} ({settings.precision.reason})")
     metric, greater = best_metric(config.metric_for_best_model, config.greater_is_better)
     _check_optional(trainer, db)
+    # What trl would only find at its first step (GRPO: call the reward functions once).
+    objective.preflight(sets["train"], columns, settings, tokenization_of(model, trainer))
     return TrainingPlan(
         model=model.identifier,
         objective=objective.name,
@@ -256,6 +258,15 @@ def scan(objective, rows, columns: t.Sequence[str], name: str):
     if not digest.count:
         objective.check_rows([], columns, where)  # raises: no rows
     return digest
+
+
+def tokenization_of(model, trainer) -> t.Dict[str, t.Any]:
+    """How rows become the model's text: the objectives' ``tokenization`` keywords."""
+    return dict(
+        max_length=trainer.max_seq_length,
+        prompt_template=model.prompt_template,
+        chat_format=trainer.setup_chat_format,
+    )
 
 
 def _rowset(name: str, digest) -> RowSet:
@@ -388,6 +399,7 @@ RUN_FIELDS = (
     "early_stopping_patience",
     "early_stopping_threshold",
     "record_generations",
+    "reward_funcs",
 )
 
 

@@ -22,10 +22,17 @@ from superduper_transformers.hf import objectives
 from superduper_transformers.hf.callbacks import CallbackError, normalise_callbacks
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import load_tokenizer
+from superduper_transformers.hf.rewards import RewardError, normalise_reward_funcs
 from superduper_transformers.launch.dispatch import launch
 from superduper_transformers.launch.ray_data import ray_row_source
 from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
-from superduper_transformers.plan import TrainingPlan, build_plan, fold_rows, run_settings  # noqa: F401
+from superduper_transformers.plan import (  # noqa: F401
+    TrainingPlan,
+    build_plan,
+    fold_rows,
+    run_settings,
+    tokenization_of,
+)
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.store.rows import FoldRows
 
@@ -60,6 +67,7 @@ class _LLMTrainerFields(Trainer):
     early_stopping_patience: t.Optional[int] = None
     early_stopping_threshold: t.Optional[float] = None
     record_generations: t.Optional[int] = None
+    reward_funcs: t.Optional[t.List] = None
 
 
 class LLMTrainer(_LLMTrainerFields):
@@ -70,10 +78,13 @@ class LLMTrainer(_LLMTrainerFields):
     ``save_total_limit``, ``metric_for_best_model``, ...) may be passed directly; it is
     stored in ``training_kwargs``. An unknown keyword is an error.
 
-    :param objective: What training optimises, and so the rows it reads: ``"sft"``
-        (supervised: ``key`` is a text column or an (X, y) pair) or ``"dpo"`` (preferences:
-        ``key`` names the prompt, chosen and rejected columns). Training keywords are those
-        of the objective's trl config (``SFTConfig``, ``DPOConfig``).
+    :param objective: What training optimises, and so the rows it reads (see
+        docs/objectives.md): ``"sft"`` (supervised: ``key`` is a text column or an (X, y)
+        pair), ``"dpo"`` or ``"orpo"`` (preferences: ``key`` names the prompt, chosen and
+        rejected columns), ``"kto"`` (thumbs: prompt, completion and a boolean label) or
+        ``"grpo"`` (rewards: the prompt column, then columns for the reward functions).
+        Training keywords are those of the objective's trl config (``SFTConfig``,
+        ``DPOConfig``, ``KTOConfig``, ``ORPOConfig``, ``GRPOConfig``).
     :param use_lora: Train a LoRA adapter (True) or all weights (False).
     :param lora_r: LoRA rank.
     :param lora_alpha: LoRA scaling numerator.
@@ -111,6 +122,11 @@ class LLMTrainer(_LLMTrainerFields):
     :param record_generations: At each evaluation, generate (greedy) for this many prompts of
         the first eval set and record the prompt/generation/target triples on the model
         (``metric_values['generations']``); None or 0 records none.
+    :param reward_funcs: GRPO's reward functions, stored as JSON and imported where training
+        runs: each an import path ``"package.module:function"``, a dict ``{"function":
+        "package.module:function", "kwargs": {...}}`` with JSON keyword arguments, or an
+        importable function. trl calls each with ``prompts``, ``completions`` and the other
+        columns of ``key`` as keyword arguments; it returns one number per completion.
     """
 
     def __init__(self, identifier: str, *args, **kwargs):
@@ -137,6 +153,10 @@ class LLMTrainer(_LLMTrainerFields):
         try:
             self.callbacks = normalise_callbacks(self.callbacks)
         except CallbackError as e:
+            raise cfg.ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
+        try:
+            self.reward_funcs = normalise_reward_funcs(self.reward_funcs) or None
+        except RewardError as e:
             raise cfg.ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
         try:
             self.ray_configs = plain_ray_configs(self.ray_configs)
@@ -192,12 +212,8 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
     trainer = model.trainer
     objective = objectives.get(plan.objective)
     tokenizer = load_tokenizer(model.tokenizer_load_kwargs())
-    tokenization = dict(
-        max_length=trainer.max_seq_length,
-        prompt_template=model.prompt_template,
-        chat_format=trainer.setup_chat_format,
-    )
-    if trainer.ray_configs is not None:
+    tokenization = tokenization_of(model, trainer)
+    if trainer.ray_configs is not None and objective.tokenized():
         # Read and tokenized on the cluster (Ray Data), never on this process.
         X, y = cfg.input_output_keys(trainer.key)
         train_ds = ray_row_source(

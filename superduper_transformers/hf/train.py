@@ -1,4 +1,4 @@
-"""One training on this process: build the SFT trainer from a ``TrainJob`` and run it."""
+"""One training on this process: build the objective's trl trainer from a ``TrainJob`` and run it."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def run_job(job: TrainJob):
     eval_datasets = job.eval_datasets
     if isinstance(eval_datasets, dict) and not eval_datasets:
         eval_datasets = None
-    trainer = objectives.get(job.objective).build_trainer(
+    objective = objectives.get(job.objective)
+    trainer = objective.build_trainer(
         model,
         training_args,
         train_dataset,
@@ -87,6 +88,7 @@ def run_job(job: TrainJob):
         # The settings' first: early stopping decides in `on_evaluate` before the job's
         # callbacks (the save of the last step, the db records) see that event.
         [*settings_callbacks(settings), *job.callbacks],
+        **objective.trainer_inputs(settings),
         **job.trainer_kwargs,
     )
     if job.trainer_prepare_func is not None:

@@ -30,7 +30,10 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
     recording = db is not None and llm is not None
     callbacks = []
     if recording:
-        callbacks = [SaveTheLastStep(), *recording_callbacks(job, llm.identifier, db=db, llm=llm, log_to_db=log_to_db)]
+        callbacks = [
+            SaveTheLastStep(),
+            *recording_callbacks(job, llm.identifier, db=db, llm=llm, log_to_db=log_to_db),
+        ]
     job = dc.replace(job, callbacks=[*job.callbacks, *callbacks])
     # While it trains, saves of the model are bookkeeping, not re-applies to plan.
     with resume.training(llm) if llm is not None else contextlib.nullcontext():

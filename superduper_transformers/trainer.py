@@ -68,6 +68,7 @@ class _LLMTrainerFields(Trainer):
     early_stopping_threshold: t.Optional[float] = None
     record_generations: t.Optional[int] = None
     reward_funcs: t.Optional[t.List] = None
+    start_from: t.Optional[str] = None
 
 
 class LLMTrainer(_LLMTrainerFields):
@@ -127,6 +128,11 @@ class LLMTrainer(_LLMTrainerFields):
         "package.module:function", "kwargs": {...}}`` with JSON keyword arguments, or an
         importable function. trl calls each with ``prompts``, ``completions`` and the other
         columns of ``key`` as keyword arguments; it returns one number per completion.
+    :param start_from: Where training starts: ``"base"`` (the base model), ``"current"``
+        (the checkpoint the model uses; with LoRA its adapter goes on training, and the
+        reference model of DPO/KTO is that checkpoint), or a checkpoint identifier, alias
+        or step of the model. None: ``"current"`` for ``dpo``/``kto``/``orpo``/``grpo``,
+        ``"base"`` for ``sft``.
     """
 
     def __init__(self, identifier: str, *args, **kwargs):
@@ -247,6 +253,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
         logging.info(
             f"Training {model.identifier} (run {run_plan.experiment_id}, from step {run_plan.step}): "
             f"{plan.objective}, {plan.train.count} rows, eval sets {plan.eval_sets}, "
+            f"from {(plan.start_from or {}).get('checkpoint') or 'the base model'}, "
             f"lora={trainer.use_lora}, bits={trainer.bits}, precision={plan.settings.precision.name}, "
             f"output_dir={plan.output_dir}"
         )
@@ -262,6 +269,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
             resume_from_checkpoint=run_plan.resume_from_checkpoint,
             data_fingerprint=plan.fingerprint,
             objective=plan.objective,
+            start_from=(plan.start_from or {}).get("path"),
             generation_samples=evaluation.generation_samples(
                 trainer.record_generations if plan.objective == "sft" else 0,
                 {s.name: plan.rows[s.name] for s in plan.evals},

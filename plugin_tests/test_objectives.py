@@ -165,3 +165,125 @@ def test_dpo_after_sft_starts_from_the_checkpoint_in_use(db, tiny_model_dir, tmp
     print(f"sft -> dpo: held-out pairs preferred {preferred:.2f}, SFT answers kept {kept}/16")
     assert preferred >= 0.9
     assert kept >= 14  # from the base model, DPO would know nothing of 777
+
+
+def test_dpo_loss_variants_pass_through_to_trl(db, tiny_model_dir, tmp_path):
+    _table(db, "dpo", _rows("dpo")[:8])
+    db.apply(_llm(db, tiny_model_dir, tmp_path, "dpo", max_steps=2, loss_type=["ipo"]), force=True)
+    job = next(j for j in db["Job"].execute() if j["method"] == "fit_in_db" and j["identifier"] == "m")
+    assert job["kwargs"]["plan"]["config_kwargs"]["loss_type"] == ["ipo"]
+    assert [r["step"] for r in list_checkpoints(db, "m")] == [2]
+
+
+# -- bad inputs, refused before anything is written -----------------------------------
+def _refused(db, llm, match):
+    with pytest.raises(ValueError, match=match):
+        db.apply(llm, force=True)
+    assert "m" not in db.show("LLM")
+
+
+def test_a_label_that_is_not_a_boolean_is_refused_naming_the_row(db, tiny_model_dir, tmp_path):
+    from superduper import Table
+
+    db.apply(
+        Table("rows", fields={"prompt": "str", "completion": "str", "label": "int", "_fold": "str"}),
+        force=True,
+    )
+    db["rows"].insert(
+        [{"prompt": "dxy:", "completion": "123", "label": True, "_fold": "train"}]
+        + [{"prompt": "lxy:", "completion": "123", "label": 0, "_fold": "train"}]
+    )
+    llm = _llm(db, tiny_model_dir, tmp_path, "kto", max_steps=2)
+    _refused(
+        db, llm, r"Key `label` of row 1 of the training rows holds 0 \(int\); a KTO label must be a boolean"
+    )
+
+
+def test_a_missing_column_is_refused_naming_it(db, tiny_model_dir, tmp_path):
+    _table(db, "kto", [{"prompt": "dxy:", "completion": "123"}])
+    _refused(db, _llm(db, tiny_model_dir, tmp_path, "kto", max_steps=2), r"Key `label` is missing from row 0")
+
+
+@pytest.mark.parametrize(
+    "reward, match",
+    [
+        ("nope:digits", r"cannot import 'nope:digits' \(ModuleNotFoundError"),
+        (f"{REWARDS}:NOT_A_FUNCTION", r"'plugin_tests.preference_tasks:NOT_A_FUNCTION' is 3, not a function"),
+        (f"{REWARDS}:wrong_count", r"wrong_count' returned 1 values for 2 completions: it must return"),
+        (f"{REWARDS}:raises", r"raises' raised KeyError: 'answer' when called on 2 rows .*`answer`"),
+    ],
+)
+def test_a_reward_function_that_cannot_serve_is_refused_before_writing(
+    db, tiny_model_dir, tmp_path, reward, match
+):
+    _table(db, "grpo")
+    llm = _llm(db, tiny_model_dir, tmp_path, "grpo", max_steps=2, reward_funcs=[reward], num_generations=2)
+    _refused(db, llm, match)
+
+
+def test_reward_settings_are_refused_at_construction(db):
+    from superduper_transformers import LLMTrainer
+    from superduper_transformers.trainer_args import ConfigError
+
+    select = db["facts"].select()
+    with pytest.raises(ConfigError, match=r"`objective='grpo'` needs `reward_funcs`"):
+        LLMTrainer("t", objective="grpo", key="x", select=select)
+    with pytest.raises(ConfigError, match=r"`reward_funcs` are read by the `grpo` objective only.*`dpo`"):
+        LLMTrainer(
+            "t", objective="dpo", key=("p", "c", "r"), select=select, reward_funcs=[f"{REWARDS}:digit_share"]
+        )
+    with pytest.raises(ConfigError, match=r"`reward_funcs\[0\]`: .* inside a function"):
+        LLMTrainer(
+            "t", objective="grpo", key="x", select=select, reward_funcs=[lambda prompts, completions: []]
+        )
+    with pytest.raises(ConfigError, match=r"KTO estimates its KL term .* at least 2"):
+        LLMTrainer("t", objective="kto", key=("p", "c", "l"), select=select, per_device_train_batch_size=1)
+    trainer = LLMTrainer("t", objective="grpo", key="x", select=select, reward_funcs=tasks.digit_share)
+    assert trainer.reward_funcs == [{"function": f"{REWARDS}:digit_share", "kwargs": {}}]
+
+
+# -- the command line -------------------------------------------------------------
+def test_each_example_config_passes_its_checks(tiny_model_dir, tmp_path):
+    import os
+
+    from superduper_transformers.cli.train import _check
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for objective in ("dpo", "kto", "orpo", "grpo"):
+        path = os.path.join(root, "examples", f"tiny_{objective}.yaml")
+        _, llm = _check(path, [f"model.model_name_or_path={tiny_model_dir}"], str(tmp_path))
+        assert llm.trainer.objective == objective
+
+
+def test_the_command_line_imports_thumbs_and_trains_kto(tmp_path, artifact_store, tiny_model_dir, capsys):
+    import os
+
+    from superduper_transformers import cli
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = tmp_path / "data"
+    data.mkdir()
+    thumbs = os.path.join(root, "examples", "data", "thumbs.jsonl")
+    assert cli.main(["--data", str(data), "import-data", thumbs, "--table", "thumbs"]) == 0
+    assert "128 rows into `thumbs` (128 train, 0 valid)" in capsys.readouterr().out
+
+    config = os.path.join(root, "examples", "tiny_kto.yaml")
+    model = f"model.model_name_or_path={tiny_model_dir}"
+    assert (
+        cli.main(["--data", str(data), "train", config, model, "trainer.max_steps=2", "trainer.save_steps=2"])
+        == 0
+    )
+    from superduper_transformers.cli.common import connect
+
+    class Args:
+        uri, artifact_store = None, None
+
+    Args.data = str(data)
+    db = connect(Args)
+    assert db.load("Table", "thumbs").fields["label"] == "bool"
+    assert [r["step"] for r in list_checkpoints(db, "tiny-kto")] == [2]
+
+    (tmp_path / "bad.yaml").write_text(open(config).read().replace("objective: kto", "objective: sft"))
+    assert cli.main(["--data", str(data), "train", str(tmp_path / "bad.yaml"), model]) == 2
+    err = capsys.readouterr().err
+    assert "`trainer.beta` is a setting of the `dpo` objective, and `trainer.objective` is `sft`" in err

@@ -1,7 +1,8 @@
 """``import-data FILE.jsonl|csv --table NAME``: rows from a file into a table of the db;
 ``data-cache [--clear] [--older-than DAYS]``: the tokenized datasets cached on this machine.
 
-Every column becomes a ``str`` field, with ``_fold`` (``train``/``valid``) that training
+Every column becomes a ``str`` field (a ``bool`` one when a ``.jsonl`` file holds only
+true/false in it: the label of KTO rows), with ``_fold`` (``train``/``valid``) that training
 reads. The file is read and checked whole before the table is touched: a bad line,
 missing columns or a bad ``_fold`` leave the database as it was.
 """
@@ -115,7 +116,8 @@ def _read_jsonl(path: str, f) -> t.List[t.Dict[str, str]]:
             raise CliError(f"{path}, line {n}: not JSON ({e.msg}); each line must be one JSON object.") from e
         if not isinstance(row, dict):
             raise CliError(f"{path}, line {n}: a JSON object ({{...}}) is needed, got {type(row).__name__}.")
-        rows.append({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in row.items()})
+        # Text stays text and booleans (a KTO label) stay booleans; other values become JSON text.
+        rows.append({str(k): v if isinstance(v, (str, bool)) else json.dumps(v) for k, v in row.items()})
     return rows
 
 
@@ -149,6 +151,24 @@ def assign_folds(rows, fold: t.Optional[str], valid_fraction: float, seed: int, 
             row["_fold"] = "valid"
 
 
+def column_types(rows, columns: t.Sequence[str], path: str) -> t.Dict[str, str]:
+    """``bool`` for a column of JSON booleans only (a KTO label), else ``str``.
+
+    :raises CliError: for a column with booleans in some rows and other values in others.
+    """
+    types = {}
+    for c in columns:
+        flags = [isinstance(r[c], bool) for r in rows]
+        if any(flags) and not all(flags):
+            n = flags.index(not flags[0]) + 1
+            raise CliError(
+                f"{path}, row {n}: column `{c}` holds {rows[n - 1][c]!r}, and {rows[0][c]!r} in row 1: a "
+                "column is all booleans (true/false, e.g. a KTO label) or all text. Fix the rows."
+            )
+        types[c] = "bool" if all(flags) else "str"
+    return types
+
+
 def import_data(args) -> int:
     from superduper import Table
 
@@ -164,6 +184,7 @@ def import_data(args) -> int:
     assign_folds(rows, args.fold, args.valid_fraction, args.seed, args.file)
     if "_fold" not in columns:
         columns.append("_fold")
+    types = column_types(rows, columns, args.file)
     db = connect(args)
     if args.table in db.show("Table"):
         fields = set(db.load("Table", args.table).fields)
@@ -176,7 +197,7 @@ def import_data(args) -> int:
             )
     else:
         with contextlib.redirect_stdout(io.StringIO()):  # superduper prints the component tree
-            db.apply(Table(args.table, fields={c: "str" for c in columns}), force=True)
+            db.apply(Table(args.table, fields=types), force=True)
     db[args.table].insert(rows)
     counts = {f: sum(r["_fold"] == f for r in rows) for f in FOLDS}
     print(f"{len(rows)} rows into `{args.table}` ({counts['train']} train, {counts['valid']} valid)")

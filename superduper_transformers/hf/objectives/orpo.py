@@ -9,6 +9,8 @@ silenced here, where the choice is made).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 from superduper_transformers.hf.objectives.dpo import DPO
@@ -26,7 +28,9 @@ def __getattr__(name: str):
     """``ORPOConfig``/``ORPOTrainer`` from ``trl.experimental.orpo``, imported on first use."""
     if name not in ("ORPOConfig", "ORPOTrainer"):
         raise AttributeError(name)
-    with warnings.catch_warnings():
+    # Its import also loads transformers' tracker integrations, which print a line of their
+    # own (wandb's offline mode): an objective's name looked up must not write to stdout.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore", message=".*trl.experimental.*")
         from trl.experimental import orpo
 

@@ -287,3 +287,38 @@ def test_the_command_line_imports_thumbs_and_trains_kto(tmp_path, artifact_store
     assert cli.main(["--data", str(data), "train", str(tmp_path / "bad.yaml"), model]) == 2
     err = capsys.readouterr().err
     assert "`trainer.beta` is a setting of the `dpo` objective, and `trainer.objective` is `sft`" in err
+
+
+def test_the_best_checkpoint_is_ranked_by_the_objectives_metrics(db, tiny_model_dir, tmp_path):
+    from superduper_transformers.plan import build_plan
+    from superduper_transformers.trainer_args import ConfigError
+
+    rows = _rows("dpo")[:8]
+    _table(db, "dpo", rows)
+    db["rows"].insert([{**r, "_fold": "valid"} for r in rows[:4]])
+    llm = _llm(
+        db, tiny_model_dir, tmp_path, "dpo", eval_strategy="steps", metric_for_best_model="rewards/accuracies"
+    )
+    plan = build_plan(llm, db)
+    assert (plan.best_metric, plan.greater_is_better) == ("eval_rewards/accuracies", True)
+    llm = _llm(db, tiny_model_dir, tmp_path, "dpo", eval_strategy="steps", metric_for_best_model="reward")
+    with pytest.raises(
+        ConfigError, match=r"`metric_for_best_model`='reward' is a metric no evaluation produces"
+    ):
+        build_plan(llm, db)
+
+    _table(db, "grpo", name="prompts")
+    db["prompts"].insert([{"prompt": "qabc:", "answer": "7", "_fold": "valid"}] * 4)
+    llm = _llm(
+        db,
+        tiny_model_dir,
+        tmp_path,
+        "grpo",
+        table="prompts",
+        eval_strategy="steps",
+        per_device_eval_batch_size=8,
+        reward_funcs=[f"{REWARDS}:digit_share"],
+        num_generations=4,
+    )
+    plan = build_plan(llm, db)
+    assert (plan.best_metric, plan.greater_is_better) == ("eval_reward", True)

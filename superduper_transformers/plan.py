@@ -323,7 +323,7 @@ def _dataset_rows(model, db: Datalayer, objective, columns) -> t.Dict[str, t.Lis
 
 def _config_kwargs(trainer, identifier: str, eval_sets: t.Sequence[str], train_count: int):
     """The trl config's keywords: the trainer's, the best metric, and Ray's ``max_steps``."""
-    produced = eval_metric_names(eval_sets)
+    produced = eval_metric_names(eval_sets, objectives.get(trainer.objective).eval_metrics)
     overrides = {}
     metric = trainer.training_kwargs.get("metric_for_best_model")
     if metric is None and produced:
@@ -381,15 +381,19 @@ def _check_optional(trainer, db: Datalayer) -> None:
 
 
 # -- derived values, each in one place ------------------------------------------
-def eval_metric_names(eval_sets: t.Sequence[str]) -> t.List[str]:
+def eval_metric_names(eval_sets: t.Sequence[str], metrics: t.Sequence[str] = ("loss",)) -> t.List[str]:
     """The metrics evaluation produces for these eval sets (without the ``eval_`` prefix).
 
-    One set of ``_fold='valid'`` rows gives ``loss``; several sets (or a named
-    validation dataset) give ``<set>_loss`` each.
+    One set of ``_fold='valid'`` rows gives ``loss`` (and the objective's other
+    ``metrics``: DPO's ``rewards/accuracies``...); several sets (or a named validation
+    dataset) give ``<set>_loss`` (``<set>_rewards/accuracies``...) each. The first is the
+    default best metric.
     """
     if not eval_sets:
         return []
-    return ["loss"] if list(eval_sets) == ["valid"] else [f"{name}_loss" for name in eval_sets]
+    if list(eval_sets) == ["valid"]:
+        return list(metrics)
+    return [f"{name}_{m}" for name in eval_sets for m in metrics]
 
 
 #: The trainer's own fields that shape a training (with its training keywords).

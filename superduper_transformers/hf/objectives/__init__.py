@@ -25,12 +25,15 @@ class Objective:
     :cvar config_class: trl's config class, as ``"module:Class"`` (imported on use).
     :cvar trainer_class: trl's trainer class, as ``"module:Class"``.
     :cvar default_key: The row columns it reads when the trainer's ``key`` names none.
+    :cvar eval_metrics: What its trl trainer logs at an evaluation (without ``eval_``), the
+        default best metric first (``metric_for_best_model`` may name any of them).
     """
 
     name: t.ClassVar[str]
     config_class: t.ClassVar[str]
     trainer_class: t.ClassVar[str]
     default_key: t.ClassVar[t.Tuple[str, ...]] = ()
+    eval_metrics: t.ClassVar[t.Tuple[str, ...]] = ("loss",)
 
     # -- settings ---------------------------------------------------------
     def columns(self, key: t.Any) -> t.List[str]:

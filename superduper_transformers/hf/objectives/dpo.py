@@ -34,6 +34,7 @@ class DPO(Objective):
     config_class = "trl:DPOConfig"
     trainer_class = "trl:DPOTrainer"
     default_key = COLUMNS
+    eval_metrics = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
     def columns(self, key):
         """The three columns ``(prompt, chosen, rejected)`` as the rows name them."""

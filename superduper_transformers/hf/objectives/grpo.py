@@ -24,6 +24,8 @@ class GRPO(Objective):
     config_class = "trl:GRPOConfig"
     trainer_class = "trl:GRPOTrainer"
     default_key = ("prompt",)
+    #: Its loss is no measure of quality (it is near 0 by construction): the reward is.
+    eval_metrics = ("reward", "reward_std", "loss")
 
     def columns(self, key):
         """``[prompt, *other columns]``."""

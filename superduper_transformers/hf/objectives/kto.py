@@ -24,6 +24,7 @@ class KTO(Objective):
     config_class = "trl:KTOConfig"
     trainer_class = "trl:KTOTrainer"
     default_key = COLUMNS
+    eval_metrics = ("loss", "rewards/margins", "rewards/chosen", "rewards/rejected", "kl")
 
     def columns(self, key):
         """The three columns ``(prompt, completion, label)`` as the rows name them."""

@@ -22,6 +22,7 @@ class ORPO(DPO):
     name = "orpo"
     config_class = "superduper_transformers.hf.objectives.orpo:ORPOConfig"
     trainer_class = "superduper_transformers.hf.objectives.orpo:ORPOTrainer"
+    eval_metrics = (*DPO.eval_metrics, "log_odds_ratio", "nll_loss")
 
 
 def __getattr__(name: str):

@@ -125,10 +125,13 @@ def test_grpo_raises_the_mean_reward_on_held_out_prompts(db, tiny_model_dir, tmp
 
 
 # -- from where the model stands ---------------------------------------------------
-def test_dpo_after_sft_starts_from_the_checkpoint_in_use(db, tiny_model_dir, tmp_path):
+def test_dpo_after_sft_starts_from_the_checkpoint_in_use_and_resumes_from_it(
+    db, tiny_model_dir, tmp_path, monkeypatch
+):
     """SFT teaches every `q...:` prompt the answer 777; DPO then trains the same LLM (a
     freshly built one, as a config file would give): it goes on from the SFT adapter, its
-    reference is that adapter (so the SFT answers stay), and its run and checkpoints say so."""
+    reference is that adapter (so the SFT answers stay), and its run and checkpoints say so.
+    Interrupted at step 30 and applied again, it resumes its run from the same start."""
     from superduper import Table
 
     sft_prompts = tasks.prompts(16, seed=3)
@@ -149,17 +152,24 @@ def test_dpo_after_sft_starts_from_the_checkpoint_in_use(db, tiny_model_dir, tmp
     assert fixtures.answers(db.load("LLM", "m"), [(p, "777") for p in sft_prompts]) == ["777"] * 16
 
     _table(db, "dpo")
-    dpo = _llm(db, tiny_model_dir, tmp_path, "dpo", max_steps=50, beta=0.5)
+    dpo = _llm(db, tiny_model_dir, tmp_path, "dpo", max_steps=50, save_steps=25, beta=0.5)
     assert dpo.adapter_id is None  # the stored model's checkpoint in use is the start
-    db.apply(dpo, force=True)
+    fixtures.interrupt_at(monkeypatch, 30)
+    with pytest.raises(Exception, match="interrupted at step 30"):
+        db.apply(dpo, force=True)
+    monkeypatch.undo()
+    assert db.load("LLM", "m").adapter_id.step == 25  # the interrupted DPO run's checkpoint in use
+    db.apply(_llm(db, tiny_model_dir, tmp_path, "dpo", max_steps=50, save_steps=25, beta=0.5), force=True)
 
     trained = db.load("LLM", "m")
     rows = [r for r in list_checkpoints(db, "m") if r["experiment_id"] != start["experiment_id"]]
     assert trained.adapter_id.identifier == rows[-1]["identifier"]
     fingerprints = [db.load("Checkpoint", r["identifier"]).data_fingerprint for r in rows]
     assert {f.get("start_checkpoint") for f in fingerprints} == {start["identifier"]}
+    assert [r["step"] for r in rows] == [25, 50] and len({r["experiment_id"] for r in rows}) == 1
     run = db.load("TrainingRun", f"m-run-{rows[-1]['experiment_id']}")
     assert run.settings["start_from"] == start["identifier"] and run.settings["objective"] == "dpo"
+    assert [r["step"] for r in run.resumes] == [25] and run.state == "finished"
     preferred = tasks.preferred(trained, HELD_OUT)
     kept = sum(a.startswith("777") for a in trained.predict_batches(sft_prompts, max_new_tokens=3))
     print(f"sft -> dpo: held-out pairs preferred {preferred:.2f}, SFT answers kept {kept}/16")

@@ -12,7 +12,8 @@ resident set over the process's size just before ``db.apply`` (on a GPU, the pea
 disabled: no second copy of the weights, so the ratio is what DPO's two sequences per row
 add.
 
-Run: ``python benchmarks/preferences.py [step|memory|all] [--size tiny|small|1b] [--steps N]``.
+Run: ``python benchmarks/preferences.py [step|memory|all] [--size tiny|small|wide|1b] [--steps N]``
+(``wide``: 205M parameters, few tokens per step: the weights dominate memory).
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ def settings(steps: int, batch: int, gpu: bool):
     )
 
 
+def sizes():
+    """``benchmarks/overhead.py``'s model shapes, and ``wide``: large weights, few tokens
+    (batch 2 x 64), where the weights dominate memory and a second copy would show."""
+    from benchmarks.overhead import SIZES
+
+    return {**SIZES, "wide": (2048, 5632, 4, 16, 64, 2)}
+
+
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
 
 
@@ -158,9 +167,7 @@ def run_plugin(model_dir, rows, config, max_length, out, store, objective="dpo",
 
 
 def step(args, gpu, model_dir, tmp):
-    from benchmarks.overhead import SIZES
-
-    *_, seq, batch = SIZES[args.size]
+    *_, seq, batch = sizes()[args.size]
     rows = pairs(batch * 8, seq // 6)
     config = settings(args.steps, batch, gpu)
     run_raw_dpo(model_dir, rows, {**config, "max_steps": 2, "save_steps": 1000}, seq, os.path.join(tmp, "w"))
@@ -210,10 +217,8 @@ def _rss_mb(field: str) -> float:
 def _measure_peak(model_dir, objective, size, steps, tmp):
     import torch
 
-    from benchmarks.overhead import SIZES
-
     gpu = torch.cuda.is_available()
-    *_, seq, batch = SIZES[size]
+    *_, seq, batch = sizes()[size]
     rows = pairs(batch * 8, seq // 6)
     config = settings(steps, batch, gpu)
     import trl  # noqa: F401
@@ -251,14 +256,14 @@ def memory(args, gpu, model_dir, tmp):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("what", nargs="?", default="all", choices=["step", "memory", "all"])
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "1b"])
+    parser.add_argument("--size", default="small", choices=sorted(sizes()))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
     import torch
 
-    from benchmarks.overhead import build_model
+    from benchmarks import overhead
 
     gpu = torch.cuda.is_available()
     result = {
@@ -268,7 +273,8 @@ def main():
     }
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
-        build_model(model_dir, args.size)
+        overhead.SIZES.update(sizes())  # build_model reads the shape from there
+        overhead.build_model(model_dir, args.size)
         if args.what in ("step", "all"):
             result.update(step(args, gpu, model_dir, tmp))
         if args.what in ("memory", "all"):

@@ -332,3 +332,29 @@ def test_the_best_checkpoint_is_ranked_by_the_objectives_metrics(db, tiny_model_
     )
     plan = build_plan(llm, db)
     assert (plan.best_metric, plan.greater_is_better) == ("eval_reward", True)
+
+
+def test_dpo_conversations_are_rendered_as_predict_sees_them(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from superduper_transformers.hf.data import DataError, build_prompt
+    from superduper_transformers.hf.objectives import get
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    dpo, columns = get("dpo"), ["prompt", "chosen", "rejected"]
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    row = {"prompt": prompt, "chosen": [{"role": "assistant", "content": "4"}], "rejected": "four"}
+    dpo.check_rows([row], columns, "training rows")
+    (example,) = dpo.build_dataset(tokenizer, [row], columns, {"prompt_template": "{input}"}, "x")
+    assert example["prompt"] == build_prompt(tokenizer, prompt)  # what `predict(messages)` feeds the model
+    assert (example["chosen"], example["rejected"]) == ("4<|im_end|>\n", "four<|im_end|>\n")
+    # text rows with `setup_chat_format` are wrapped the same way
+    (example,) = dpo.build_dataset(
+        tokenizer, [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}], columns, {"chat_format": True}, "x"
+    )
+    assert example["prompt"] == build_prompt(tokenizer, "2+2?", chat_format=True)
+    assert example["chosen"] == "4<|im_end|>\n"
+
+    bad = {**row, "chosen": [{"role": "assistant", "content": "4"}, {"role": "user", "content": "ok?"}]}
+    with pytest.raises(DataError, match=r"Key `chosen` of row 0 .* not the assistant's"):
+        dpo.check_rows([bad], columns, "training rows")

@@ -72,22 +72,22 @@ NOT_A_FUNCTION = 3
 
 
 # -- measures ---------------------------------------------------------------------
-def preferred(llm, triples: t.Sequence[Pair]) -> float:
-    """Share of triples where the model gives the chosen answer (with its EOS, as trl
-    scores a completion) the higher log-probability."""
+def logp(llm, prompt: str, answer: str, eos: bool = True) -> float:
+    """The model's log-probability of ``answer`` (with its EOS, as trl scores a
+    completion) after ``prompt``."""
     import torch
 
     model, tokenizer = llm._get_pipeline()
-    wins = 0
-    for prompt, chosen, rejected in triples:
-        scores = []
-        n = len(tokenizer(prompt)["input_ids"])
-        for answer in (chosen, rejected):
-            ids = tokenizer(prompt + answer + tokenizer.eos_token, return_tensors="pt")["input_ids"]
-            with torch.no_grad():
-                logits = model(input_ids=ids).logits[0, :-1].float()
-            scores.append(float(torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[n - 1 :].sum()))
-        wins += scores[0] > scores[1]
+    n = len(tokenizer(prompt)["input_ids"])
+    ids = tokenizer(prompt + answer + (tokenizer.eos_token if eos else ""), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    return float(torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[n - 1 :].sum())
+
+
+def preferred(llm, triples: t.Sequence[Pair]) -> float:
+    """Share of triples where the model gives the chosen answer the higher :func:`logp`."""
+    wins = sum(logp(llm, p, chosen) > logp(llm, p, rejected) for p, chosen, rejected in triples)
     return wins / len(triples)
 
 

@@ -35,8 +35,11 @@ lint: install
 	.venv/bin/ruff format --check superduper_transformers plugin_tests benchmarks
 	.venv/bin/lint-imports
 
+# Two test processes (one per core of the 2-core CI machine); a file's tests stay in one
+# process, so its module-scoped trained fixtures are built once.
+TEST_WORKERS ?= 2
 test: install lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -12,6 +12,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")  # a test naming wandb never goes online
 os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")  # not USER: no component trees
+# One tokenized-data cache per test process: the suite runs in several processes
+# (pytest-xdist), and a test that clears or counts cache entries sees only its own.
+if "SD_TRANSFORMERS_DATA_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="sdt-data-cache-")
+    os.environ["SD_TRANSFORMERS_DATA_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 import pytest  # noqa: E402
 

@@ -10,6 +10,12 @@ from transformers import TrainerCallback
 #: 32 prompts the model must memorise: "a+b=" -> "c".
 FACTS = [(f"{a}+{b}=", str(a + b)) for a in range(8) for b in range(4)]
 VALID = FACTS[::4]  # evaluation rows (eval loss only; the task is memorisation)
+#: Half the facts (b = 1 or 3): what the tests of each training mode memorise. Measured
+#: learning curves (16/16 reached at, native bf16 CPU / AVX2 kernels in fp32): LoRA 64/64
+#: steps, full fine-tuning 50/50, QLoRA 4-bit 96/96 (then 14-16 on AVX2), 8-bit 64/64, chat
+#: format 150/180, whole text 90/90. The tests give each about 2.5x that.
+FACTS16 = FACTS[1::2]
+VALID16 = FACTS16[::4]
 
 #: Settings that make the tiny model memorise FACTS in a few hundred CPU steps.
 FAST_TRAINING = dict(
@@ -170,6 +176,20 @@ class RecordingCallback(TrainerCallback):
         if logs and "loss" in logs:
             self._record("log", state)
 
+    def _weights(self, event: str, state, model) -> None:
+        """A checksum of the trainable weights (``<path>.weights``): Ray workers that train
+        one model (their gradients all-reduced) end with the same checksum."""
+        if self.path and model is not None:
+            total = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+            with open(f"{self.path}.weights", "a") as f:
+                f.write(f"{event} {state.global_step} {state.is_world_process_zero} {total!r}\n")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._weights("begin", state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._weights("end", state, model)
+
 
 class HoldAt(TrainerCallback):
     """Wait at the end of ``step`` until the file ``until`` exists (tests stop a training
@@ -190,5 +210,5 @@ class HoldAt(TrainerCallback):
 
 
 def exact_match(predictions: t.Sequence[str], targets: t.Sequence[str]) -> float:
-    """Share of generations that are exactly the target (a superduper ``Metric``'s object)."""
+    """Share of generations that are exactly the target (an ``ImportedMetric``'s function)."""
     return sum(str(p).strip() == str(y).strip() for p, y in zip(predictions, targets)) / max(len(targets), 1)

@@ -58,3 +58,28 @@ def test_checkpoint_folder_prefix_is_transformers_own():
     from superduper_transformers import resume
 
     assert resume.PREFIX_CHECKPOINT_DIR == PREFIX_CHECKPOINT_DIR
+
+
+def test_stored_components_keep_their_import_paths():
+    """superduper writes each component's import path into its row and imports it from
+    there on `db.load`: a stored class that moves breaks every database written before
+    (and two paths for one class name in one db are refused). These paths are frozen."""
+    from superduper_transformers.checkpoint import Checkpoint
+    from superduper_transformers.metric import ImportedMetric
+    from superduper_transformers.model import LLM
+    from superduper_transformers.promote import Promotions
+    from superduper_transformers.resume import TrainingRun
+    from superduper_transformers.store.identity import DatabaseIdentity
+    from superduper_transformers.trainer import LLMTrainer
+
+    classes = (Checkpoint, LLM, Promotions, TrainingRun, LLMTrainer, ImportedMetric, DatabaseIdentity)
+    stored = {f"{c.__module__}.{c.__name__}" for c in classes}
+    assert stored == {
+        "superduper_transformers.checkpoint.Checkpoint",
+        "superduper_transformers.model.LLM",
+        "superduper_transformers.promote.Promotions",
+        "superduper_transformers.resume.TrainingRun",
+        "superduper_transformers.trainer.LLMTrainer",
+        "superduper_transformers.metric.ImportedMetric",
+        "superduper_transformers.store.identity.DatabaseIdentity",
+    }

@@ -154,23 +154,26 @@ def test_training_on_chat_rows_answers_a_conversation(db, chat_model_dir):
     from superduper_transformers.checkpoint import list_checkpoints
 
     db.apply(Table("chats", fields={"messages": "json", "_fold": "str"}), force=True)
-    db["chats"].insert([{"messages": _conversation(p, c), "_fold": "train"} for p, c in fixtures.FACTS])
-    # Learned in about 900 steps (as with setup_chat_format in test_modes.py): twice that.
+    db["chats"].insert([{"messages": _conversation(p, c), "_fold": "train"} for p, c in fixtures.FACTS16])
+    # 16 facts learned in 150-180 steps with setup_chat_format (test_modes.py): 2.5x that.
     llm = fixtures.make_llm(
         db,
         chat_model_dir,
         "chat",
         table="chats",
         key="messages",
-        max_steps=1800,
-        save_steps=1800,
+        max_steps=450,
+        save_steps=450,
         eval_strategy="no",
     )
     db.apply(llm, force=True)
-    assert [r["step"] for r in list_checkpoints(db, "chat")] == [1800]
+    assert [r["step"] for r in list_checkpoints(db, "chat")] == [450]
 
     llm = db.load("LLM", "chat")
-    assert llm.predict([{"role": "user", "content": "5+1="}]).strip() == "6"
-    replies = llm.predict_batches([[{"role": "user", "content": p}] for p, _ in fixtures.FACTS])
-    right = sum(r.strip() == c for r, (_, c) in zip(replies, fixtures.FACTS))
-    assert right >= 30, replies
+    replies = llm.predict_batches([[{"role": "user", "content": p}] for p, _ in fixtures.FACTS16])
+    right = sum(r.strip() == c for r, (_, c) in zip(replies, fixtures.FACTS16))
+    assert right >= 14, replies
+    # one conversation alone is answered as in the batch
+    assert (
+        llm.predict([{"role": "user", "content": "5+1="}]) == replies[fixtures.FACTS16.index(("5+1=", "6"))]
+    )

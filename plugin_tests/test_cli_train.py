@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -320,3 +321,99 @@ def test_in_a_terminal_train_shows_progress_stops_on_ctrl_c_and_resumes(
     db = superduper(f"sqlite:///{data_dir}/demo.db", force_apply=True)
     run = db.load("TrainingRun", f"tiny-lora-run-{experiment}")
     assert [r["step"] for r in run.resumes] == [saved] and run.state == "finished"
+
+
+def test_train_never_prints_the_db_password(tmp_path, data_dir, tiny_model_dir, capsys, monkeypatch):
+    """The resume hint and the interruption message show `--db` with `***` for its password."""
+    import argparse
+    import types
+
+    from superduper_transformers.cli import train as cli_train
+    from superduper_transformers.launch import progress
+
+    secret = "S3CR3T-in-the-uri"
+    code, _, err = run_cli(
+        capsys, "--data", data_dir, "import-data", write_facts(tmp_path / "f.jsonl"), "--table", "facts"
+    )
+    assert code == 0, err
+    real_connect = cli_train.connect
+    dbs = []
+
+    def connect(args, uri=None, store=None):  # the rows are in --data's db, not at that URI
+        dbs.append(real_connect(argparse.Namespace(**{**vars(args), "uri": None}), None, store))
+        return dbs[-1]
+
+    def stopped(*args, **kwargs):  # as Ctrl-C ends a training, without training
+        raise progress.TrainingStopped()
+
+    monkeypatch.setattr(cli_train, "connect", connect)
+    monkeypatch.setattr(
+        cli_train, "_latest_run", lambda db, m: types.SimpleNamespace(experiment_id="e1", progress={})
+    )
+    monkeypatch.setattr("superduper.base.datalayer.Datalayer.apply", stopped)
+    uri = f"mongodb://trainer:{secret}@db.example:27017/prod?authSource=admin"
+    argv = ["--data", data_dir, "--db", uri, "train", EXAMPLE, f"model.model_name_or_path={tiny_model_dir}"]
+    code, out, err = run_cli(capsys, *argv, f"db={uri}")
+    assert code == 130, err
+    assert secret not in out + err and "authSource" not in out + err
+    shown = "'mongodb://trainer:***@db.example:27017/prod?***'"
+    assert f"--db {shown} train" in out and "'db=mongodb://trainer:***@" in out
+    assert f"Resume with:\n  superduper-transformers --data {data_dir} --db {shown}" in err
+    assert "(with the db password in place of ***)" in err
+
+
+def test_import_data_streams_in_batches_and_explains_bad_files(tmp_path, data_dir, capsys, monkeypatch):
+    """Rows go in by batches (the file is never held whole); bad bytes, huge CSV fields and
+    reserved table names get a message with the line and the fix; a BOM is dropped."""
+    from superduper.backends.base.data_backend import BaseDataBackend
+
+    from superduper_transformers.cli import data as cli_data
+
+    def run(path, table="facts"):
+        return run_cli(capsys, "--data", data_dir, "import-data", path, "--table", table)
+
+    inserted = []
+    real_insert = BaseDataBackend.do_insert
+
+    def do_insert(self, table, documents, raw=False):
+        if table == "facts":
+            inserted.append(len(documents))
+        return real_insert(self, table, documents, raw=raw)
+
+    monkeypatch.setattr(BaseDataBackend, "do_insert", do_insert)
+    monkeypatch.setattr(cli_data, "BATCH_ROWS", 10, raising=False)
+    rows = [{"x": p, "y": c} for p, c in fixtures.FACTS]  # 32 rows
+    code, out, err = run(write_facts(tmp_path / "f.jsonl", rows))
+    assert code == 0, err
+    assert inserted == [10, 10, 10, 2]
+
+    long_text = "z" * 200_000  # over Python's 128 KiB CSV field limit
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfx,y\n1+1=,2\n" + f"long,{long_text}\n".encode())
+    code, out, err = run(tmp_path / "bom.csv")
+    assert code == 0, err
+    from superduper_transformers.cli.common import connect
+
+    db = connect(types.SimpleNamespace(data=data_dir, uri=None, artifact_store=None))
+    assert "\ufeffx" not in db.load("Table", "facts").fields  # the BOM did not rename `x`
+    assert any(r["x"] == "long" and r["y"] == long_text for r in db["facts"].select().execute())
+
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"x": "a", "y": "b"}\n{"x": "caf\xe9", "y": "b"}\n')
+    code, _, err = run(tmp_path / "latin1.jsonl")
+    assert code == 2 and "Traceback" not in err
+    assert "latin1.jsonl, line 2: not UTF-8 (byte 0xe9 at byte 11 of the line)" in err and "iconv" in err
+    monkeypatch.setattr(cli_data, "MAX_CSV_FIELD", 1000, raising=False)
+    code, _, err = run(tmp_path / "bom.csv")
+    assert code == 2 and "Traceback" not in err
+    assert "bom.csv, line 3: a field is longer than 1,000 characters" in err
+    for name, why in [
+        ("Job", "starts with a capital letter"),
+        ("job", "is the table `Job` of superduper or of this plugin"),
+        ("training_history", "is the table `training_history`"),
+        ("_rows", "starts with `_`"),
+    ]:
+        code, _, err = run(tmp_path / "f.jsonl", name)
+        assert code == 2 and f"`--table`={name!r} {why}" in err and "choose another name" in err, err
+    (tmp_path / "id.jsonl").write_text('{"_id": "1", "x": "a", "y": "b"}\n')
+    code, _, err = run(tmp_path / "id.jsonl")
+    assert code == 2 and "column(s) ['_id'] start with `_`" in err
+    assert inserted == [10, 10, 10, 2, 2]  # nothing of the refused files went in

@@ -195,8 +195,9 @@ def test_a_tracker_that_is_not_installed_is_refused_with_its_extra(db, tiny_mode
 
 def test_validation_metrics_on_generations_and_recorded_samples(db, tiny_model_dir):
     from superduper.components.dataset import Dataset
-    from superduper.components.metric import Metric
     from superduper.components.model import Validation
+
+    from superduper_transformers import ImportedMetric
 
     heldout = fixtures.FACTS[1::4]  # trained on, asked again through the Validation
     fixtures.insert_rows(db, table="heldout", facts=[], valid=heldout)
@@ -206,7 +207,7 @@ def test_validation_metrics_on_generations_and_recorded_samples(db, tiny_model_d
     llm.validation = Validation(
         "facts-validation",
         key=("x", "y"),
-        metrics=[Metric("exact", object=fixtures.exact_match)],
+        metrics=[ImportedMetric("exact", function="plugin_tests.fixtures:exact_match")],
         datasets=[Dataset("heldout", select=db["heldout"].select())],
     )
     db.apply(llm, force=True)

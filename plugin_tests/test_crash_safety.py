@@ -29,7 +29,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLED = -signal.SIGKILL
 
 #: A linear schedule, so a restored scheduler is visible in the learning rate.
-LR, STEPS, SAVE = 4e-3, 450, 50
+#: Mechanics of resuming (the model's answers are asserted elsewhere): 45 steps, a save every 5.
+LR, STEPS, SAVE = 4e-3, 45, 5
 SETTINGS = dict(
     learning_rate=LR,
     lr_scheduler_type="linear",
@@ -183,35 +184,34 @@ def test_killed_training_resumes_from_its_last_checkpoint(ws, sdb, db):
     )
     db.apply(baseline, force=True)
     expected = fixtures.answers(db.load("LLM", "baseline"))
-    assert sum(a == c for a, (_, c) in zip(expected, fixtures.FACTS)) >= 31
 
-    # 1. Killed in the middle of step 70: checkpoint 50 is in the db, complete.
-    ws.run("tiny", SETTINGS, kill="step:70")
-    assert intact_steps(sdb, "tiny") == [50]
+    # 1. Killed in the middle of step 7: checkpoint 5 is in the db, complete.
+    ws.run("tiny", SETTINGS, kill="step:7")
+    assert intact_steps(sdb, "tiny") == [5]
 
-    # 2. Killed while copying checkpoint 100 into the artifact store: the resumed run
-    # started at 50; the half copy is left in the store but is no checkpoint.
-    proc = ws.spawn("tiny", SETTINGS, kill="copy:100")
+    # 2. Killed while copying checkpoint 10 into the artifact store: the resumed run
+    # started at 5; the half copy is left in the store but is no checkpoint.
+    proc = ws.spawn("tiny", SETTINGS, kill="copy:10")
     ws.wait(proc, KILLED)
     assert ws.begin_step("tiny", proc.pid) == SAVE
-    assert intact_steps(sdb, "tiny") == [50]
+    assert intact_steps(sdb, "tiny") == [5]
     assert len(ws.store_entries(artifacts.PARTIAL_PREFIX)) == 1
 
-    # 3. Killed right after checkpoint 150 was registered (before pruning, before the
+    # 3. Killed right after checkpoint 15 was registered (before pruning, before the
     # model row pointed at it): the next run cleaned the half copy up.
-    proc = ws.spawn("tiny", SETTINGS, kill="registered:150")
+    proc = ws.spawn("tiny", SETTINGS, kill="registered:15")
     ws.wait(proc, KILLED)
     assert ws.begin_step("tiny", proc.pid) == SAVE
     assert ws.store_entries(artifacts.PARTIAL_PREFIX) == []
-    assert intact_steps(sdb, "tiny") == [50, 100, 150]
+    assert intact_steps(sdb, "tiny") == [5, 10, 15]
 
-    # 4. Runs to the end from 150, with the scheduler (and optimizer) state restored.
+    # 4. Runs to the end from 15, with the scheduler (and optimizer) state restored.
     proc = ws.spawn("tiny", SETTINGS)
     ws.wait(proc, 0)
-    assert ws.begin_step("tiny", proc.pid) == 150
+    assert ws.begin_step("tiny", proc.pid) == 15
     first = next(r for r in ws.records("tiny", proc.pid) if r["event"] == "step")
-    assert first["step"] == 151
-    assert first["lr"] == pytest.approx(expected_lr(151))  # a fresh schedule: expected_lr(1)
+    assert first["step"] == 16
+    assert first["lr"] == pytest.approx(expected_lr(16))  # a fresh schedule: expected_lr(1)
 
     # One run identity; its checkpoints continue the step sequence, pruned to the limit.
     rows = list_checkpoints(sdb, "tiny")
@@ -219,7 +219,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(ws, sdb, db):
     assert STEPS in intact_steps(sdb, "tiny") and len(rows) == 3
     run = sdb.load("TrainingRun", resume.run_identifier("tiny", rows[0]["experiment_id"]))
     assert run.state == resume.FINISHED
-    assert [r["step"] for r in run.resumes] == [50, 50, 150]
+    assert [r["step"] for r in run.resumes] == [5, 5, 15]
     # Only referenced checkpoint folders remain in the store.
     tag = artifacts.model_tag(sdb, "tiny")
     assert set(ws.store_entries(tag)) == {r["artifact_id"] for r in rows}
@@ -360,19 +360,19 @@ def test_only_a_compatible_interrupted_run_is_resumed(db, tiny_model_dir, tmp_pa
 
 
 def test_concurrent_trainings_prune_and_resume_only_their_own(ws, sdb):
-    alpha_settings = dict(SETTINGS, max_steps=150, save_steps=25, eval_steps=25, save_total_limit=2)
-    beta_settings = dict(SETTINGS, max_steps=400, save_steps=25, eval_steps=25, save_total_limit=2)
+    alpha_settings = dict(SETTINGS, max_steps=30, save_steps=5, eval_steps=5, save_total_limit=2)
+    beta_settings = dict(SETTINGS, max_steps=80, save_steps=5, eval_steps=5, save_total_limit=2)
     # beta cannot finish before the test has seen alpha killed and resumed: it holds
-    # after step 300 (having saved and pruned a dozen times) until released. Events,
+    # after step 60 (having saved and pruned a dozen times) until released. Events,
     # not relative speed, order the two processes.
     release = os.path.join(ws.root, "release-beta")
-    beta = ws.spawn("beta", beta_settings, hold={"step": 300, "until": release})
+    beta = ws.spawn("beta", beta_settings, hold={"step": 60, "until": release})
     # alpha starts once beta trains: two first applies at once on a fresh SQLite datalayer
     # race inside superduper (one process may not yet see the `Deployment` table the other
     # just created: "'NoneType' object has no attribute 'identifier'"); that is not what
     # this test is about.
     _wait_for_training(ws, beta, model="beta")
-    alpha = ws.spawn("alpha", alpha_settings, kill="copy:75")
+    alpha = ws.spawn("alpha", alpha_settings, kill="copy:15")
     ws.wait(alpha, KILLED)
     partial_alpha = ws.store_entries(artifacts.PARTIAL_PREFIX + artifacts.model_tag(sdb, "alpha"))
     assert len(partial_alpha) == 1
@@ -382,17 +382,17 @@ def test_concurrent_trainings_prune_and_resume_only_their_own(ws, sdb):
     open(release, "w").close()
     ws.wait(beta, 0)
 
-    assert ws.begin_step("alpha", alpha.pid) == 50  # its own run, its own last checkpoint
+    assert ws.begin_step("alpha", alpha.pid) == 10  # its own run, its own last checkpoint
     assert ws.begin_step("beta", beta.pid) == 0
     assert ws.store_entries(artifacts.PARTIAL_PREFIX) == []
-    for model, steps in (("alpha", 150), ("beta", 400)):
+    for model, steps in (("alpha", 30), ("beta", 80)):
         rows = list_checkpoints(sdb, model)
         assert len(rows) == 2 and {r["model"] for r in rows} == {model}
         assert steps in intact_steps(sdb, model)
         (experiment_id,) = {r["experiment_id"] for r in rows}
         run = sdb.load("TrainingRun", resume.run_identifier(model, experiment_id))
         assert run.state == resume.FINISHED
-        assert [r["step"] for r in run.resumes] == ([50] if model == "alpha" else [])
+        assert [r["step"] for r in run.resumes] == ([10] if model == "alpha" else [])
         assert set(ws.store_entries(artifacts.model_tag(sdb, model))) == {r["artifact_id"] for r in rows}
         assert sdb.load("LLM", model).adapter_id.identifier in {r["identifier"] for r in rows}
 

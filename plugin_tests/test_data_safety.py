@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import types
 
 import pytest
 
@@ -20,7 +19,7 @@ from superduper_transformers.checkpoint import (
     register_checkpoint,
     verify_directory,
 )
-from superduper_transformers.store import artifacts
+from superduper_transformers.store import artifacts, locks
 from superduper_transformers.trainer_args import DEFAULT_OUTPUT_ROOT, output_dir_for
 
 
@@ -67,16 +66,83 @@ def test_cleanup_in_another_database_keeps_this_databases_checkpoints(db, tiny_m
     assert artifacts.cleanup_orphan_artifacts(db, "tiny") == [orphan]  # its own orphans go
 
 
-def test_database_tag_ignores_credentials_and_options():
-    def fake(uri):
-        return types.SimpleNamespace(databackend=types.SimpleNamespace(uri=uri))
+def test_databases_with_the_same_uri_text_keep_each_others_checkpoints(artifact_store, tmp_path):
+    # Two databases whose URIs read the same (staging and production, each
+    # `mongodb://mongo:27017/app` on its own host), one artifact store: two mongomock
+    # datalayers of one URI in one process hold separate data.
+    from superduper import superduper
 
-    plain = fake("mongodb://db.example:27017/prod")
-    with_auth = fake("mongodb://alice:s3cret@db.example:27017/prod?authSource=admin&tls=true")
-    assert artifacts.database_identity(with_auth) == "mongodb://db.example:27017/prod"
-    assert artifacts.database_tag(with_auth) == artifacts.database_tag(plain)
-    assert artifacts.database_tag(fake("mongodb://db.example:27017/test")) != artifacts.database_tag(plain)
-    assert artifacts.model_tag(plain, "tiny").startswith(artifacts.database_tag(plain))
+    first = superduper("mongomock://app", force_apply=True)
+    second = superduper("mongomock://app", force_apply=True)
+    try:
+        mine = _register(first, tmp_path)
+        assert list_checkpoints(second, "tiny") == []  # it cannot see first's rows
+        assert artifacts.database_tag(first) != artifacts.database_tag(second)
+
+        # A training start in `second` cleans up its model's orphans; then all of its own.
+        assert artifacts.cleanup_orphan_artifacts(second, "tiny") == []
+        assert artifacts.cleanup_orphan_artifacts(second) == []
+        theirs = _register(second, tmp_path / "second")
+        assert artifacts.cleanup_orphan_artifacts(first) == []
+
+        load_checkpoint(first, mine.identifier)  # still there, verified
+        load_checkpoint(second, theirs.identifier)
+    finally:
+        first.disconnect()
+        second.disconnect()
+
+
+def test_the_database_id_is_stored_in_the_database_and_created_once(sqlite_db, tmp_path):
+    import threading
+
+    from superduper import superduper
+
+    from superduper_transformers.store import identity
+
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    others = [superduper(uri, force_apply=True) for _ in range(3)]
+    try:
+        # Three datalayers of a fresh database ask at once: one id is created, all read it.
+        tags = [None] * 3
+        threads = [
+            threading.Thread(target=lambda i=i: tags.__setitem__(i, artifacts.database_tag(others[i])))
+            for i in range(3)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(set(tags)) == 1 and tags[0].startswith(artifacts.CHECKPOINT_PREFIX)
+        assert artifacts.database_tag(sqlite_db) == tags[0]
+        assert sqlite_db.show("DatabaseIdentity") == [identity.IDENTIFIER]
+        (row,) = sqlite_db["DatabaseIdentity"].execute()
+        assert tags[0] == f"{artifacts.CHECKPOINT_PREFIX}{row['tag'][:12]}-"
+    finally:
+        for other in others:
+            other.disconnect()
+
+
+def test_folders_named_by_the_uri_tag_still_load_and_are_never_cleaned_up(db, tmp_path, monkeypatch):
+    # Earlier versions named folders `ckpt-<sha256(URI)[:12]>-<model hash>-<random>`.
+    def uri_tag(model):
+        digest = hashlib.sha256(f"mongomock://{db.databackend.uri}".encode()).hexdigest()[:12]
+        return f"ckpt-{digest}-{hashlib.sha256(model.encode()).hexdigest()[:12]}"
+
+    with monkeypatch.context() as m:
+        m.setattr(artifacts, "new_artifact_id", lambda db, model: f"{uri_tag(model)}-{'a' * 32}")
+        old = _register(db, tmp_path, step=10)
+    orphan = os.path.join(artifacts.store_root(db), f"{uri_tag('tiny')}-{'b' * 32}")
+    os.makedirs(orphan)  # a crash leftover of those days: no row references it
+    new = _register(db, tmp_path, step=20)
+    assert not new.artifact_id.startswith(uri_tag("tiny"))
+
+    assert artifacts.cleanup_orphan_artifacts(db, "tiny") == []
+    assert artifacts.cleanup_orphan_artifacts(db) == []
+    assert os.path.isdir(orphan)  # another database with this URI text could own it
+    assert load_checkpoint(db, old.identifier).artifact_id == f"{uri_tag('tiny')}-{'a' * 32}"
+    load_checkpoint(db, new.identifier)
+    ckpts.remove_checkpoint(db, old.identifier)  # deleted with its row, as before
+    assert not os.path.exists(_stored_folder(db, old))
 
 
 # -- a checkpoint folder lost from the store ----------------------------------
@@ -88,7 +154,7 @@ def test_deleting_a_checkpoint_whose_folder_is_gone(db, tmp_path, monkeypatch):
     warnings = []
     monkeypatch.setattr(ckpts.logging, "warn", lambda msg, *a, **k: warnings.append(msg))
 
-    ckpts.delete_checkpoint(db, ckpt.identifier)
+    ckpts.remove_checkpoint(db, ckpt.identifier)
 
     assert list_checkpoints(db, "tiny") == []
     assert ckpt.identifier not in db.show("Checkpoint")
@@ -129,7 +195,7 @@ def test_an_llm_whose_adapter_folder_is_gone_can_be_torn_down(db, tiny_model_dir
         db.load("LLM", "lost").adapter_path()  # using the weights still fails clearly
     db.teardown("LLM", "lost", force=True)
     assert "lost" not in db.show("LLM")
-    ckpts.delete_checkpoint(db, ckpt.identifier)
+    ckpts.remove_checkpoint(db, ckpt.identifier)
     assert list_checkpoints(db, "tiny") == []
 
 
@@ -206,7 +272,8 @@ def test_symlinks_in_a_checkpoint_are_refused(db, tmp_path, kind):
         artifacts.store_directory(db, folder, artifacts.new_artifact_id(db, "tiny"), lambda p: None, 10)
     with pytest.raises(CheckpointError, match=r"is a symbolic link"):
         register_checkpoint(db, model="tiny", experiment_id="run1", path=folder, step=10)
-    assert os.listdir(artifacts.store_root(db)) == []  # nothing copied, not even partly
+    # nothing copied, not even partly (the lock file of the database id is no copy)
+    assert [n for n in os.listdir(artifacts.store_root(db)) if n != locks.LOCKS_FOLDER] == []
     assert list_checkpoints(db, "tiny") == []
 
 
@@ -236,3 +303,60 @@ def test_stored_checkpoints_are_owner_only(db, tiny_model_dir, tmp_path):
         if path != top:
             assert mode == modes[path], f"{path}: {oct(mode)}"
     load_checkpoint(db, ckpt.identifier)  # still readable by its owner
+
+
+def test_restrict_permissions_never_follows_a_link_to_a_folder(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "f.txt").write_bytes(b"x")
+    for path, mode in ((outside, 0o755), (outside / "sub", 0o755), (outside / "sub" / "f.txt", 0o644)):
+        os.chmod(path, mode)
+    before = _modes(outside)
+    folder = _folder(tmp_path / "ckpt", {"a.bin": b"a", "sub/b.bin": b"b"})
+    os.symlink(outside, os.path.join(folder, "sub", "link"))
+
+    artifacts.restrict_permissions(folder)
+    assert _modes(outside) == before  # the target of the link, and all below it, as they were
+    assert set(_modes(folder).values()) == {artifacts.DIR_MODE, artifacts.FILE_MODE}
+    link = tmp_path / "link-to-outside"
+    os.symlink(outside, link)
+    with pytest.raises(
+        ValueError, match=r"link-to-outside is a symbolic link .*Replace the link by a folder"
+    ):
+        artifacts.restrict_permissions(str(link))
+    assert _modes(outside) == before
+
+
+def test_files_outside_the_store_are_owner_only_and_go_with_the_model(
+    db, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The output folder, the tokenized cache and exports follow the store's rule (weights and
+    tokens memorise rows); deleting the model removes the cache entries only it used."""
+    from superduper_transformers import data_cache, delete_model
+    from superduper_transformers.export import export_model
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(data_cache.CACHE_ENV, str(cache))
+    out, exported = tmp_path / "out", tmp_path / "exported"
+    umask = os.umask(0o022)  # what most machines have: everything readable by all
+    try:
+        llm = fixtures.make_llm(
+            db, tiny_model_dir, max_steps=2, save_steps=2, eval_steps=2, output_dir=str(out)
+        )
+        db.apply(llm, force=True)
+        export_model(db, "tiny", str(exported))
+    finally:
+        os.umask(umask)
+    for folder in (out, cache, exported):
+        assert os.stat(folder).st_mode & 0o777 == artifacts.DIR_MODE, folder
+    entries = data_cache.entries()
+    assert len(entries) == 2  # the training rows and the validation rows
+    for path, mode in [*_modes(exported).items(), *(m for e in entries for m in _modes(e.path).items())]:
+        expected = artifacts.DIR_MODE if os.path.isdir(path) else artifacts.FILE_MODE
+        assert mode == expected, f"{path}: {oct(mode)}"
+
+    shared = entries[0].path  # as if another model had trained on the same rows
+    open(os.path.join(shared, data_cache.OWNER_PREFIX + "another-model"), "w").close()
+    removed = delete_model(db, "tiny")
+    assert removed["cached_datasets"] == 1
+    assert [e.path for e in data_cache.entries()] == [shared]

@@ -1,4 +1,5 @@
-"""Upgrading a SQLite database written before `data_fingerprint` / `on_data_change` existed.
+"""Upgrading a SQLite database written before `data_fingerprint` / `on_data_change` /
+`objective` existed (the last: the release before the training plan and objectives).
 
 The "old" database is built faithfully: the current tables, with an old-style run and
 trainer recorded, then the new columns dropped (``ALTER TABLE ... DROP COLUMN``) and their
@@ -26,6 +27,7 @@ NEW_FIELDS = [
     ("TrainingRun", "progress"),
     ("Checkpoint", "data_fingerprint"),
     ("LLMTrainer", "on_data_change"),
+    ("LLMTrainer", "objective"),
 ]
 TRAINING = dict(max_steps=20, save_steps=10, eval_steps=10)
 
@@ -98,7 +100,9 @@ def test_an_old_database_cannot_record_a_training_without_the_migration(
 
     monkeypatch.setattr(trainer_module, "migrate_component_tables", lambda db, classes: {})
     db = _open(old_db_path)
-    with pytest.raises(Exception, match="Unconsumed column names: (data_fingerprint|on_data_change)"):
+    with pytest.raises(
+        Exception, match="Unconsumed column names: (data_fingerprint|on_data_change|objective)"
+    ):
         db.apply(fixtures.make_llm(db, tiny_model_dir, **TRAINING), force=True)
 
 
@@ -145,7 +149,7 @@ def test_the_migration_lets_an_old_database_record_runs_and_checkpoints(
 def test_the_migration_adds_only_what_is_missing_and_is_idempotent(old_db_path):
     db = _open(old_db_path)
     assert migrate_component_tables(db, CLASSES) == {
-        "LLMTrainer": ["on_data_change"],
+        "LLMTrainer": ["objective", "on_data_change"],
         "Checkpoint": ["data_fingerprint"],
         "TrainingRun": ["data_fingerprint", "progress"],
     }

@@ -124,7 +124,9 @@ def _watch_ray_data(mp):
 
 
 # -- 1. two workers through the datalayer -------------------------------------
-STEPS, SAVE_EVERY, LIMIT = 300, 75, 2
+#: Mechanics, not memorisation (local tests assert what the model learns): 2 workers x
+#: batch 8 x 60 steps, an eval and a save every 20 steps, 2 checkpoints kept.
+STEPS, SAVE_EVERY, LIMIT = 60, 20, 2
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +158,12 @@ def ray_trained(tiny_model_dir, tmp_path_factory):
             }
         ],
     )
-    before = fixtures.answered(llm)
     start = time.time()
     with pytest.MonkeyPatch.context() as mp:
         seen = _watch_ray_data(mp)
         db.apply(llm, force=True)
     seconds = time.time() - start
-    yield dict(db=db, uri=uri, root=root, before=before, seconds=seconds, ray_dir=ray_dir, seen=seen)
+    yield dict(db=db, uri=uri, root=root, seconds=seconds, ray_dir=ray_dir, seen=seen)
     db.disconnect()
     CFG.artifact_store = old_store
     leftovers = _stop_processes_using(ray_dir)
@@ -170,12 +171,18 @@ def ray_trained(tiny_model_dir, tmp_path_factory):
     assert not leftovers, leftovers
 
 
-def test_two_workers_learn_the_facts(ray_trained):
-    llm = ray_trained["db"].load("LLM", "tiny")
-    assert ray_trained["before"] <= 4
-    # 2 workers x batch 8: 300 steps see as many examples as 600 local ones (local
-    # LoRA answers all 32 after 225 steps: a margin of more than 2x).
-    assert fixtures.answered(llm) >= 31, fixtures.answers(llm)
+def test_two_workers_train_one_model(ray_trained):
+    """The workers' gradients meet: both start from the same weights, both change them, and
+    they end with the same weights (all-reduced), evaluated at every save."""
+    with open(ray_trained["root"] / "events.txt.weights") as f:
+        records = [line.split() for line in f]
+    begin = {float(total) for event, _, _, total in records if event == "begin"}
+    end = [(int(step), float(total)) for event, step, _, total in records if event == "end"]
+    assert len(begin) == 1 and len(end) == 2  # one checksum per worker
+    assert end[0] == end[1] and end[0][0] == STEPS
+    assert end[0][1] != begin.pop()
+    losses = ray_trained["db"].load("LLM", "tiny").trainer.metric_values["eval_loss"]
+    assert len(losses) == STEPS // SAVE_EVERY and all(v > 0 for v in losses)
 
 
 def test_training_rows_reach_the_workers_through_ray_data(ray_trained):
@@ -244,7 +251,7 @@ def test_fresh_process_reloads_the_model_and_answers(ray_trained):
         CFG.artifact_store = {("filesystem://" + str(ray_trained["root"] / "artifact_store"))!r}
         from plugin_tests import fixtures
         db = superduper({ray_trained["uri"]!r}, force_apply=True)
-        print("ANSWERED", fixtures.answered(db.load("LLM", "tiny")))
+        print("ANSWERS", fixtures.answers(db.load("LLM", "tiny")))
         """
     )
     shutil.rmtree(ray_trained["root"] / "out")  # only the db and the artifact store remain
@@ -256,7 +263,9 @@ def test_fresh_process_reloads_the_model_and_answers(ray_trained):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert int(out.stdout.split("ANSWERED")[-1].split()[0]) >= 31
+    answers = eval(out.stdout.split("ANSWERS")[-1].strip())
+    # The same greedy answers as the driver's copy of the stored model.
+    assert answers == fixtures.answers(ray_trained["db"].load("LLM", "tiny"))
 
 
 # -- 2. log_to_db=False: the final Ray checkpoint is registered ---------------
@@ -265,8 +274,8 @@ def test_log_to_db_off_registers_only_the_final_checkpoint(sqlite_db, tiny_model
     llm = fixtures.make_llm(
         db,
         tiny_model_dir,
-        max_steps=40,
-        save_steps=20,
+        max_steps=4,
+        save_steps=2,
         eval_strategy="no",
         log_to_db=False,
         output_dir=str(tmp_path / "out"),
@@ -274,7 +283,7 @@ def test_log_to_db_off_registers_only_the_final_checkpoint(sqlite_db, tiny_model
     )
     db.apply(llm, force=True)
     rows = list_checkpoints(db, "tiny")
-    assert [r["step"] for r in rows] == [40]  # step 20 was saved by HF and Ray, not registered
+    assert [r["step"] for r in rows] == [4]  # step 2 was saved by HF and Ray, not registered
     stored = db.load("LLM", "tiny")
     assert stored.adapter_id.identifier == rows[0]["identifier"]
     assert "adapter_model.safetensors" in os.listdir(stored.adapter_id.local_path)
@@ -387,7 +396,7 @@ def test_dead_worker_is_restarted_and_resumes_from_the_latest_checkpoint(
     db = sqlite_db
     llm = LLM("tiny", model_name_or_path=tiny_model_dir)
     db.apply(llm, force=True)
-    settings = dict(fixtures.FAST_TRAINING, max_steps=60, save_steps=20, logging_steps=10)
+    settings = dict(fixtures.FAST_TRAINING, max_steps=12, save_steps=4, logging_steps=2)
     trainer = LLMTrainer("t", key=("x", "y"), select=None, lora_r=16, lora_alpha=32, **settings)
     args = build_sft_config(trainer, output_dir=str(tmp_path / "out"), has_eval=False)
     steps_file, marker = str(tmp_path / "steps.log"), str(tmp_path / "killed")
@@ -411,28 +420,28 @@ def test_dead_worker_is_restarted_and_resumes_from_the_latest_checkpoint(
         ray_configs=ray_configs(ray_tmp, run_config=run_config),
         config=trainer,
         experiment_id="run1",
-        callbacks=[KillOnce(marker, step=40, settle_step=30), StepLog(steps_file)],
+        callbacks=[KillOnce(marker, step=8, settle_step=6), StepLog(steps_file)],
     )
 
     assert os.path.exists(marker)  # the worker did die
     runs = open(steps_file).read().split("begin\n")[1:]
     starts = [int(run.split()[1]) for run in runs]
     first, second = ([int(s) for s in run.split()[2:]] for run in runs)
-    assert starts == [0, 40]  # the restarted trainer began at the db's step 40
-    assert first == list(range(1, 41))
-    # Ray's latest checkpoint was step 20 (40 died before Ray saw it), the db's was 40:
+    assert starts == [0, 8]  # the restarted trainer began at the db's step 8
+    assert first == list(range(1, 9))
+    # Ray's latest checkpoint was step 4 (8 died before Ray saw it), the db's was 8:
     # the db is the truth, no step is trained twice.
-    assert second == list(range(41, 61))
-    assert result.metrics["step"] == 60
-    # The db: one row per save, in step order, once each; step 40 (registered before the
+    assert second == list(range(9, 13))
+    assert result.metrics["step"] == 12
+    # The db: one row per save, in step order, once each; step 8 (registered before the
     # death, saved again after the restart) was not registered twice.
     rows = list_checkpoints(db, "tiny", "run1")
-    assert [r["step"] for r in rows] == [20, 40, 60]
+    assert [r["step"] for r in rows] == [4, 8, 12]
     for r in rows:
         assert db.show("Checkpoint", r["identifier"]) == [0]
         with open(os.path.join(db.load("Checkpoint", r["identifier"]).local_path, "trainer_state.json")) as f:
             assert json.load(f)["global_step"] == r["step"]
-    assert db.load("LLM", "tiny").adapter_id.step == 60
+    assert db.load("LLM", "tiny").adapter_id.step == 12
 
 
 # -- 4. a Ray cluster started apart from the plugin ---------------------------
@@ -574,6 +583,35 @@ def test_local_only_settings_with_an_address_are_an_error():
         from superduper_transformers.launch.ray_settings import check_address
 
         check_address("my-cluster")
+
+
+def test_the_local_rays_default_folder_is_per_user(tmp_path, monkeypatch):
+    """One user's Ray folder neither blocks nor serves another's (Ray itself is not started)."""
+    from superduper_transformers.launch import ray_train as rt
+    from superduper_transformers.launch.ray_settings import RayConfigError
+
+    started = []
+    fake_ray = types.SimpleNamespace(
+        is_initialized=lambda: False, init=lambda **kw: started.append(kw["_temp_dir"]), shutdown=lambda: None
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    uid = os.getuid()
+    (tmp_path / "superduper_ray").mkdir(mode=0o755)  # what another user's training left before
+    (tmp_path / f"superduper_ray_{uid + 1}").mkdir(mode=0o700)
+    with rt.ray_session({"scaling_config": {}}, {}):
+        pass
+    assert started == [str(tmp_path / f"superduper_ray_{uid}")]
+    assert os.stat(started[0]).st_mode & 0o777 == 0o700
+    # A folder under this user's name that someone else created first is refused.
+    monkeypatch.setattr(os, "getuid", lambda: uid + 2)
+    os.mkdir(tmp_path / f"superduper_ray_{uid + 2}")  # owned by `uid`, not by `uid + 2`
+    with pytest.raises(
+        RayConfigError, match=rf"superduper_ray_{uid + 2} belongs to another user \(uid {uid}\)"
+    ):
+        with rt.ray_session({"scaling_config": {}}, {}):
+            pass
+    assert len(started) == 1
 
 
 def test_workers_get_an_offline_environment_and_the_artifact_store(sqlite_db, artifact_store, monkeypatch):

@@ -187,3 +187,40 @@ def test_data_cache_lists_and_clears_what_no_training_used_lately(tokenizer, dat
     assert cli.main(["data-cache", "--clear"]) == 0
     assert "removed 2 tokenized dataset(s)" in capsys.readouterr().out
     assert cli.main(["data-cache"]) == 0 and "0 tokenized dataset(s)" in capsys.readouterr().out
+
+
+def test_data_cache_clear_removes_only_complete_entries_no_training_holds(tokenizer, data_cache, capsys):
+    """Another tool's folder, an entry being built and an entry a training holds are kept."""
+    import fcntl
+
+    from superduper_transformers import cli
+
+    rows = [{"x": p, "y": c} for p, c in fixtures.FACTS]
+    done = _entry(data.build_dataset(tokenizer, rows, "x", "y", 512))
+    held = _entry(data.build_dataset(tokenizer, rows, "x", "y", 16))
+    root = os.path.join(data_cache, "generator")
+    foreign = os.path.join(root, "default-fingerprint=another-tool", "0.0.0")
+    building = os.path.join(root, "default-fingerprint=being-built", "0.0.0.incomplete")
+    for folder in (foreign, building):
+        os.makedirs(folder)
+        open(os.path.join(folder, "data.arrow"), "wb").close()
+    lock = os.open(os.path.join(held, "0.0.0_builder.lock"), os.O_RDWR)  # as datasets holds it
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        assert cli.main(["data-cache"]) == 0
+        listing = capsys.readouterr().out
+        assert "2 tokenized dataset(s)" in listing and "2 other folder(s)" in listing
+        assert cli.main(["data-cache", "--clear"]) == 0
+        out = capsys.readouterr().out
+        assert "removed 1 tokenized dataset(s)" in out and "1 kept" in out and "left alone" in out
+        assert not os.path.exists(done)
+        assert all(os.path.exists(p) for p in (held, foreign, building))
+    finally:
+        os.close(lock)
+    assert cli.main(["data-cache", "--clear"]) == 0  # released: removed now
+    assert "removed 1 tokenized dataset(s)" in capsys.readouterr().out
+    assert not os.path.exists(held) and os.path.exists(foreign) and os.path.exists(building)
+
+
+def _entry(ds) -> str:
+    return os.path.dirname(os.path.dirname(ds.cache_files[0]["filename"]))

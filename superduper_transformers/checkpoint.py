@@ -9,10 +9,13 @@ used to verify the stored copy before anything is loaded from it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import shutil
+import stat
+import tempfile
 import typing as t
 
 from superduper import Component, logging
@@ -88,6 +91,45 @@ class Checkpoint(Component):
             path = getattr(self.path, "path", self.path)
         verify_directory(str(path), self.manifest, self.identifier)
         return str(path)
+
+    @contextlib.contextmanager
+    def verified_copy(self) -> t.Iterator[str]:
+        """A private copy of the checkpoint's folder, verified against the manifest, for
+        the ``with`` block; removed afterwards. Load from it: what was checked is what is loaded.
+
+        Verifying the folder in the store and then loading from it leaves a gap: superduper
+        makes the folder above it writable by all (0o777), so another local user can swap
+        the verified folder for another between the two steps. The copy lies in a fresh
+        folder of the temporary directory (``TMPDIR``) that only this user can enter
+        (``mkdtemp``: 0o700, under a sticky parent), and it is the copy that is verified.
+        A full fine-tune needs its size free there while it loads.
+
+        :raises CheckpointError: naming the checkpoint and the missing, altered, extra or
+            special file (a link, a pipe).
+        """
+        path = str(getattr(self.path, "path", self.path) or "")
+        if not path:
+            self.setup()
+            path = str(getattr(self.path, "path", self.path))
+        if not os.path.isdir(path):
+            verify_directory(path, self.manifest, self.identifier)  # raises: names the folder
+        private = tempfile.mkdtemp(prefix="superduper-transformers-load-")
+        try:
+            copy = os.path.join(private, os.path.basename(os.path.normpath(path)))
+            shutil.copytree(path, copy, symlinks=True, copy_function=self._copy_regular_file)
+            verify_directory(copy, self.manifest, self.identifier)
+            yield copy
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+
+    def _copy_regular_file(self, src: str, dst: str) -> None:
+        if not stat.S_ISREG(os.lstat(src).st_mode):  # a pipe would block the copy forever
+            raise CheckpointError(
+                f"Checkpoint `{self.identifier}`: `{os.path.basename(src)}` in the stored folder is "
+                "not a regular file. The stored copy was altered: delete the checkpoint "
+                "(`superduper-transformers delete-checkpoint MODEL CHECKPOINT`) and use another."
+            )
+        shutil.copyfile(src, dst, follow_symlinks=False)
 
 
 def file_manifest(directory: str, identifier: t.Optional[str] = None) -> t.Dict[str, t.List]:
@@ -288,11 +330,13 @@ def _intact_checkpoint(db: Datalayer, identifier: str) -> t.Optional[Checkpoint]
         return None
 
 
-def load_checkpoint(db: Datalayer, identifier: str) -> Checkpoint:
+def load_checkpoint(db: Datalayer, identifier: str, verify: bool = True) -> Checkpoint:
     """Load a registered checkpoint and verify its stored files against the manifest.
 
     :param db: The datalayer.
     :param identifier: The checkpoint's identifier.
+    :param verify: Verify the files in the store (False: the caller verifies what it
+        reads, e.g. :meth:`Checkpoint.verified_copy`).
     :raises CheckpointError: naming the checkpoint and the missing or altered file.
     """
     try:
@@ -304,7 +348,8 @@ def load_checkpoint(db: Datalayer, identifier: str) -> Checkpoint:
             f"holds something else ({e}). The artifact store must be the one the checkpoint "
             "was written to (check CFG.artifact_store / SUPERDUPER_ARTIFACT_STORE)."
         ) from e
-    _ = ckpt.local_path  # the property verifies the files against the manifest
+    if verify:
+        _ = ckpt.local_path  # the property verifies the files against the manifest
     return ckpt
 
 
@@ -457,7 +502,7 @@ def best_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = No
     return best_checkpoint(rows, metric, greater)
 
 
-def delete_checkpoint(db: Datalayer, identifier: str) -> None:
+def remove_checkpoint(db: Datalayer, identifier: str) -> None:
     """Remove a checkpoint row and its files from the artifact store.
 
     Low level: it checks nothing that points at the checkpoint (the model's in-use pointer,

@@ -20,6 +20,7 @@ renamed into place, so a failed export never leaves a half-written ``out_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,8 +29,9 @@ import uuid
 
 from superduper import logging
 
+from superduper_transformers._bars import progress_bar
 from superduper_transformers._optional import require
-from superduper_transformers._progress import progress_bar
+from superduper_transformers._private import DIR_MODE, restrict_permissions
 from superduper_transformers.checkpoint import file_manifest, list_checkpoints, load_checkpoint
 from superduper_transformers.hf import loading
 from superduper_transformers.hf.gguf_file import QUANTIZATIONS
@@ -73,8 +75,10 @@ def _check_out_dir(out_dir: str) -> str:
     return out_dir
 
 
-def _checkpoint_folder(db: Datalayer, llm, checkpoint: t.Optional[str]) -> t.Tuple[str, str]:
-    """``(identifier, verified local folder)`` of the checkpoint to export."""
+@contextlib.contextmanager
+def _checkpoint_copy(db: Datalayer, llm, checkpoint: t.Optional[str]) -> t.Iterator[t.Tuple[str, str]]:
+    """``(identifier, private verified copy of its folder)`` of the checkpoint to export,
+    for the ``with`` block (see ``Checkpoint.verified_copy``)."""
     if checkpoint is None:
         if llm.adapter_id is None:
             raise ExportError(
@@ -82,7 +86,9 @@ def _checkpoint_folder(db: Datalayer, llm, checkpoint: t.Optional[str]) -> t.Tup
                 "train it first, or pass `checkpoint=` (CLI: --checkpoint) naming one of its "
                 "checkpoints."
             )
-        return getattr(llm.adapter_id, "identifier", str(llm.adapter_id)), llm.adapter_path()
+        with llm.verified_adapter() as path:
+            yield getattr(llm.adapter_id, "identifier", str(llm.adapter_id)), path
+        return
     rows = list_checkpoints(db, llm.identifier)
     if checkpoint not in {r["identifier"] for r in rows}:
         known = ", ".join(r["identifier"] for r in rows) or "none"
@@ -91,7 +97,8 @@ def _checkpoint_folder(db: Datalayer, llm, checkpoint: t.Optional[str]) -> t.Tup
             f"(its checkpoints: {known}). Pick one of them (`list_checkpoints`, CLI: "
             "`checkpoints --model`), or leave it out to export the one the LLM uses."
         )
-    return checkpoint, load_checkpoint(db, checkpoint).local_path
+    with load_checkpoint(db, checkpoint, verify=False).verified_copy() as path:
+        yield checkpoint, path
 
 
 def _base_load_kwargs(llm, dtype) -> t.Dict[str, t.Any]:
@@ -274,7 +281,13 @@ def export_model(
             f"{', '.join(db.show('LLM')) or 'none'}). Check the name and the database."
         )
     llm = db.load("LLM", identifier)
-    ckpt_id, path = _checkpoint_folder(db, llm, checkpoint)
+    # From a private verified copy: the bytes checked are the bytes exported.
+    with _checkpoint_copy(db, llm, checkpoint) as (ckpt_id, path):
+        return _export(llm, ckpt_id, path, out_dir, merge, torch_dtype, format, quantization)
+
+
+def _export(llm, ckpt_id: str, path: str, out_dir: str, merge: bool, torch_dtype, format: str, quantization):
+    identifier = llm.identifier
     tokenizer = _export_tokenizer(llm, path)
     gguf = _gguf_plan(llm, path, tokenizer, quantization or "f16", out_dir) if format == "gguf" else None
 
@@ -282,7 +295,7 @@ def export_model(
     os.makedirs(parent, exist_ok=True)
     # Beside out_dir (same filesystem): the final rename is atomic.
     staging = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:8]}")
-    os.makedirs(staging)
+    os.makedirs(staging, mode=DIR_MODE)  # weights memorise rows: owner-only, as in the store
     bar = progress_bar(3, f"Exporting {identifier}", unit="stage")  # weights, tokenizer, manifest
     try:
         if gguf is not None:
@@ -298,6 +311,7 @@ def export_model(
         manifest = file_manifest(staging)
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
+        restrict_permissions(staging)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty (checked above); fails rather than lose a file written since
         os.replace(staging, out_dir)

@@ -286,12 +286,7 @@ def _history_of_latest_checkpoint(db: Datalayer, model: str, experiment_id: str)
 
 
 def _runs(db: Datalayer, model: str) -> t.List[t.Any]:
-    """The model's ``TrainingRun`` components (read by name: ``resume`` sits above this module)."""
-    from superduper.base import exceptions
+    """The model's ``TrainingRun`` components."""
+    from superduper_transformers.store import records
 
-    table = db["TrainingRun"]
-    try:
-        rows = table.filter(table["model"] == model).select("identifier").execute()
-    except exceptions.NotFound:
-        return []
-    return [db.load("TrainingRun", i) for i in sorted({r["identifier"] for r in rows})]
+    return records.runs(db, model)

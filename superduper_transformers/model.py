@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses as dc
 import os
 import typing as t
@@ -66,6 +67,7 @@ class LLM(Model):
         )
         if secrets:
             raise ValueError(f"LLM `{self.identifier}`: " + " ".join(secrets))
+        self.refuse_pickled_children()  # children built here; those of a stored row: in `setup`
         try:
             (self.prompt_template or "{input}").format(input="")
         except (KeyError, IndexError, ValueError) as e:
@@ -90,6 +92,7 @@ class LLM(Model):
         copy to diff it), so loading weights here would cost a model load per checkpoint.
         """
         self._adapter_error = None
+        self._drop_pickled_children()  # before superduper's `setup` unpickles every child's blobs
         try:
             super().setup()
         except FileNotFoundError as e:
@@ -112,6 +115,56 @@ class LLM(Model):
             resume.show_interrupted_run(self)
         return self
 
+    def refuse_pickled_children(self, db=None) -> None:
+        """Raise when a child component (``validation``'s metrics and datasets, ``upstream``)
+        has a field that superduper would store as a pickled blob in the artifact store.
+
+        superduper unpickles every child's blobs when it sets a model up (every apply, job,
+        save and load): whoever can write the blob file (superduper makes them 0o777) would
+        run code in each process that loads the model.
+
+        :param db: Read children that are not loaded yet from this datalayer (their rows
+            only: nothing is unpickled).
+        :raises PickledFieldError: naming each such field and the fix.
+        """
+        from superduper_transformers.store import pickled
+
+        found = [d for descriptions in pickled.pickled_fields(self, db).values() for d in descriptions]
+        if found:
+            raise pickled.refusal(f"LLM `{self.identifier}`", found)
+
+    def _drop_pickled_children(self) -> None:
+        """Leave out, unread, the children of a stored model that hold pickled blobs.
+
+        A database written before :meth:`refuse_pickled_children` may hold such a child.
+        It is not unpickled: the field is set to None in this copy, with a warning. Raising
+        instead would make the model impossible to re-apply or delete, since superduper
+        sets up the stored copy to diff it and to tear it down.
+        """
+        from superduper_transformers.store import pickled
+
+        for field, found in pickled.pickled_fields(self, self.db).items():
+            setattr(self, field, None)
+            logging.warn(pickled.left_out(f"LLM `{self.identifier}`", field, found))
+
+    def check_metrics(self) -> None:
+        """Import every ``ImportedMetric`` of ``validation`` (before the apply writes anything).
+
+        :raises MetricError: naming the metric that cannot be imported.
+        """
+        from superduper.base.datatype import ComponentRef
+
+        from superduper_transformers.metric import ImportedMetric
+
+        validation = self.validation
+        if isinstance(validation, ComponentRef):
+            validation = validation.object  # None: a stored reference not loaded, checked when used
+        for metric in getattr(validation, "metrics", None) or []:
+            if isinstance(metric, ComponentRef):
+                metric = metric.object
+            if isinstance(metric, ImportedMetric):
+                metric.load()
+
     def _missing_adapter_error(self, e: FileNotFoundError) -> CheckpointError:
         identifier = getattr(self.adapter_id, "identifier", self.adapter_id)
         error = CheckpointError(
@@ -131,25 +184,48 @@ class LLM(Model):
         """Keyword arguments for loading the tokenizer."""
         return {"pretrained_model_name_or_path": self.model_name_or_path, **self.tokenizer_kwargs}
 
-    def adapter_path(self) -> t.Optional[str]:
-        """Local folder of the adapter/checkpoint, verified against its manifest."""
+    def _adapter_checkpoint(self) -> t.Optional[Checkpoint]:
+        """The ``Checkpoint`` the model uses, resolved (None without one)."""
         error = getattr(self, "_adapter_error", None)
         if error is not None and self.adapter_id is getattr(self, "_missing_adapter", None):
             raise error
-        if self.adapter_id is None:
-            return None
         adapter = self.adapter_id
-        if not isinstance(adapter, Checkpoint) and hasattr(adapter, "unpack"):
+        if adapter is not None and not isinstance(adapter, Checkpoint) and hasattr(adapter, "unpack"):
             try:  # a reference not yet resolved
                 adapter = adapter.unpack()
             except FileNotFoundError as e:
                 raise self._missing_adapter_error(e) from e
-        return adapter.local_path
+        return adapter
+
+    def adapter_path(self) -> t.Optional[str]:
+        """Local folder of the adapter/checkpoint in the artifact store, verified against
+        its manifest. To load from it, use :meth:`verified_adapter`."""
+        adapter = self._adapter_checkpoint()
+        return adapter.local_path if adapter is not None else None
+
+    @contextlib.contextmanager
+    def verified_adapter(self) -> t.Iterator[t.Optional[str]]:
+        """A private copy of the adapter/checkpoint folder, verified against its manifest,
+        for the ``with`` block (None without an adapter). Loading from the copy, not from
+        the store, means the bytes checked are the bytes loaded
+        (:meth:`Checkpoint.verified_copy`)."""
+        adapter = self._adapter_checkpoint()
+        if adapter is None:
+            yield None
+            return
+        with adapter.verified_copy() as path:
+            yield path
 
     def _load(self):
         """Base model + adapter (or full fine-tuned weights) and tokenizer, in eval mode."""
         loading.check_model_path(self.model_name_or_path)
-        path = self.adapter_path()
+        with self.verified_adapter() as path:
+            model, tokenizer = self._load_from(path)
+        adapter = getattr(self.adapter_id, "identifier", None)
+        logging.info(f"LLM {self.identifier}: loaded {self.model_name_or_path} + {adapter}")
+        return model, tokenizer
+
+    def _load_from(self, path: t.Optional[str]):
         tokenizer_kwargs = self.tokenizer_load_kwargs()
         model_kwargs = self.model_load_kwargs()
         if path and loading.has_tokenizer(path):
@@ -175,7 +251,6 @@ class LLM(Model):
 
             model = PeftModel.from_pretrained(model, path)
         model.eval()
-        logging.info(f"LLM {self.identifier}: loaded {self.model_name_or_path} + {path}")
         return model, tokenizer
 
     def precision(self):
@@ -285,6 +360,9 @@ class LLM(Model):
                 context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
             )
         from superduper_transformers.trainer import migrate_tables, preflight
+
+        self.refuse_pickled_children(self.db)
+        self.check_metrics()
 
         # First: a database written by an older version lacks columns (e.g.
         # `TrainingRun.data_fingerprint`) that the reads and writes below need.

@@ -19,6 +19,15 @@ Pruning (``save_total_limit``) never deletes a checkpoint an alias points at, th
 promotion or rollback pointed the model at, nor the one :func:`rollback` would return to
 (:func:`protected_checkpoints`). :func:`delete_checkpoint` (what users call to delete one)
 refuses those too unless ``force=True``, and always refuses the checkpoint in use.
+
+Promotions, rollbacks, deletions and pruning of one model run one at a time, in every
+process that shares the artifact store (a lock file there:
+:func:`superduper_transformers.store.artifacts.model_lock`): each reads the pointers,
+decides and writes with no other one in between, so no alias is written to a checkpoint
+a prune just deleted and no history entry of a concurrent promotion is lost. After
+writing, a promotion checks again that its checkpoint still exists (a process that does
+not take the lock, such as an older version, could have deleted it) and undoes the move
+if not.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import typing as t
 from superduper import Component, logging
 
 from superduper_transformers import checkpoint as ckpts
+from superduper_transformers.store import artifacts
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -229,8 +239,9 @@ def promote(
             f"`alias`={alias!r} is not a valid alias name: use a letter, then up to 63 letters, "
             "digits, `_`, `-` or `.` (e.g. `prod`, `candidate`)."
         )
-    target = ckpts.load_checkpoint(db, find_checkpoint(db, model, checkpoint))
-    return _move(db, model, target, alias or IN_USE, PROMOTE, by)
+    with artifacts.model_lock(db, model):
+        target = ckpts.load_checkpoint(db, find_checkpoint(db, model, checkpoint))
+        return _move(db, model, target, alias or IN_USE, PROMOTE, by)
 
 
 def rollback(db: Datalayer, model: str, alias: t.Optional[str] = None, by: t.Optional[str] = None):
@@ -244,6 +255,11 @@ def rollback(db: Datalayer, model: str, alias: t.Optional[str] = None, by: t.Opt
     :raises PromotionError: when there is no promotion to undo, or its checkpoint is gone.
     """
     check_model(db, model)
+    with artifacts.model_lock(db, model):
+        return _rollback(db, model, alias, by)
+
+
+def _rollback(db: Datalayer, model: str, alias: t.Optional[str], by: t.Optional[str]):
     pointer = alias or IN_USE
     previous = promotions(db, model).rollback_target(pointer)
     what = "the model" if alias is None else f"alias `{alias}`"
@@ -253,7 +269,7 @@ def rollback(db: Datalayer, model: str, alias: t.Optional[str] = None, by: t.Opt
             "history (it was never promoted, every promotion was rolled back, or it pointed at no "
             "checkpoint before). `superduper-transformers promotions MODEL` shows the history."
         )
-    if previous not in {r["identifier"] for r in ckpts.list_checkpoints(db, model)}:
+    if not _exists(db, model, previous):
         raise PromotionError(
             f"Cannot roll back {what} of `{model}`: its previous checkpoint `{previous}` is no longer "
             "in the database (deleted). Promote another checkpoint instead."
@@ -261,10 +277,15 @@ def rollback(db: Datalayer, model: str, alias: t.Optional[str] = None, by: t.Opt
     return _move(db, model, ckpts.load_checkpoint(db, previous), pointer, ROLLBACK, by)
 
 
+def _exists(db: Datalayer, model: str, identifier: str) -> bool:
+    return identifier in {r["identifier"] for r in ckpts.list_checkpoints(db, model)}
+
+
 def _move(db: Datalayer, model: str, target: ckpts.Checkpoint, pointer: str, action: str, by):
+    """Point ``pointer`` at ``target`` and record it; the caller holds the model's lock."""
     record = promotions(db, model)
-    if pointer == IN_USE:
-        llm = db.load("LLM", model)
+    llm = db.load("LLM", model) if pointer == IN_USE else None
+    if llm is not None:
         before = getattr(llm.adapter_id, "identifier", None)
         llm.adapter_id = target
         llm.save()
@@ -281,8 +302,28 @@ def _move(db: Datalayer, model: str, target: ckpts.Checkpoint, pointer: str, act
     }
     record.history.append(entry)
     db.apply(record, force=True, jobs=False)
+    if not _exists(db, model, target.identifier):  # deleted meanwhile by a process without the lock
+        _undo(db, model, record, llm, pointer, before)
+        raise PromotionError(
+            f"Checkpoint `{target.identifier}` of model `{model}` was deleted while {pointer} was being "
+            f"pointed at it (by a process that does not take the model's lock: an older version, or "
+            f"`db.teardown`); the {action} was undone. Promote another checkpoint "
+            f"(`superduper-transformers checkpoints --model {model}` lists them)."
+        )
     logging.info(f"{model}: {pointer} {action}d from {before} to {target.identifier}")
     return entry
+
+
+def _undo(db: Datalayer, model: str, record: Promotions, llm, pointer: str, before: t.Optional[str]):
+    record.history.pop()
+    if llm is not None:
+        llm.adapter_id = ckpts.load_checkpoint(db, before) if before and _exists(db, model, before) else None
+        llm.save()
+    elif before is None:
+        del record.aliases[pointer]
+    else:
+        record.aliases[pointer] = before
+    db.apply(record, force=True, jobs=False)
 
 
 def _user() -> str:
@@ -317,8 +358,13 @@ def delete_checkpoint(
     :raises PromotionError: unknown model or checkpoint, the checkpoint in use, or a
         protected checkpoint without ``force``.
     """
+    with artifacts.model_lock(db, model):
+        return _delete_checkpoint(db, model, checkpoint, force, by)
+
+
+def _delete_checkpoint(db: Datalayer, model: str, checkpoint: t.Union[str, int], force: bool, by) -> t.Dict:
     identifier = find_checkpoint(db, model, checkpoint)
-    in_use = getattr(db.load("LLM", model).adapter_id, "identifier", None)
+    in_use = stored_pointer(db, model)
     if identifier == in_use:
         raise PromotionError(
             f"Cannot delete checkpoint `{identifier}`: model `{model}` uses it (its in-use "
@@ -357,7 +403,7 @@ def delete_checkpoint(
                 {"pointer": alias, "action": DELETE, "from": identifier, "to": None, "by": who, "time": now}
             )
         db.apply(record, force=True, jobs=False)
-    ckpts.delete_checkpoint(db, identifier)
+    ckpts.remove_checkpoint(db, identifier)
     logging.info(
         f"{model}: deleted checkpoint {identifier}" + (f" and its aliases {aliases}" if aliases else "")
     )
@@ -369,7 +415,59 @@ def forget(db: Datalayer, model: str) -> bool:
 
     :return: whether there was one.
     """
-    if model not in db.show("Promotions"):
-        return False
-    db.teardown("Promotions", model, force=True)
-    return True
+    with artifacts.model_lock(db, model):
+        if model not in db.show("Promotions"):
+            return False
+        db.teardown("Promotions", model, force=True)
+        return True
+
+
+def stored_pointer(db: Datalayer, model: str) -> t.Optional[str]:
+    """The checkpoint the stored row of ``model`` points at (read from the row: its files
+    are not touched).
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    """
+    from superduper.base import exceptions
+
+    try:
+        return getattr(db.load("LLM", model).adapter_id, "identifier", None)
+    except exceptions.NotFound:
+        return None
+
+
+def prune(
+    db: Datalayer,
+    model: str,
+    experiment_id: str,
+    limit: t.Optional[int],
+    metric: t.Optional[str],
+    greater_is_better: bool,
+    in_use: t.Optional[str] = None,
+) -> t.List[str]:
+    """Delete the run's checkpoints beyond ``limit`` (``save_total_limit``), under the model's lock.
+
+    Never deletes a protected checkpoint (:func:`protected_checkpoints`; they do not count
+    toward the limit), the best by ``metric``, ``in_use`` (the checkpoint the training
+    process points the model at) nor the one the stored model row points at.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run whose checkpoints are pruned.
+    :param limit: How many to keep (None keeps all).
+    :param metric: ``metric_for_best_model`` as logged (``eval_...``), or None.
+    :param greater_is_better: Direction of ``metric``.
+    :param in_use: The checkpoint the caller points the model at.
+    :return: the identifiers deleted.
+    """
+    if limit is None:
+        return []
+    with artifacts.model_lock(db, model):
+        pinned = protected_checkpoints(db, model)
+        rows = [r for r in ckpts.list_checkpoints(db, model, experiment_id) if r["identifier"] not in pinned]
+        keep = {in_use, stored_pointer(db, model)} - {None}
+        doomed = ckpts.checkpoints_to_prune(rows, limit, metric, greater_is_better, protected=keep)
+        for r in doomed:
+            ckpts.remove_checkpoint(db, r["identifier"])
+    return [r["identifier"] for r in doomed]

@@ -30,8 +30,9 @@ import uuid
 from superduper import Component, logging
 
 from superduper_transformers import checkpoint as ckpts
-from superduper_transformers import history, lineage, promote
-from superduper_transformers.store import artifacts
+from superduper_transformers import data_cache, history, lineage, promote
+from superduper_transformers._private import private_dir
+from superduper_transformers.store import artifacts, records
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -140,15 +141,7 @@ def run_identifier(model: str, experiment_id: str) -> str:
 
 def unfinished_runs(db: Datalayer, model: str) -> t.List[TrainingRun]:
     """The runs of ``model`` left ``running`` in the db, oldest first."""
-    from superduper.base import exceptions
-
-    table = db["TrainingRun"]
-    try:
-        rows = table.filter(table["model"] == model, table["state"] == RUNNING).select("identifier").execute()
-    except exceptions.NotFound:
-        return []
-    runs = [db.load("TrainingRun", r["identifier"]) for r in rows]
-    return sorted(runs, key=lambda r: r.started_at)
+    return records.runs(db, model, RUNNING)
 
 
 def is_interrupted(db: Datalayer, model: str) -> bool:
@@ -208,7 +201,7 @@ def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
     leftovers of the interrupted process (maybe half written) and the HF trainer would
     otherwise mix them with the resumed run's saves.
     """
-    os.makedirs(output_dir, exist_ok=True)
+    private_dir(output_dir)  # weights: owner-only, as in the store
     for name in os.listdir(output_dir):
         m = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
         if m and int(m.group(1)) >= ckpt.step:
@@ -229,8 +222,8 @@ def changed_settings(run: TrainingRun, settings: t.Dict, ignore: t.Iterable[str]
 
 def latest_run(db: Datalayer, model: str) -> t.Optional[TrainingRun]:
     """The run of ``model`` started last (any state), or None."""
-    runs = [db.load("TrainingRun", r) for r in _all_runs(db, model)]
-    return max(runs, key=lambda r: r.started_at) if runs else None
+    runs = records.runs(db, model)
+    return runs[-1] if runs else None
 
 
 def _resumable(run: TrainingRun, policy: str, settings: t.Dict) -> bool:
@@ -434,38 +427,37 @@ def abandon_runs_of_a_deleted_model(db: Datalayer, model: str) -> t.List[str]:
 
 def delete_model(db: Datalayer, identifier: str) -> t.Dict[str, int]:
     """Remove the ``LLM`` ``identifier`` with its trainer, all its checkpoints (rows and
-    files) and its training runs. Works when checkpoint folders are already gone.
+    files), its training runs and its tokenized rows in this machine's data cache. Works
+    when checkpoint folders are already gone.
 
     :param db: The datalayer.
     :param identifier: The ``LLM``'s identifier.
-    :return: how many of each were removed: ``{"models", "checkpoints", "runs", "folders"}``.
+    :return: how many of each were removed: ``{"models", "checkpoints", "runs", "folders",
+        "cached_datasets"}``.
     """
-    removed = {"models": 0, "checkpoints": 0, "runs": 0, "folders": 0}
-    rows = ckpts.list_checkpoints(db, identifier)
-    if identifier in db.show("LLM"):
-        # recursive: its trainer and the checkpoint it points at go with it
-        db.teardown("LLM", identifier, recursive=True, force=True)
-        removed["models"] = 1
-    for row in rows:
-        if row["identifier"] in db.show("Checkpoint"):
-            ckpts.delete_checkpoint(db, row["identifier"])
-    removed["checkpoints"] = len(rows)
-    for run in _all_runs(db, identifier):
-        db.teardown("TrainingRun", run, force=True)
-        removed["runs"] += 1
-    promote.forget(db, identifier)  # its aliases and promotion history
-    history.forget(db, identifier)  # the metric history of its runs
-    removed["folders"] = len(artifacts.cleanup_orphan_artifacts(db, identifier))
+    # Under the model's lock: no promotion or prune of it runs in between.
+    with artifacts.model_lock(db, identifier):
+        removed = {"models": 0, "checkpoints": 0, "runs": 0, "folders": 0}
+        rows = ckpts.list_checkpoints(db, identifier)
+        if identifier in db.show("LLM"):
+            # recursive: its trainer and the checkpoint it points at go with it
+            db.teardown("LLM", identifier, recursive=True, force=True)
+            removed["models"] = 1
+        for row in rows:
+            if row["identifier"] in db.show("Checkpoint"):
+                ckpts.remove_checkpoint(db, row["identifier"])
+        removed["checkpoints"] = len(rows)
+        for run in _all_runs(db, identifier):
+            db.teardown("TrainingRun", run, force=True)
+            removed["runs"] += 1
+        promote.forget(db, identifier)  # its aliases and promotion history
+        history.forget(db, identifier)  # the metric history of its runs
+        removed["folders"] = len(artifacts.cleanup_orphan_artifacts(db, identifier))
+        # Its tokenized rows on this machine (another model's trainings on the same rows keep theirs).
+        removed["cached_datasets"] = len(data_cache.forget_owner(artifacts.model_tag(db, identifier)))
     logging.info(f"Deleted {identifier}: {removed}")
     return removed
 
 
 def _all_runs(db: Datalayer, model: str) -> t.List[str]:
-    from superduper.base import exceptions
-
-    table = db["TrainingRun"]
-    try:
-        rows = table.filter(table["model"] == model).select("identifier").execute()
-    except exceptions.NotFound:
-        return []
-    return sorted({r["identifier"] for r in rows})
+    return records.run_identifiers(db, model)

@@ -358,19 +358,27 @@ def is_secret_setting(name: str, value: t.Any) -> bool:
     return re.search(_SECRET_PATTERN, lowered) is not None
 
 
-def secret_issues(settings: t.Mapping[str, t.Any], where: str) -> t.List[str]:
-    """One message per credential in ``settings``, naming the key, never the value.
+def secret_issues(
+    settings: t.Mapping[str, t.Any],
+    where: str,
+    fix: str = "give it through the environment instead (`HF_TOKEN` for the Hugging Face hub)",
+) -> t.List[str]:
+    """One message per credential in ``settings`` (nested dicts too), naming the key, never the value.
 
     :param settings: Keyword arguments about to be stored with a component.
     :param where: Which field holds them (``training_kwargs``, ``model_kwargs``...).
+    :param fix: What to do instead, after "Remove `<key>` and".
     """
-    return [
-        f"`{where}` has `{k}`, a credential: components are stored in the database, where "
-        f"anyone who can read it would find it. Remove `{k}` and give it through the "
-        "environment instead (`HF_TOKEN` for the Hugging Face hub)."
-        for k, v in sorted((settings or {}).items())
-        if is_secret_setting(k, v)
-    ]
+    issues = []
+    for k, v in sorted((settings or {}).items(), key=lambda kv: str(kv[0])):
+        if isinstance(v, dict):
+            issues += secret_issues(v, f"{where}['{k}']", fix)
+        elif is_secret_setting(k, v):
+            issues.append(
+                f"`{where}` has `{k}`, a credential: components are stored in the database, where "
+                f"anyone who can read it would find it. Remove `{k}` and {fix}."
+            )
+    return issues
 
 
 def redact_uri(uri: t.Optional[str]) -> str:

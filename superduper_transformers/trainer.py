@@ -33,6 +33,7 @@ from superduper_transformers.plan import (  # noqa: F401
     run_settings,
     tokenization_of,
 )
+from superduper_transformers.store import artifacts
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.store.rows import FoldRows
 
@@ -219,6 +220,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
     objective = objectives.get(plan.objective)
     tokenizer = load_tokenizer(model.tokenizer_load_kwargs())
     tokenization = tokenization_of(model, trainer)
+    owner = artifacts.model_tag(db, model.identifier)  # `delete_model` removes its cache entries
     if trainer.ray_configs is not None and objective.tokenized():
         # Read and tokenized on the cluster (Ray Data), never on this process.
         X, y = cfg.input_output_keys(trainer.key)
@@ -231,10 +233,12 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
         )
     else:
         train_ds = objective.build_dataset(
-            tokenizer, plan.rows["train"], plan.columns, tokenization, plan.train.data_hash
+            tokenizer, plan.rows["train"], plan.columns, tokenization, plan.train.data_hash, owner
         )
     eval_ds = {
-        s.name: objective.build_dataset(tokenizer, plan.rows[s.name], plan.columns, tokenization, s.data_hash)
+        s.name: objective.build_dataset(
+            tokenizer, plan.rows[s.name], plan.columns, tokenization, s.data_hash, owner
+        )
         for s in plan.evals
     }
     if list(eval_ds) == ["valid"]:

@@ -15,6 +15,7 @@ import typing as t
 
 from superduper_transformers import settings as resolved
 from superduper_transformers.hf import objectives
+from superduper_transformers.launch.ray_settings import secret_env_issues
 
 #: Valid values of ``LLMTrainer.bits``.
 VALID_BITS = (None, 4, 8)
@@ -120,6 +121,13 @@ def validate_trainer(trainer: t.Any) -> None:
     for k in sorted(set(tk) - fields):
         issues.append(_unknown_keyword(k, objective.name, fields, "`training_kwargs` has"))
     issues += resolved.secret_issues(tk, "training_kwargs")
+    for i, entry in enumerate(getattr(trainer, "callbacks", None) or []):
+        issues += resolved.secret_issues(
+            entry.get("kwargs"),
+            f"callbacks[{i}]['kwargs']",
+            fix="let the callback read it from the environment (`os.environ`) where it runs",
+        )
+    issues += secret_env_issues(trainer.ray_configs)
     if getattr(trainer, "transform", None) is not None:
         issues.append(
             "`transform` is not used by LLMTrainer (rows are tokenized from `key`), and "
@@ -306,10 +314,7 @@ def runtime_issues(kwargs: t.Mapping[str, t.Any], trainer: t.Any, has_eval: bool
             "watches `metric_for_best_model`): insert rows with `_fold='valid'` or give the model "
             "a `validation` with datasets."
         )
-    if getattr(trainer, "early_stopping_patience", None) and str(kwargs.get("eval_strategy", "no")) in (
-        "no",
-        "IntervalStrategy.NO",
-    ):
+    if getattr(trainer, "early_stopping_patience", None) and strategy(kwargs, "eval_strategy") == "no":
         issues.append(
             f"`early_stopping_patience={trainer.early_stopping_patience}` needs evaluations: set "
             "`eval_strategy='steps'` (with `eval_steps`) or `'epoch'`."
@@ -319,10 +324,23 @@ def runtime_issues(kwargs: t.Mapping[str, t.Any], trainer: t.Any, has_eval: bool
     return issues
 
 
+#: transformers' defaults of the strategy settings.
+_STRATEGY_DEFAULTS = {"eval_strategy": "no", "save_strategy": "steps", "logging_strategy": "steps"}
+
+
+def strategy(kwargs: t.Mapping[str, t.Any], name: str) -> str:
+    """A strategy setting (``eval_strategy``, ``save_strategy``...) as a plain lower-case
+    name: ``"steps"``, ``IntervalStrategy.STEPS`` and ``"STEPS"`` all read ``steps``; absent,
+    transformers' default. The one place these are normalised."""
+    value = kwargs.get(name)
+    if value is None:
+        return _STRATEGY_DEFAULTS[name]
+    return str(getattr(value, "value", value)).split(".")[-1].lower()
+
+
 def _best_model_alignment_issues(kwargs: t.Mapping[str, t.Any]) -> t.List[str]:
     """transformers' rule for ``load_best_model_at_end``: a checkpoint at every evaluation."""
-    save = str(kwargs.get("save_strategy", "steps")).split(".")[-1].lower()
-    evaluate = str(kwargs.get("eval_strategy", "no")).split(".")[-1].lower()
+    save, evaluate = strategy(kwargs, "save_strategy"), strategy(kwargs, "eval_strategy")
     if save == "best":
         return []
     if save != evaluate:
@@ -462,7 +480,7 @@ def config_kwargs(trainer: t.Any, output_dir: str, has_eval: bool, **overrides) 
     kwargs = objective.config_kwargs(kwargs, trainer.max_seq_length)
     kwargs.setdefault("gradient_checkpointing", False)
     if not has_eval:
-        if str(kwargs.get("eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
+        if strategy(kwargs, "eval_strategy") != "no":
             raise ConfigError(
                 f"`eval_strategy`={kwargs['eval_strategy']!r} needs evaluation data, and there is "
                 "none: insert rows with `_fold='valid'`, give the model a `validation` with "

@@ -27,11 +27,11 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")
 
-from superduper_transformers.cli import common, data, export_cmd, ops, query, train  # noqa: E402
+from superduper_transformers.cli import cache, common, data, export_cmd, ops, query, train  # noqa: E402
 from superduper_transformers.cli.common import CliError, version_line  # noqa: E402
 
 #: The command modules, in the order ``--help`` lists them. One line per module.
-COMMANDS = [train, data, query, export_cmd, ops]
+COMMANDS = [train, data, cache, query, export_cmd, ops]
 
 __all__ = ["COMMANDS", "CliError", "build_parser", "main", "version_line"]
 

@@ -6,7 +6,10 @@ import argparse
 import contextlib
 import io
 import os
+import re
+import shlex
 import sys
+import typing as t
 
 PROG = "superduper-transformers"
 
@@ -81,10 +84,39 @@ def connect(args, uri: str = None, artifact_store: str = None):
     if uri.startswith("sqlite:///"):
         folder = os.path.dirname(uri[len("sqlite:///") :])
         if folder and not os.path.isdir(folder):
-            raise CliError(f"the database folder {folder} does not exist (from the db URI {uri!r}).")
+            raise CliError(
+                f"the database folder {folder} does not exist (from the db URI {redact_uri(uri)!r})."
+            )
     # superduper prints a components overview while it builds the datalayer
     with contextlib.redirect_stdout(io.StringIO()):
         return sd_connect(uri, force_apply=True)
+
+
+#: An argument holding a URI: ``URI``, ``--db=URI`` or a config override ``db=URI``.
+_URI_ARG = re.compile(r"^(?P<head>[^=]*=)?(?P<uri>[a-zA-Z][\w+.-]*://.*)$", re.S)
+
+
+def shown_command(argv: t.Sequence[str]) -> t.Tuple[str, bool]:
+    """``(the command line of argv, whether a password was hidden)``, safe to print.
+
+    A URI given as an argument (``--db mongodb://user:pw@host/db``, ``--db=...``,
+    ``db=...``) is shown with ``***`` for its password and query (``redact_uri``):
+    the line goes to terminals, logs and CI output.
+    """
+    shown = []
+    for arg in [PROG, *argv]:
+        m = _URI_ARG.match(arg)
+        if m:
+            arg = (m.group("head") or "") + redact_uri(m.group("uri"))
+        shown.append(arg)
+    return shlex.join(shown), shown != [PROG, *argv]
+
+
+def redact_uri(uri: t.Optional[str]) -> str:
+    """``settings.redact_uri`` (imported when used: the package imports slowly)."""
+    from superduper_transformers.settings import redact_uri as redact
+
+    return redact(uri)
 
 
 def is_tty() -> bool:

@@ -107,16 +107,9 @@ def progress_line(run, now: t.Optional[float] = None) -> str:
 
 
 def _runs_of(db, model: t.Optional[str]):
-    from superduper.base import exceptions
+    from superduper_transformers.store import records
 
-    table = db["TrainingRun"]
-    query = table.filter(table["model"] == model) if model else table
-    try:
-        rows = query.select("identifier").execute()
-    except exceptions.NotFound:  # no training ever ran in this db
-        return []
-    loaded = [db.load("TrainingRun", i) for i in sorted({r["identifier"] for r in rows})]
-    return sorted(loaded, key=lambda r: r.started_at or 0)
+    return records.runs(db, model)
 
 
 # -- commands ---------------------------------------------------------------

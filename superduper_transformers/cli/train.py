@@ -9,13 +9,12 @@ interrupted, and the same command resumes it from its latest checkpoint.
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import sys
 import typing as t
 
 from superduper_transformers.cli import config as schema
-from superduper_transformers.cli.common import PROG, CliError, connect, is_tty
+from superduper_transformers.cli.common import PROG, CliError, connect, is_tty, shown_command
 
 #: LLMTrainer fields that a config sets elsewhere (or that are the component's own business).
 _NOT_IN_TRAINER = {"key": "data.key", "select": "data.table / data.filter", "training_kwargs": "trainer"}
@@ -219,8 +218,13 @@ def _run(db, llm, args) -> int:
             "bookkeeping do not count)."
         )
         return 0
-    command = " ".join(shlex.quote(a) for a in [PROG, *args.argv])
-    print(f"Training {llm.identifier} (Ctrl-C stops after the current step; `{command}` resumes)", flush=True)
+    command, hidden = shown_command(args.argv)
+    # The db password is never printed: the user types it back in.
+    password = "\n  (with the db password in place of ***)" if hidden else ""
+    print(
+        f"Training {llm.identifier} (Ctrl-C stops after the current step; `{command}` resumes){password}",
+        flush=True,
+    )
 
     def on_sigint(signum, frame):
         progress.request_stop()
@@ -243,7 +247,7 @@ def _run(db, llm, args) -> int:
         print(
             f"Interrupted: run {run.experiment_id} of {llm.identifier} stopped at step "
             f"{run.progress.get('step', '?')}; its latest checkpoint in the database: {last}. "
-            f"The database is consistent. Resume with:\n  {command}",
+            f"The database is consistent. Resume with:\n  {command}{password}",
             file=sys.stderr,
         )
         return 130

@@ -8,9 +8,10 @@ the training runs (this process, or each Ray worker), each time a training start
 
 from __future__ import annotations
 
-import importlib
 import json
 import typing as t
+
+from superduper_transformers._imports import import_object, looks_like_import_path
 
 #: What ``LLMTrainer(callbacks=[...])`` accepts, in words (for error messages).
 ACCEPTED = (
@@ -63,7 +64,12 @@ def _normalise_one(i: int, entry: t.Any) -> t.Dict[str, t.Any]:
         )
     unknown = set(entry) - {"class", "kwargs"}
     path, kwargs = entry.get("class"), entry.get("kwargs") or {}
-    if unknown or not isinstance(path, str) or not _looks_like_path(path) or not isinstance(kwargs, dict):
+    if (
+        unknown
+        or not isinstance(path, str)
+        or not looks_like_import_path(path)
+        or not isinstance(kwargs, dict)
+    ):
         raise CallbackError(f"{where}={entry!r} is not {ACCEPTED}.")
     try:
         kwargs = json.loads(json.dumps(kwargs, allow_nan=False))
@@ -75,11 +81,6 @@ def _normalise_one(i: int, entry: t.Any) -> t.Dict[str, t.Any]:
     return {"class": path, "kwargs": kwargs}
 
 
-def _looks_like_path(path: str) -> bool:
-    module, _, name = path.partition(":") if ":" in path else path.rpartition(".")
-    return bool(module and name) and all(p.isidentifier() for p in [*module.split("."), *name.split(".")])
-
-
 def load_callback_class(path: str) -> type:
     """Import the ``TrainerCallback`` subclass at ``path`` (``pkg.mod:Cls`` or ``pkg.mod.Cls``).
 
@@ -87,11 +88,8 @@ def load_callback_class(path: str) -> type:
     """
     from transformers import TrainerCallback
 
-    module_name, _, name = path.partition(":") if ":" in path else path.rpartition(".")
     try:
-        obj: t.Any = importlib.import_module(module_name)
-        for part in name.split("."):
-            obj = getattr(obj, part)
+        obj = import_object(path)
     except (ImportError, AttributeError) as e:
         raise CallbackError(
             f"`callbacks`: cannot import {path!r} ({type(e).__name__}: {e}). Give the import path of a "

@@ -18,7 +18,8 @@ import typing as t
 from superduper import logging
 
 # The cache's folder and bookkeeping live in `data_cache` (also used by the command line).
-from superduper_transformers.hf.data_cache import CACHE_ENV, data_cache_dir, mark_used  # noqa: F401
+from superduper_transformers._private import private_dir
+from superduper_transformers.data_cache import CACHE_ENV, data_cache_dir, mark_complete  # noqa: F401
 
 IGNORE_INDEX = -100
 
@@ -446,6 +447,7 @@ def build_dataset(
     chat_format: bool = False,
     fingerprint: t.Optional[str] = None,
     cache_dir: t.Optional[str] = None,
+    owner: t.Optional[str] = None,
 ):
     """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``.
 
@@ -465,7 +467,8 @@ def build_dataset(
     :param chat_format: Wrap the prompt in the chat template.
     :param fingerprint: Cache key (:func:`tokenization_key`); None: computed from the
         rows' content (which reads them once more).
-    :param cache_dir: The cache folder (default :func:`data_cache_dir`).
+    :param cache_dir: The cache folder (default :func:`data_cache_dir`), made owner-only.
+    :param owner: The tag of the model trained on it (its entry goes when the model is deleted).
     """
     from datasets import Dataset
 
@@ -482,10 +485,11 @@ def build_dataset(
             for example, status in zip(encoded, statuses):
                 yield {**example, _STATUS: _STATUS_CODES[status]}
 
-    ds = Dataset.from_generator(
-        examples, features=_features(), cache_dir=cache_dir or data_cache_dir(), fingerprint=fingerprint
-    )
-    mark_used(ds)  # `data-cache --clear --older-than` removes what was not trained on lately
+    cache_dir = private_dir(cache_dir or data_cache_dir())  # tokens are rows: owner only
+    ds = Dataset.from_generator(examples, features=_features(), cache_dir=cache_dir, fingerprint=fingerprint)
+    # The plugin's entry from now on; used now (`data-cache --clear --older-than` removes
+    # what was not trained on lately).
+    mark_complete(ds, owner)
     _warn_truncated(ds, max_length)
     return ds.remove_columns(_STATUS)
 

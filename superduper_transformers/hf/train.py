@@ -11,6 +11,7 @@ if t.TYPE_CHECKING:
     from datasets import Dataset
     from transformers import TrainingArguments
 
+from superduper_transformers._private import private_dir
 from superduper_transformers.hf import objectives
 from superduper_transformers.hf.callbacks import build_callbacks, early_stopping_callback
 from superduper_transformers.hf.data import from_ray_dataset, is_ray_dataset
@@ -108,6 +109,8 @@ def run_job(job: TrainJob):
     )
     if job.trainer_prepare_func is not None:
         trainer = job.trainer_prepare_func(trainer)
+    # Checkpoints hold weights, which memorise rows: owner-only, as in the artifact store.
+    private_dir(training_args.output_dir)
     return trainer.train(resume_from_checkpoint=job.resume_from_checkpoint)
 
 

@@ -145,32 +145,22 @@ class LLMCallback(TrainerCallback):
         self._prune(args)
 
     def _prune(self, args) -> None:
+        # Every checkpoint is kept without a limit: reading the run's rows (one more at
+        # each save) would make each save cost more than the one before.
         if args.save_total_limit is None:
-            # Every checkpoint is kept: reading the run's rows (one more at each save)
-            # would make each save cost more than the one before.
             return
-        # Checkpoints an alias or a promotion points at are never pruned and do not
-        # count toward `save_total_limit`.
-        pinned = promote.protected_checkpoints(self.db, self.identifier)
-        rows = [
-            r
-            for r in ckpts.list_checkpoints(self.db, self.identifier, self.run_id)
-            if r["identifier"] not in pinned
-        ]
         metric, greater = best_metric_name(args)
-        # The model must not point at a checkpoint about to be deleted: the one it uses
-        # is protected, as the best is.
-        current = getattr(self.llm.adapter_id, "identifier", None)
-        doomed = ckpts.checkpoints_to_prune(
-            rows, args.save_total_limit, metric, greater, protected=[current] if current else []
+        # Under the model's lock (promote.prune): a promotion in another process waits,
+        # so no alias is written to a checkpoint deleted here.
+        promote.prune(
+            self.db,
+            self.identifier,
+            self.run_id,
+            args.save_total_limit,
+            metric,
+            greater,
+            in_use=getattr(self.llm.adapter_id, "identifier", None),
         )
-        kept = [r for r in rows if r not in doomed]
-        if current in {r["identifier"] for r in doomed}:  # never, with `protected`: a safety net
-            best = ckpts.best_checkpoint(kept, metric, greater) or kept[-1]
-            self.llm.adapter_id = self.db.load("Checkpoint", best["identifier"])
-            self.llm.save()
-        for r in doomed:
-            ckpts.delete_checkpoint(self.db, r["identifier"])
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         """Record the eval metrics (one list per metric and eval set) on the model in the db.

@@ -12,7 +12,7 @@ import os
 import socket
 import typing as t
 
-from superduper_transformers.settings import redact_uri
+from superduper_transformers.settings import redact_uri, secret_issues
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -133,10 +133,25 @@ def check_ray_configs(ray_configs: t.Any, db: t.Optional[Datalayer] = None) -> N
                 f"`ray_configs` sets both `address` and `{key}`: `{key}` only applies to a local "
                 f"Ray; set it where the cluster is started (`ray start --{key.replace('_', '-')}`)."
             )
+    issues += secret_env_issues(ray_configs)
     if db is not None:
         issues += _shared_storage_issues(db)
     if issues:
         raise RayConfigError("Invalid Ray set-up:\n" + "\n".join(f"- {i}" for i in issues))
+
+
+def secret_env_issues(ray_configs: t.Any) -> t.List[str]:
+    """One message per credential in ``ray_configs['runtime_env']['env_vars']`` (never its value)."""
+    runtime_env = ray_configs.get("runtime_env") if isinstance(ray_configs, dict) else None
+    env = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
+    if not isinstance(env, dict):
+        return []
+    return secret_issues(
+        env,
+        "ray_configs['runtime_env']['env_vars']",
+        fix="set it in the environment of the Ray cluster instead (`HF_TOKEN=... ray start ...`; "
+        "a local Ray started by the plugin inherits this process's environment)",
+    )
 
 
 def check_ray_setup(ray_configs: t.Any, db: t.Optional[Datalayer] = None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses as dc
+import getpass
 import os
 import tempfile
 import time
@@ -39,9 +40,34 @@ WORKER_ENV_VARS = (
     "OMP_NUM_THREADS",
     "PYTHONPATH",
 )
-#: Where a local Ray keeps its files unless ``ray_configs['temp_dir']`` says otherwise.
-#: Short on purpose: Ray's unix sockets live below it (107-character limit).
-DEFAULT_TEMP_DIR = os.path.join(tempfile.gettempdir(), "superduper_ray")
+
+
+def default_temp_dir() -> str:
+    """Where a local Ray keeps its files unless ``ray_configs['temp_dir']`` says otherwise.
+
+    One folder per user (``superduper_ray_<uid>`` in the system temp folder): a shared
+    name would let the first user's folder block everyone else's Ray. Short on purpose:
+    Ray's unix sockets live below it (107-character limit).
+    """
+    user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
+    return os.path.join(tempfile.gettempdir(), f"superduper_ray_{user}")
+
+
+def own_temp_dir(path: str) -> str:
+    """``path`` (the default temp folder) created owner-only (0o700) when missing;
+    refused when another user owns it (they could have created it first, to read Ray's files).
+
+    :raises RayConfigError: naming the folder, its owner and the fix.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    owner = os.stat(path).st_uid
+    if hasattr(os, "getuid") and owner != os.getuid():
+        raise RayConfigError(
+            f"The local Ray's folder {path} belongs to another user (uid {owner}), who could "
+            "read or replace its files: remove it, or set `ray_configs['temp_dir']` to a folder "
+            "of your own."
+        )
+    return path
 
 
 def worker_env(db: t.Optional[Datalayer]) -> t.Dict[str, str]:
@@ -90,7 +116,8 @@ def ray_session(ray_configs: t.Dict[str, t.Any], env: t.Dict[str, str]):
             ) from e
         logging.info(f"Connected to the Ray cluster at {address} in {time.time() - start:.1f}s")
     else:
-        temp_dir = os.path.abspath(ray_configs.get("temp_dir") or DEFAULT_TEMP_DIR)
+        given = ray_configs.get("temp_dir")
+        temp_dir = os.path.abspath(given) if given else own_temp_dir(default_temp_dir())
         ray.init(
             num_cpus=ray_configs.get("num_cpus"),
             _temp_dir=temp_dir,
@@ -230,7 +257,6 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
     import ray.train
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 
-    from superduper_transformers import resume as runs
     from superduper_transformers.hf.train import run_job
     from superduper_transformers.launch.callback import SaveTheLastStep, recording_callbacks
 
@@ -265,8 +291,7 @@ def train_loop_per_worker(loop: t.Dict[str, t.Any]) -> None:
         if resume_from is not None:
             job = dc.replace(job, resume_from_checkpoint=resume_from)
             logging.info(f"Resuming from {resume_from}")
-        with runs.active(loop["identifier"] or ""):  # saves by rank 0 are not re-applies
-            run_job(job)
+        run_job(job)  # rank 0's LLMCallback marks its model in training: its saves are not re-applies
 
 
 def _resume_point(loop: t.Dict[str, t.Any], job: TrainJob, stack: contextlib.ExitStack):

@@ -18,11 +18,13 @@ its own model before it starts. File ids carry a tag of the database and of the 
 (``ckpt-<db tag>-<model tag>-...``), so one model's clean-up never touches another model's
 files, and one database's clean-up never touches the files of another database that
 shares the artifact store (it cannot see that database's rows, so every folder of it
-would look orphaned).
+would look orphaned). The db tag comes from a random id stored in the database
+(:mod:`superduper_transformers.store.identity`), not from its URI.
 
 Copies are made safe for a shared store: a symlink in a checkpoint folder is refused
 (following it would copy whatever it points at, e.g. a key file, into the store), and the
-copied folders and files are readable by their owner only (:data:`DIR_MODE`, :data:`FILE_MODE`).
+copied folders and files are readable by their owner only (:data:`DIR_MODE`, :data:`FILE_MODE`,
+from ``_private``: superduper itself makes its folders 0o777).
 """
 
 from __future__ import annotations
@@ -30,15 +32,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import stat
 import typing as t
-import urllib.parse
 import uuid
 
 from superduper import logging
 
 from superduper_transformers import _faults
-from superduper_transformers._progress import MIN_BYTES_FOR_A_BAR, progress_bar
+from superduper_transformers._bars import MIN_BYTES_FOR_A_BAR, progress_bar
+from superduper_transformers._private import DIR_MODE, FILE_MODE, restrict_permissions  # noqa: F401
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -47,50 +48,47 @@ if t.TYPE_CHECKING:
 CHECKPOINT_PREFIX = "ckpt-"
 #: Prefix of a checkpoint folder whose copy has not finished.
 PARTIAL_PREFIX = ".partial-"
-#: Modes of the copied checkpoint folders and files: owner only. Weights memorise their
-#: training rows, which the database guards with credentials; a store shared by several
-#: users or services must not let them read or alter each other's checkpoints (superduper
-#: itself makes its folders 0o777). Giving others access is a deliberate choice (a group
-#: ACL), not a default.
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 
 class CheckpointError(RuntimeError):
     """A stored checkpoint cannot be used; the message names the checkpoint and the file."""
 
 
-def database_identity(db: Datalayer) -> str:
-    """The database's URI without credentials, query or fragment.
-
-    Credentials are left out so that rotating a password keeps the identity; the query
-    holds connection options (auth source, TLS, timeouts), not which database it is.
-    """
-    uri = getattr(db.databackend, "uri", None) or db.cfg.data_backend
-    parts = urllib.parse.urlsplit(str(uri))
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path, "", ""))
-
-
 def _hash12(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def database_tag(db: Datalayer) -> str:
+def database_tag(db: Datalayer, create: bool = True) -> t.Optional[str]:
     """``ckpt-<12 hex>-``: the prefix of every checkpoint folder written by ``db``.
 
-    Several databases may share one artifact store; each cleans up only its own folders.
+    The hex digits come from the database's random id, stored in the database
+    (:mod:`superduper_transformers.store.identity`), never from its URI: two databases
+    with the same URI text (``mongodb://mongo:27017/app`` on two hosts) sharing one
+    artifact store must not clean up each other's folders.
+
+    :param db: The datalayer.
+    :param create: Create the database's id if it has none; else return None then.
     """
-    return f"{CHECKPOINT_PREFIX}{_hash12(database_identity(db))}-"
+    from superduper_transformers.store.identity import database_id
+
+    found = database_id(db, store_root(db), create=create)
+    return f"{CHECKPOINT_PREFIX}{found[:12]}-" if found else None
 
 
 def model_tag(db: Datalayer, model: str) -> str:
     """``ckpt-<db hex>-<model hex>``: the prefix of every checkpoint folder of ``model`` in ``db``.
 
-    Hashes, not the identifiers themselves: identifiers may hold characters a folder name
-    cannot, and a URI may hold a password.
+    A hash, not the identifier itself: identifiers may hold characters a folder name cannot.
     """
-    return database_tag(db) + _hash12(model)
+    return f"{database_tag(db)}{_hash12(model)}"
+
+
+def model_lock(db: Datalayer, model: str) -> t.ContextManager[None]:
+    """The lock that serialises promotions, deletions and pruning of ``model`` in ``db``,
+    across every process sharing the artifact store (:mod:`superduper_transformers.store.locks`)."""
+    from superduper_transformers.store import locks
+
+    return locks.file_lock(locks.lock_path(store_root(db), model_tag(db, model)), f"Model `{model}`")
 
 
 def new_artifact_id(db: Datalayer, model: str) -> str:
@@ -117,18 +115,6 @@ def refuse_links(directory: str, what: str) -> None:
                     f"link (to {os.readlink(full)!r}); checkpoints may only hold regular files "
                     "and folders. Replace the link with a copy of the file, or remove it."
                 )
-
-
-def restrict_permissions(directory: str) -> None:
-    """Set ``directory``, its folders to :data:`DIR_MODE` and its files to :data:`FILE_MODE`."""
-    os.chmod(directory, DIR_MODE)
-    for root, dirs, files in os.walk(directory):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), DIR_MODE)
-        for name in files:
-            full = os.path.join(root, name)
-            if stat.S_ISREG(os.lstat(full).st_mode):  # never chmod through a link
-                os.chmod(full, FILE_MODE)
 
 
 def store_root(db: Datalayer) -> str:
@@ -235,8 +221,13 @@ def cleanup_orphan_artifacts(db: Datalayer, model: t.Optional[str] = None) -> t.
     """
     root = store_root(db)
     # Only folders this database wrote: another database sharing the store has rows
-    # this one cannot see, so all its folders would look orphaned.
-    prefix = model_tag(db, model) if model is not None else database_tag(db)
+    # this one cannot see, so all its folders would look orphaned. Folders named by
+    # earlier versions (a tag of the URI, or none) are never removed here: a database
+    # with the same URI text could own them.
+    tag = database_tag(db, create=False)
+    if tag is None:  # no id yet: this database never wrote a folder under one
+        return []
+    prefix = tag + _hash12(model) if model is not None else tag
     referenced = referenced_artifact_ids(db)
     removed = []
     for name in sorted(os.listdir(root)):

@@ -141,9 +141,23 @@ def sql_source(db: Datalayer, select, fold: t.Optional[str], keys: t.Sequence[st
     plain = f"{select.table}.select()"
     if str(select) != plain:
         return None
-    columns = ", ".join(f'"{k}"' for k in keys)
-    where = f" WHERE \"_fold\" = '{fold}'" if fold is not None else ""
-    return uri, f'SELECT {columns} FROM "{select.table}"{where}'
+    columns = ", ".join(sql_identifier(k) for k in keys)
+    where = f" WHERE {sql_identifier('_fold')} = {sql_string(fold)}" if fold is not None else ""
+    return uri, f"SELECT {columns} FROM {sql_identifier(select.table)}{where}"
+
+
+def sql_identifier(name: str) -> str:
+    """``name`` as a SQL identifier: between double quotes, each ``"`` in it doubled.
+
+    Column and table names come from the user (a trainer's ``key``, the table): quoted
+    this way, a name such as ``x" FROM other --`` is one (missing) column, not SQL.
+    """
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a SQL string literal: between single quotes, each ``'`` doubled."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def json_columns(db: Datalayer, table: str, keys: t.Sequence[str]) -> t.List[str]:

@@ -58,9 +58,18 @@ class Objective:
         raise NotImplementedError
 
     def build_dataset(
-        self, tokenizer, rows, columns: t.Sequence[str], tokenization: t.Mapping, fingerprint: str
+        self,
+        tokenizer,
+        rows,
+        columns: t.Sequence[str],
+        tokenization: t.Mapping,
+        fingerprint: str,
+        owner: t.Optional[str] = None,
     ):
-        """The ``datasets.Dataset`` this objective's trl trainer takes, from the rows."""
+        """The ``datasets.Dataset`` this objective's trl trainer takes, from the rows.
+
+        ``owner`` tags what is cached on disk with the model (removed when it is deleted).
+        """
         raise NotImplementedError
 
     def preflight(

@@ -70,8 +70,8 @@ class DPO(Objective):
                     "remove the row."
                 )
 
-    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint):
-        """Columns ``prompt``/``chosen``/``rejected`` as text (trl tokenizes them)."""
+    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint, owner=None):
+        """Columns ``prompt``/``chosen``/``rejected`` as text (trl tokenizes them; nothing cached)."""
         p, c, r = columns
         template = tokenization.get("prompt_template") or "{input}"
         chat = bool(tokenization.get("chat_format"))

@@ -71,7 +71,7 @@ class GRPO(Objective):
         for r in rows_of(rows):
             yield {"prompt": template.format(input=r[p]), **{k: r[k] for k in others}}
 
-    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint):
+    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint, owner=None):
         """Column ``prompt`` and the other columns under their names (trl passes them on)."""
         return text_dataset(self.examples(rows, columns, tokenization))
 

@@ -68,7 +68,7 @@ class KTO(Objective):
                     "a bool column."
                 )
 
-    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint):
+    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint, owner=None):
         """Columns ``prompt``/``completion``/``label``, shuffled once with a fixed seed.
 
         trl's KTO reads the rows in order (its KL term pairs neighbours in a batch), so

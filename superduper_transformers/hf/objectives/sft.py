@@ -56,12 +56,12 @@ class SFT(Objective):
         """Text (or conversations) under the key columns."""
         data.check_rows(rows, columns[0], columns[1] if len(columns) > 1 else None, where, start=start)
 
-    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint):
+    def build_dataset(self, tokenizer, rows, columns, tokenization, fingerprint, owner=None):
         """Tokenized ``input_ids``/``labels`` (see :func:`..data.build_dataset`), cached by ``fingerprint``."""
         X, y = columns[0], columns[1] if len(columns) > 1 else None
         settings = dict(X=X, y=y, **tokenization)
         key = data.tokenization_key(tokenizer, fingerprint, **settings)
-        return data.build_dataset(tokenizer, rows, fingerprint=key, **settings)
+        return data.build_dataset(tokenizer, rows, fingerprint=key, owner=owner, **settings)
 
     def tokenized(self) -> bool:
         """Rows become tokens here (Ray Data tokenizes them on the cluster the same way)."""

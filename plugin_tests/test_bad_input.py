@@ -102,3 +102,28 @@ def test_bad_settings_are_refused_before_the_apply_writes(db, tiny_model_dir, se
     with pytest.raises(error, match=message):
         db.apply(llm, force=True)
     _nothing_written(db)
+
+
+def test_a_lora_module_name_that_matches_nothing_is_refused_before_writing(db, tiny_model_dir, tmp_path):
+    from superduper_transformers.trainer_args import ConfigError
+
+    llm = fixtures.make_llm(
+        db, tiny_model_dir, lora_target_modules=["q_proj", "v_projj"], output_dir=str(tmp_path / "out")
+    )
+    with pytest.raises(
+        ConfigError, match=r"`lora_target_modules` names \['v_projj'\], which match no module.*'v_proj'"
+    ):
+        db.apply(llm, force=True)
+    assert "tiny" not in db.show("LLM")
+    # real names (and peft's "all-linear") pass the check
+    ok = fixtures.make_llm(
+        db,
+        tiny_model_dir,
+        lora_target_modules=["q_proj", "v_proj"],
+        max_steps=1,
+        save_steps=1,
+        eval_steps=1,
+        output_dir=str(tmp_path / "out"),
+    )
+    db.apply(ok, force=True)
+    assert "tiny" in db.show("LLM")

@@ -71,3 +71,21 @@ def test_a_run_of_a_torn_down_model_is_never_resumed(db, tiny_model_dir, tmp_pat
     (experiment_id,) = new
     run = db.load("TrainingRun", resume.run_identifier("tiny", experiment_id))
     assert run.state == resume.FINISHED and run.resumes == []
+
+
+def test_a_changed_trainer_trains_again_on_reapply(db, tiny_model_dir, tmp_path):
+    """A re-applied model whose training settings changed starts a new run (never silence);
+    the same settings re-applied train nothing."""
+    from superduper_transformers.checkpoint import list_checkpoints
+
+    def apply(**changes):
+        settings = dict(max_steps=2, save_steps=2, eval_steps=2, output_dir=str(tmp_path / "out"))
+        db.apply(fixtures.make_llm(db, tiny_model_dir, **{**settings, **changes}), force=True)
+
+    apply()
+    apply(learning_rate=1e-3)
+    rows = list_checkpoints(db, "tiny")
+    assert len(db.show("TrainingRun")) == 2 and len({r["experiment_id"] for r in rows}) == 2
+    assert db.load("LLM", "tiny").adapter_id.identifier == rows[-1]["identifier"]
+    apply(learning_rate=1e-3)  # nothing changed
+    assert len(db.show("TrainingRun")) == 2

@@ -113,11 +113,11 @@ def test_fit_reads_pages_and_a_second_fit_reuses_the_tokenized_cache(
 
     monkeypatch.setattr(FoldRows, "pages", counting)
     encoded = []
-    encode_batch = data.encode_batch
+    encode_table = data.encode_table
     monkeypatch.setattr(
         data,
-        "encode_batch",
-        lambda tok, rows, *a, **k: encoded.append(len(rows)) or encode_batch(tok, rows, *a, **k),
+        "encode_table",
+        lambda tok, rows, *a, **k: encoded.append(len(rows)) or encode_table(tok, rows, *a, **k),
     )
 
     settings = dict(max_steps=4, save_steps=4, eval_steps=4)

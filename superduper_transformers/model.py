@@ -30,6 +30,13 @@ class LLM(Model):
     :param prompt_template: Template with ``{input}`` applied to each prompt, in
         training and at prediction time.
     :param predict_kwargs: Keyword arguments for ``generate`` (``max_new_tokens``, ...).
+    :param max_batch_size: Prompts per ``generate`` call in :meth:`predict_batches` (a
+        ``Listener`` hands over every new row at once).
+    :param alias: Follow this alias (e.g. ``"prod"``): before each batch the model looks up
+        the checkpoint the alias points at and loads it when the alias moved.
+    :param alias_model: The model whose alias ``alias`` is (default: this one).
+    :param record_checkpoint: Predict ``{"answer": text, "checkpoint": identifier}``
+        instead of text, so that the outputs a ``Listener`` stores name their checkpoint.
     """
 
     model_name_or_path: t.Optional[str] = None
@@ -37,9 +44,26 @@ class LLM(Model):
     model_kwargs: t.Dict = dc.field(default_factory=dict)
     tokenizer_kwargs: t.Dict = dc.field(default_factory=dict)
     prompt_template: str = "{input}"
+    max_batch_size: int = 8
+    alias: t.Optional[str] = None
+    alias_model: t.Optional[str] = None
+    record_checkpoint: bool = False
+
+    @property
+    def signature(self) -> str:
+        """One input per prediction (superduper reads ``**generate_kwargs`` as more inputs),
+        as superduper's own LLMs declare: ``Listener(model=llm, key="question")`` works."""
+        return "singleton"
 
     def postinit(self):
         """Validate the fields and wrap an adapter path into a ``Checkpoint``."""
+        if self.datatype is None:  # superduper would read `predict`'s annotation (Any: a blob)
+            self.datatype = "json" if self.record_checkpoint else "str"
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ValueError(
+                f"LLM `{self.identifier}`: `max_batch_size`={self.max_batch_size!r} must be a "
+                "positive integer (prompts per `generate` call)."
+            )
         if not self.model_name_or_path:
             raise ValueError(
                 f"LLM `{self.identifier}`: `model_name_or_path` is required: the folder of a "
@@ -267,7 +291,7 @@ class LLM(Model):
         return self._pipeline
 
     # -- prediction -------------------------------------------------------
-    def predict(self, prompt: t.Union[str, t.List[t.Dict]], **generate_kwargs) -> str:
+    def predict(self, prompt: t.Union[str, t.List[t.Dict]], **generate_kwargs) -> t.Any:
         """Generate the continuation of one prompt (the new text only).
 
         :param prompt: The input text; ``prompt_template`` is applied to it. Or a
@@ -275,6 +299,7 @@ class LLM(Model):
             the chat template and the assistant's reply is returned.
         :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
             ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
+        :return: The text, or ``{"answer", "checkpoint"}`` with ``record_checkpoint``.
         """
         return self.predict_batches([prompt], **generate_kwargs)[0]
 
@@ -287,13 +312,66 @@ class LLM(Model):
 
     def predict_batches(
         self, prompts: t.Sequence[t.Union[str, t.List[t.Dict]]], **generate_kwargs
-    ) -> t.List[str]:
-        """Generate continuations for several prompts (left-padded, one ``generate`` call).
+    ) -> t.List[t.Any]:
+        """Generate continuations for several prompts, ``max_batch_size`` per ``generate`` call.
+
+        With ``alias`` set, the checkpoint the alias points at is looked up first (and
+        loaded when it moved), so a ``Listener`` answers with the promoted checkpoint.
 
         :param prompts: Input texts, or conversations (lists of messages; see :meth:`predict`).
         :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
             ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
+        :return: Texts, or ``{"answer", "checkpoint"}`` dicts with ``record_checkpoint``.
         """
+        self.follow_alias()
+        size = self.max_batch_size
+        texts = []
+        for start in range(0, len(prompts), size):
+            texts += self._generate(prompts[start : start + size], **generate_kwargs)
+        if not self.record_checkpoint:
+            return texts
+        checkpoint = self.checkpoint_id()
+        return [{"answer": text, "checkpoint": checkpoint} for text in texts]
+
+    def answers(self, prompts: t.Sequence[t.Any], **generate_kwargs) -> t.List[str]:
+        """The texts of :meth:`predict_batches`, also with ``record_checkpoint``.
+
+        :param prompts: As for :meth:`predict_batches`.
+        :param generate_kwargs: As for :meth:`predict_batches`.
+        """
+        out = self.predict_batches(prompts, **generate_kwargs)
+        return [o["answer"] if isinstance(o, dict) else o for o in out]
+
+    def checkpoint_id(self) -> t.Optional[str]:
+        """Identifier of the checkpoint this model predicts with (None: the base model)."""
+        return getattr(self.adapter_id, "identifier", None)
+
+    def follow_alias(self) -> None:
+        """Use the checkpoint ``alias`` points at now; drop the loaded weights if it moved."""
+        if not self.alias:
+            return
+        from superduper_transformers import promote
+        from superduper_transformers.checkpoint import load_checkpoint
+
+        model = self.alias_model or self.identifier
+        if self.db is None:
+            raise ValueError(
+                f"LLM `{self.identifier}`: `alias`={self.alias!r} is looked up in the datalayer: "
+                "apply the model (or a Listener of it) first, or set `llm.db`."
+            )
+        target = promote.promotions(self.db, model).aliases.get(self.alias)
+        if target is None:
+            raise promote.PromotionError(
+                f"LLM `{self.identifier}`: `alias`={self.alias!r} is not an alias of model "
+                f"`{model}`. Set it with `promote(db, {model!r}, CHECKPOINT, alias={self.alias!r})`."
+            )
+        if target != self.checkpoint_id():
+            self.adapter_id = load_checkpoint(self.db, target)
+            self._adapter_error = None
+            self._pipeline = None
+
+    def _generate(self, prompts, **generate_kwargs) -> t.List[str]:
+        """One left-padded ``generate`` call over ``prompts``."""
         import torch
 
         model, tokenizer = self._get_pipeline()
@@ -419,7 +497,7 @@ class LLM(Model):
         """
         X, y = (key, key) if isinstance(key, str) else (key[0], key[-1])
         rows = list(dataset.data)
-        predictions = [p.strip() for p in self.predict_batches([r[X] for r in rows])]
+        predictions = [p.strip() for p in self.answers([r[X] for r in rows])]
         targets = [r[y] for r in rows]
         return {m.identifier: m(predictions, targets) for m in metrics}
 

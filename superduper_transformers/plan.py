@@ -187,6 +187,7 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
     objective = objectives.get(getattr(trainer, "objective", None))
     check_model_path(model.model_name_or_path)
     check_devices(trainer.ray_configs, trainer.num_gpus)
+    _check_lora_modules(trainer, model)
     columns = objective.columns(trainer.key)
     if train_rows is None:
         if trainer.select is None:
@@ -366,6 +367,31 @@ def ray_max_steps(kwargs: t.Dict[str, t.Any], rows: int, ray_configs: t.Mapping)
     )
     steps = math.ceil(rows / per_step) * math.ceil(kwargs.get("num_train_epochs", 3.0))
     return {**kwargs, "max_steps": max(steps, 1)}
+
+
+def _check_lora_modules(trainer, model) -> None:
+    """LoRA target and saved modules named by the user exist in the model (a typo would
+    fail only once training loads the weights, after the apply wrote the model)."""
+    if not trainer.use_lora:
+        return
+    fields = {
+        "lora_target_modules": trainer.lora_target_modules,
+        "lora_modules_to_save": trainer.lora_modules_to_save,
+    }
+    issues = []
+    for field, value in fields.items():
+        if not value or isinstance(value, str):  # "all-linear", a regex, or none
+            continue
+        from superduper_transformers.hf.lora import unmatched_modules
+
+        missing, known = unmatched_modules(model.model_load_kwargs(), list(value))
+        if missing:
+            issues.append(
+                f"`{field}` names {missing}, which match no module of {model.model_name_or_path}: "
+                f"its modules are named {known}. Fix the names, or use `lora_target_modules='all-linear'`."
+            )
+    if issues:
+        raise cfg.ConfigError("Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues))
 
 
 def _check_optional(trainer, db: Datalayer) -> None:

@@ -27,6 +27,7 @@ from superduper_transformers.launch.dispatch import launch
 from superduper_transformers.launch.ray_data import ray_row_source
 from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
 from superduper_transformers.plan import (  # noqa: F401
+    RUN_FIELDS,
     TrainingPlan,
     build_plan,
     fold_rows,
@@ -135,6 +136,18 @@ class LLMTrainer(_LLMTrainerFields):
         or step of the model. None: ``"current"`` for ``dpo``/``kto``/``orpo``/``grpo``,
         ``"base"`` for ``sft``.
     """
+
+    #: A change of any of these is a new version of the trainer, so the ``LLM`` that holds
+    #: it changes too and a re-apply trains (a new run, or the interrupted one resumed
+    #: where only bookkeeping changed); without them superduper updates the trainer's row
+    #: in place and the re-applied model trains nothing.
+    breaks: t.ClassVar[t.Sequence[str]] = (
+        "objective",
+        "key",
+        "select",
+        "training_kwargs",
+        *(name for name in RUN_FIELDS),
+    )
 
     def __init__(self, identifier: str, *args, **kwargs):
         """Take ``TrainingArguments``/``SFTConfig`` keywords directly (into ``training_kwargs``).

@@ -13,13 +13,18 @@ template (ChatML when it has none) and only the assistant turns are learned.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import typing as t
 
+import numpy as np
 from superduper import logging
 
 # The cache's folder and bookkeeping live in `data_cache` (also used by the command line).
 from superduper_transformers._private import private_dir
-from superduper_transformers.data_cache import CACHE_ENV, data_cache_dir, mark_complete  # noqa: F401
+from superduper_transformers.data_cache import _BUILDER, CACHE_ENV, data_cache_dir, mark_complete  # noqa: F401
+from superduper_transformers.hf import tokens
 
 IGNORE_INDEX = -100
 
@@ -166,9 +171,11 @@ FITS, PROMPT_CUT, END_LOST = "fits", "prompt_cut", "end_lost"
 
 
 def _encode(tokenizer, example, X, y, max_length, prompt_template, chat_format):
-    """:func:`tokenize`, and ``FITS``, ``PROMPT_CUT`` or ``END_LOST``: one row of
-    :func:`encode_batch`, so that one example and a batch are tokenized alike."""
-    examples, statuses = encode_batch(tokenizer, [example], X, y, max_length, prompt_template, chat_format)
+    """:func:`tokenize`, and ``FITS``, ``PROMPT_CUT`` or ``END_LOST``: the reference path,
+    one example at a time in Python lists (:func:`encode_table` must give the same)."""
+    examples, statuses = encode_batch_reference(
+        tokenizer, [example], X, y, max_length, prompt_template, chat_format
+    )
     return examples[0], statuses[0]
 
 
@@ -311,11 +318,149 @@ def encode_batch(
     prompt_template: str = "{input}",
     chat_format: bool = False,
 ) -> t.Tuple[t.List[t.Dict[str, t.List[int]]], t.List[str]]:
-    """:func:`tokenize` of many rows at once: the same labels, one tokenizer call per column.
+    """:func:`encode_table` as Python lists: the examples and, for each, ``FITS``,
+    ``PROMPT_CUT`` or ``END_LOST``."""
+    table = encode_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
+    names = {code: name for name, code in _STATUS_CODES.items()}
+    statuses = [names[c] for c in table.column(STATUS_COLUMN).to_pylist()]
+    return table.drop_columns([STATUS_COLUMN]).to_pylist(), statuses
 
-    Text rows are tokenized as a batch (prompts together, completions together: the
-    fast tokenizer runs them in Rust); conversations are rendered and tokenized one by
-    one (:func:`_encode_conversation`).
+
+def encode_table(
+    tokenizer,
+    rows: t.Sequence[t.Mapping],
+    X: str,
+    y: t.Optional[str],
+    max_length: t.Optional[int],
+    prompt_template: str = "{input}",
+    chat_format: bool = False,
+):
+    """:func:`tokenize` of a batch of rows, as a ``pyarrow.Table`` of ``input_ids``,
+    ``attention_mask``, ``labels`` and the truncation code (``_truncation``).
+
+    One call of the tokenizer per column of the batch (prompts, then completions) and
+    the labels built on flat arrays (:mod:`.tokens`); conversations are rendered one by
+    one (the chat template is Python) but tokenized together. The tokens and labels
+    are those of :func:`encode_batch_reference`, row for row.
+    """
+    import pyarrow as pa
+
+    conv = [i for i, row in enumerate(rows) if y is None and is_conversation(row[X])]
+    if not conv:
+        return _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
+    if len(conv) == len(rows):
+        return _conversation_table(tokenizer, [row[X] for row in rows], max_length)
+    conv_set = set(conv)
+    text = [i for i in range(len(rows)) if i not in conv_set]
+    parts = [
+        _text_table(tokenizer, [rows[i] for i in text], X, y, max_length, prompt_template, chat_format),
+        _conversation_table(tokenizer, [rows[i][X] for i in conv], max_length),
+    ]
+    order = np.argsort(np.array(text + conv))
+    return pa.concat_tables(parts).take(order)
+
+
+def _ids(tokenizer, texts, add_special_tokens):
+    """``(offsets, ids)`` of ``texts`` (see :mod:`.tokens`), in one tokenizer call."""
+    if not texts:  # the tokenizer refuses an empty batch
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    return tokens.flatten(_token_lists(tokenizer, texts, add_special_tokens))
+
+
+def _token_lists(tokenizer, texts, add_special_tokens):
+    """The token ids of each text, as ``tokenizer(texts)["input_ids"]``.
+
+    A fast tokenizer's Rust backend is called directly: transformers' wrapper spends
+    ~5x the tokenizing time building its ``BatchEncoding``. The wrapper's result for the
+    first text is compared, so a tokenizer whose wrapper does more than its backend (or
+    a backend set to truncate or pad) is tokenized through the wrapper instead.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        lists = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+        if lists[0] == tokenizer(texts[0], add_special_tokens=add_special_tokens)["input_ids"]:
+            return lists
+    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+def _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format):
+    prompts = [build_prompt(tokenizer, row[X], prompt_template, chat_format) for row in rows]
+    prompt_ids = _ids(tokenizer, prompts, add_special_tokens=not chat_format)
+    if y is None:  # the whole text is learned: it goes where a completion would
+        empty = (np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0, dtype=np.int32))
+        prompt_ids, completion_ids = empty, prompt_ids
+    else:
+        texts = [row[y] for row in rows]
+        completion_ids = _ids(tokenizer, texts, add_special_tokens=False)
+    completion_ids = tokens.append_token(*completion_ids, tokenizer.eos_token_id)
+    return _table(*tokens.assemble(prompt_ids, completion_ids, max_length, learn_prompt=y is None))
+
+
+def _conversation_table(tokenizer, conversations, max_length):
+    """Conversations as :func:`_encode_conversation` tokenizes them, in one tokenizer call."""
+    # Each distinct text is tokenized once: the last reply's prefix is often the whole text.
+    index: t.Dict[str, int] = {}
+    rendered = []  # per conversation: the whole text's index, and each reply's (before, upto)
+    for messages in conversations:
+        text = render_chat(tokenizer, messages)
+        row_spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+            upto = render_chat(tokenizer, messages[: i + 1])
+            if not (text.startswith(before) and text.startswith(upto)):
+                _encode_conversation(tokenizer, messages, max_length)  # raises, naming the turn
+            row_spans.append((index.setdefault(before, len(index)), index.setdefault(upto, len(index))))
+        rendered.append((index.setdefault(text, len(index)), row_spans))
+    ids = _token_lists(tokenizer, list(index), add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    input_lists, label_lists, status = [], [], []
+    for messages, (whole, row_spans) in zip(conversations, rendered):
+        input_ids = ids[whole]
+        labels = [IGNORE_INDEX] * len(input_ids)
+        start = end = 0
+        for b, u in row_spans:
+            start, end = len(ids[b]), len(ids[u])
+            labels[start:end] = input_ids[start:end]
+        if messages[-1]["role"] == "assistant" and eos is not None and eos not in input_ids[start:end]:
+            input_ids, labels = input_ids + [eos], labels + [eos]
+        status.append(tokens.FITS)
+        if max_length is not None and len(input_ids) > max_length:
+            status[-1] = tokens.END_LOST
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        input_lists.append(input_ids)
+        label_lists.append(labels)
+    offsets, input_ids = tokens.flatten(input_lists)
+    _, labels = tokens.flatten(label_lists)
+    return _table(offsets, input_ids, labels, np.array(status, dtype=np.int8))
+
+
+def _table(offsets, input_ids, labels, status):
+    """A batch of examples from flat arrays (see :mod:`.tokens`), in the cached schema."""
+    import pyarrow as pa
+
+    offsets = pa.array(offsets.astype(np.int32))
+    columns = [
+        pa.ListArray.from_arrays(offsets, pa.array(input_ids)),
+        pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(input_ids), dtype=np.int8))),
+        pa.ListArray.from_arrays(offsets, pa.array(labels)),
+        pa.array(status),
+    ]
+    return pa.Table.from_arrays(columns, schema=_features().arrow_schema)
+
+
+def encode_batch_reference(
+    tokenizer,
+    rows: t.Sequence[t.Mapping],
+    X: str,
+    y: t.Optional[str],
+    max_length: t.Optional[int],
+    prompt_template: str = "{input}",
+    chat_format: bool = False,
+) -> t.Tuple[t.List[t.Dict[str, t.List[int]]], t.List[str]]:
+    """:func:`tokenize` of many rows, one example at a time in Python lists: the
+    reference that :func:`encode_table` is tested against (and the benchmark's baseline).
 
     :return: the examples and, for each, ``FITS``, ``PROMPT_CUT`` or ``END_LOST``.
     """
@@ -362,10 +507,10 @@ def _combine(prompt_ids, completion_ids, eos, max_length):
 
 
 #: Bump when the tokenized output of the same rows and settings changes (cache key).
-TOKENIZATION_VERSION = 1
+TOKENIZATION_VERSION = 2  # 2: written by `encode_table` (same tokens), own file layout
 #: The truncation status of each example, kept in the cached dataset so the warning
 #: is the same on a cache hit (dropped before training).
-_STATUS = "_truncation"
+STATUS_COLUMN = "_truncation"
 _STATUS_CODES = {FITS: 0, PROMPT_CUT: 1, END_LOST: 2}
 #: Rows tokenized per batch when the rows come as a plain iterable.
 BATCH_SIZE = 1000
@@ -433,7 +578,7 @@ def _features():
 
     ids = Sequence(Value("int32"))
     return Features(
-        input_ids=ids, attention_mask=Sequence(Value("int8")), labels=ids, **{_STATUS: Value("int8")}
+        input_ids=ids, attention_mask=Sequence(Value("int8")), labels=ids, **{STATUS_COLUMN: Value("int8")}
     )
 
 
@@ -451,9 +596,9 @@ def build_dataset(
 ):
     """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``.
 
-    The rows are read page by page and tokenized in batches into an Arrow file
-    (``Dataset.from_generator``): the dataset is memory-mapped, never one Python list.
-    It is cached under ``fingerprint`` (datasets' own builder cache, in ``cache_dir``):
+    The rows are read page by page, each page tokenized by :func:`encode_table` and
+    written as Arrow record batches to one file: the dataset is memory-mapped, never one
+    Python list. It is cached under ``fingerprint`` (a folder of ``cache_dir``):
     the same rows with the same tokenization settings are read from the cache, without
     reading or tokenizing the rows again.
 
@@ -470,8 +615,6 @@ def build_dataset(
     :param cache_dir: The cache folder (default :func:`data_cache_dir`), made owner-only.
     :param owner: The tag of the model trained on it (its entry goes when the model is deleted).
     """
-    from datasets import Dataset
-
     if fingerprint is None:
         from superduper_transformers.lineage import RowsHash
 
@@ -479,25 +622,69 @@ def build_dataset(
         data_hash = f"{digest.count}:{digest.hexdigest()}"
         fingerprint = tokenization_key(tokenizer, data_hash, X, y, max_length, prompt_template, chat_format)
 
-    def examples():
+    def tables():
         for page in pages(rows):
-            encoded, statuses = encode_batch(tokenizer, page, X, y, max_length, prompt_template, chat_format)
-            for example, status in zip(encoded, statuses):
-                yield {**example, _STATUS: _STATUS_CODES[status]}
+            yield encode_table(tokenizer, page, X, y, max_length, prompt_template, chat_format)
 
     cache_dir = private_dir(cache_dir or data_cache_dir())  # tokens are rows: owner only
-    ds = Dataset.from_generator(examples, features=_features(), cache_dir=cache_dir, fingerprint=fingerprint)
+    ds = _cached_dataset(os.path.join(cache_dir, _BUILDER), fingerprint, tables)
     # The plugin's entry from now on; used now (`data-cache --clear --older-than` removes
     # what was not trained on lately).
     mark_complete(ds, owner)
     _warn_truncated(ds, max_length)
-    return ds.remove_columns(_STATUS)
+    return ds.remove_columns(STATUS_COLUMN)
+
+
+def _cached_dataset(root: str, fingerprint: str, tables: t.Callable[[], t.Iterator[t.Any]]):
+    """The dataset cached under ``fingerprint``, else ``tables()`` written there first.
+
+    Each batch is written to an Arrow stream file as it comes (the dataset is then
+    memory-mapped, never one Python list); the file is written under a temporary name
+    and renamed, so a crash or a concurrent training never leaves half a file under the
+    final name.
+    """
+    import pyarrow as pa
+    from datasets import Dataset
+
+    entry = os.path.join(root, f"default-fingerprint={fingerprint}")
+    folder, path = os.path.join(entry, "0.0.0"), os.path.join(entry, "0.0.0", "data.arrow")
+    os.makedirs(folder, exist_ok=True)
+    # The lock datasets' builder takes: `data-cache --clear` leaves an entry alone while a
+    # training builds or opens it, and a second training with the same rows waits for it.
+    with _locked(os.path.join(entry, "0.0.0_builder.lock")):
+        if not os.path.exists(path):
+            fd, tmp = tempfile.mkstemp(prefix=".data-", suffix=".arrow.tmp", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as f, pa.ipc.new_stream(f, _features().arrow_schema) as writer:
+                    for table in tables():
+                        writer.write_table(table)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        return Dataset.from_file(path)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive ``flock`` on ``path`` (created) for the block; none without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock, as in datasets' own fallback
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _warn_truncated(ds, max_length: t.Optional[int]) -> None:
     import pyarrow.compute as pc
 
-    counts = {v["values"]: v["counts"] for v in pc.value_counts(ds.data.column(_STATUS)).to_pylist()}
+    counts = {v["values"]: v["counts"] for v in pc.value_counts(ds.data.column(STATUS_COLUMN)).to_pylist()}
     cut, lost = counts.get(1, 0), counts.get(2, 0)
     if cut or lost:
         logging.warn(
@@ -518,7 +705,7 @@ def iterable_dataset(examples: t.Callable[[], t.Iterator[t.Dict[str, t.Any]]]):
     from datasets import IterableDataset
 
     features = _features()
-    del features[_STATUS]
+    del features[STATUS_COLUMN]
     return IterableDataset.from_generator(examples, features=features)
 
 

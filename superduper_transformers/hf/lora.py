@@ -68,3 +68,29 @@ def continue_adapter(model, path: str, config: t.Union[TrainSettings, t.Any]):
     elif checkpointing:
         model.enable_input_require_grads()
     return PeftModel.from_pretrained(model, path, is_trainable=True)
+
+
+def unmatched_modules(
+    model_kwargs: t.Dict[str, t.Any], names: t.Sequence[str]
+) -> t.Tuple[t.List[str], t.List[str]]:
+    """The ``names`` (LoRA target or saved modules) that match no module of the model, and
+    the model's module names that could be meant (the last part of each name, sorted).
+
+    The model is built from its config on the meta device: no weights are read or held.
+    A name matches as in peft: the module's full name, or its last dotted parts.
+
+    :param model_kwargs: ``from_pretrained`` keywords of the base model.
+    :param names: Module names to check (e.g. ``["q_proj", "v_proj"]``).
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = dict(model_kwargs)
+    path = kwargs.pop("pretrained_model_name_or_path")
+    config_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if k in kwargs}
+    config = AutoConfig.from_pretrained(path, **config_kwargs)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, **config_kwargs)
+    modules = [n for n, _ in model.named_modules() if n]
+    missing = [k for k in names if not any(n == k or n.endswith(f".{k}") for n in modules)]
+    return missing, sorted({n.rsplit(".", 1)[-1] for n in modules if not n.rsplit(".", 1)[-1].isdigit()})

@@ -163,8 +163,6 @@ class Tokenize:
         self.json_columns = set(json_columns)
 
     def __call__(self, batch):
-        import pyarrow as pa
-
         keys = [k for k in (self.tokenization["X"], self.tokenization["y"]) if k is not None]
         rows = batch.select(keys).to_pylist()
         for row in rows:
@@ -175,15 +173,8 @@ class Tokenize:
                         row[k] = json.loads(value)
                     except ValueError:
                         pass  # text that only looks like JSON
-        encoded, _ = data.encode_batch(self.tokenizer, rows, **self.tokenization)
-        ids = pa.list_(pa.int32())
-        return pa.table(
-            {
-                "input_ids": pa.array([e["input_ids"] for e in encoded], ids),
-                "attention_mask": pa.array([e["attention_mask"] for e in encoded], pa.list_(pa.int8())),
-                "labels": pa.array([e["labels"] for e in encoded], ids),
-            }
-        )
+        table = data.encode_table(self.tokenizer, rows, **self.tokenization)
+        return table.drop_columns([data.STATUS_COLUMN]).replace_schema_metadata(None)
 
 
 # -- workers --------------------------------------------------------------

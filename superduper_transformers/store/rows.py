@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import typing as t
 
+from superduper_transformers.store.native_rows import native_pages, sql_identifier, sql_string
+
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
@@ -47,6 +49,8 @@ class FoldRows:
     :param keys: Columns to keep of each row (None: all). A row lacking one keeps all
         its columns, so the data checks can name what it has.
     :param page_size: Rows per page (default :data:`DEFAULT_PAGE_SIZE`).
+    :param native: Read through the backend's cursor where the query allows it
+        (False: always through superduper's decoded rows).
     """
 
     def __init__(
@@ -56,13 +60,14 @@ class FoldRows:
         fold: t.Optional[str],
         keys: t.Optional[t.Sequence[str]] = None,
         page_size: t.Optional[int] = None,
+        native: bool = True,
     ):
         page_size = DEFAULT_PAGE_SIZE if page_size is None else page_size
         if page_size < 1:
             raise ValueError(f"`page_size` must be positive, got {page_size}.")
         self.db, self.select, self.fold = db, select, fold
         self.keys = list(keys) if keys is not None else None
-        self.page_size = page_size
+        self.page_size, self.native = page_size, native
         self._count: t.Optional[int] = None
 
     @property
@@ -79,17 +84,28 @@ class FoldRows:
         return {k: row[k] for k in self.keys}
 
     def pages(self) -> t.Iterator[t.List[t.Dict[str, t.Any]]]:
-        """The rows, one page (a list of at most ``page_size`` rows) at a time."""
-        query, offset, count = self.query, 0, 0
+        """The rows, one page (a list of at most ``page_size`` rows) at a time.
+
+        Read through the backend's own cursor where the selection allows it
+        (:mod:`.native_rows`), else through superduper's query.
+        """
+        native = native_pages(self.db, self.select, self.fold, self.keys) if self.native else None
+        pages = native(self.page_size) if native is not None else self._query_pages()
+        count = 0
+        for page in pages:
+            count += len(page)
+            yield page
+        self._count = count
+
+    def _query_pages(self) -> t.Iterator[t.List[t.Dict[str, t.Any]]]:
+        query, offset = self.query, 0
         while True:
             page = [self._project(r) for r in query.limit(self.page_size, offset=offset).execute()]
             if page:
-                count += len(page)
                 yield page
             if len(page) < self.page_size:
                 break
             offset += self.page_size
-        self._count = count
 
     def __iter__(self) -> t.Iterator[t.Dict[str, t.Any]]:
         for page in self.pages():
@@ -144,20 +160,6 @@ def sql_source(db: Datalayer, select, fold: t.Optional[str], keys: t.Sequence[st
     columns = ", ".join(sql_identifier(k) for k in keys)
     where = f" WHERE {sql_identifier('_fold')} = {sql_string(fold)}" if fold is not None else ""
     return uri, f"SELECT {columns} FROM {sql_identifier(select.table)}{where}"
-
-
-def sql_identifier(name: str) -> str:
-    """``name`` as a SQL identifier: between double quotes, each ``"`` in it doubled.
-
-    Column and table names come from the user (a trainer's ``key``, the table): quoted
-    this way, a name such as ``x" FROM other --`` is one (missing) column, not SQL.
-    """
-    return '"' + str(name).replace('"', '""') + '"'
-
-
-def sql_string(value: str) -> str:
-    """``value`` as a SQL string literal: between single quotes, each ``'`` doubled."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def json_columns(db: Datalayer, table: str, keys: t.Sequence[str]) -> t.List[str]:

@@ -1,0 +1,279 @@
+"""The loop in the database: a trained model answers rows as a ``Listener``, follows an alias.
+
+One mongomock datalayer is trained once for the module: ``tiny``, 4 LoRA steps with a
+checkpoint at steps 2 and 4 (mechanics only: the answers are not asserted).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from plugin_tests import fixtures
+from superduper_transformers import LLM, promote
+from superduper_transformers.checkpoint import list_checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    from superduper import CFG, superduper
+
+    data = tmp_path_factory.mktemp("loop-data")
+    old = CFG.artifact_store
+    CFG.artifact_store = f"filesystem://{data / 'artifact_store'}"
+    try:
+        db = superduper(f"mongomock://loop-{data.name}", force_apply=True)
+        fixtures.insert_rows(db)
+        llm = fixtures.make_llm(
+            db,
+            tiny_model_dir,
+            max_steps=4,
+            save_steps=2,
+            eval_steps=2,
+            logging_steps=2,
+            save_total_limit=None,
+            output_dir=str(data / "out"),
+        )
+        db.apply(llm, force=True)
+        steps = {r["step"]: r["identifier"] for r in list_checkpoints(db, "tiny")}
+        assert sorted(steps) == [2, 4]
+        promote.promote(db, "tiny", steps[2], alias="prod", by="tester")
+        yield db, steps, tiny_model_dir
+        db.disconnect()
+    finally:
+        CFG.artifact_store = old
+
+
+def questions_table(db, name: str):
+    from superduper import Table
+
+    db.apply(Table(name, fields={"question": "str"}), force=True)
+
+
+def stored_outputs(db, listener):
+    """``{question: output}`` of the listener, joined on the source row's id."""
+    table = db[listener.select.table]
+    pid = table.primary_id.execute()
+    rows = {r[pid]: r["question"] for r in table.select().execute()}
+    return {rows[o["_source"]]: o[listener.outputs] for o in db[listener.outputs].select().execute()}
+
+
+def test_a_listener_answers_inserted_rows_with_the_checkpoint_of_the_alias(trained):
+    from superduper import Listener
+
+    db, steps, model_dir = trained
+    questions_table(db, "questions")
+    db["questions"].insert([{"question": "1+1="}, {"question": "2+3="}])
+    serving = LLM(
+        "tiny-prod",
+        model_name_or_path=model_dir,
+        alias="prod",
+        alias_model="tiny",
+        record_checkpoint=True,
+        max_batch_size=2,
+        predict_kwargs={"max_new_tokens": 2},
+    )
+    listener = Listener("answers", model=serving, key="question", select=db["questions"].select())
+    db.apply(listener, force=True)  # answers the rows already there
+
+    db["questions"].insert([{"question": f"{a}+2="} for a in range(5)])  # two batches and one row
+    outputs = stored_outputs(db, listener)
+    assert len(outputs) == 7
+    assert {o["checkpoint"] for o in outputs.values()} == {steps[2]}
+    assert all(isinstance(o["answer"], str) for o in outputs.values())
+
+    promote.promote(db, "tiny", steps[4], alias="prod", by="tester")
+    db["questions"].insert([{"question": "7+3="}])  # the listener is not re-applied
+    outputs = stored_outputs(db, listener)
+    assert outputs["7+3="]["checkpoint"] == steps[4]
+    assert outputs["1+1="]["checkpoint"] == steps[2]
+
+
+def test_a_listener_on_the_trained_model_stores_plain_text(trained):
+    from superduper import Listener
+
+    db, steps, _ = trained
+    questions_table(db, "plain")
+    llm = db.load("LLM", "tiny")
+    listener = Listener("plain-answers", model=llm, key="question", select=db["plain"].select())
+    db.apply(listener, force=True)
+    db["plain"].insert([{"question": "1+2="}])
+    assert [type(v) for v in stored_outputs(db, listener).values()] == [str]
+
+
+def test_an_unknown_alias_is_named_with_the_fix(trained):
+    db, _, model_dir = trained
+    llm = LLM("tiny-beta", model_name_or_path=model_dir, alias="beta", alias_model="tiny")
+    with pytest.raises(ValueError, match="`alias`='beta' is looked up in the datalayer: apply the model"):
+        llm.predict("1+1=")
+    llm.db = db
+    with pytest.raises(promote.PromotionError, match="`alias`='beta' is not an alias of model `tiny`"):
+        llm.predict("1+1=")
+
+
+def test_feedback_becomes_kto_dpo_and_sft_rows_and_dpo_trains_on_them(trained, tmp_path):
+    from superduper import Listener
+
+    from superduper_transformers import LLMTrainer, feedback
+
+    db, steps, model_dir = trained
+    questions_table(db, "asked")
+    serving = LLM(
+        "tiny-fb",
+        model_name_or_path=model_dir,
+        alias="prod",
+        alias_model="tiny",
+        record_checkpoint=True,
+        predict_kwargs={"max_new_tokens": 2, "min_new_tokens": 2},  # DPO refuses empty texts
+    )
+    listener = Listener("fb-answers", model=serving, key="question", select=db["asked"].select())
+    db.apply(listener, force=True)
+    db["asked"].insert([{"question": "1+1="}, {"question": "1+1="}, {"question": "2+2="}])
+    out = db[listener.outputs]
+    pid = out.primary_id.execute()
+    a, b, c = [str(o[pid]) for o in out.select().execute()]
+    prod = promote.promotions(db, "tiny").aliases["prod"]
+
+    feedback.feedback_table(db)
+    db["feedback"].insert(
+        [
+            {"output": a, "thumbs": "up"},
+            {"output": c, "thumbs": "down"},
+            {"output": a, "rejected": b},
+            {"output": c, "correction": "4"},
+        ]
+    )
+    kto = feedback.training_rows(db, listener, "kto", table="kto_rows")
+    answer = {i: o[listener.outputs]["answer"] for i, o in zip((a, b, c), out.select().execute())}
+    assert answer[a] == answer[b]  # greedy: the preference a over b carries nothing
+    assert [(r["completion"], r["label"]) for r in kto] == [
+        (answer[a], True),
+        (answer[c], False),
+        ("4", True),
+        (answer[c], False),
+    ]
+    assert {r["checkpoint"] for r in kto} == {prod}
+    sft = feedback.training_rows(db, listener, "sft", table="sft_rows")
+    assert [(r["x"], r["y"]) for r in sft] == [("1+1=", answer[a]), ("1+1=", answer[a]), ("2+2=", "4")]
+    dpo = feedback.training_rows(db, listener, "dpo", table="dpo_rows")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in dpo] == [("2+2=", "4", answer[c])]
+    assert feedback.training_rows(db, listener, "dpo", table="dpo_rows") == []  # converted once
+    assert len(db["dpo_rows"].select().execute()) == 1
+
+    trainer = LLMTrainer(
+        "fb-dpo-trainer",
+        objective="dpo",
+        key=("prompt", "chosen", "rejected"),
+        select=db["dpo_rows"].select(),
+        max_steps=2,
+        save_steps=2,
+        per_device_train_batch_size=1,
+        output_dir=str(tmp_path / "dpo"),
+        **{k: v for k, v in fixtures.FAST_TRAINING.items() if k != "per_device_train_batch_size"},
+    )
+    db.apply(LLM("tiny-dpo", model_name_or_path=model_dir, trainer=trainer), force=True)
+    assert [r["step"] for r in list_checkpoints(db, "tiny-dpo")] == [2]
+
+    with pytest.raises(feedback.FeedbackError, match=r"`objective` must be one of \['dpo', 'kto', 'sft'\]"):
+        feedback.training_rows(db, listener, "ppo", table="x")
+    db["feedback"].insert([{"output": "0" * 24, "thumbs": "up"}])
+    with pytest.raises(feedback.FeedbackError, match=r"output\(s\) \[.0{24}.\] that are not in"):
+        feedback.training_rows(db, listener, "sft", table="sft_rows")
+
+
+def test_compare_stores_both_answers_per_row_and_the_metric_of_each(trained, capsys, monkeypatch):
+    from superduper_transformers import cli
+    from superduper_transformers.compare import SUMMARY_TABLE, CompareError, compare, win_rate
+
+    db, steps, _ = trained
+    result = compare(
+        db, "tiny", 2, steps[4], table="facts", key="x", target="y",
+        metric="plugin_tests.fixtures:exact_match", limit=4,
+    )  # fmt: skip
+    stored = [r for r in db["compare"].select().execute() if r["comparison"] == result.summary["comparison"]]
+    assert [(r["prompt"], r["target"]) for r in stored] == [(p, c) for p, c in fixtures.FACTS[:4]]
+    assert all(isinstance(r["answer_a"], str) and isinstance(r["answer_b"], str) for r in stored)
+    summary = [
+        s for s in db[SUMMARY_TABLE].select().execute() if s["comparison"] == result.summary["comparison"]
+    ]
+    assert len(summary) == 1
+    s = summary[0]
+    assert (s["checkpoint_a"], s["checkpoint_b"], s["rows"]) == (steps[2], steps[4], 4)
+    exact = fixtures.exact_match
+    assert s["score_a"] == exact([r["answer_a"] for r in stored], [c for _, c in fixtures.FACTS[:4]])
+    assert s["score_b"] == exact([r["answer_b"] for r in stored], [c for _, c in fixtures.FACTS[:4]])
+
+    # people judge the side-by-side rows: a win rate
+    pid = db["compare"].primary_id.execute()
+    db.apply(
+        __import__("superduper").Table("votes", fields={"output": "str", "preferred": "str"}), force=True
+    )
+    db["votes"].insert(
+        [
+            {"output": str(stored[0][pid]), "preferred": "b"},
+            {"output": str(stored[1][pid]), "preferred": "tie"},
+        ]
+    )
+    assert win_rate(db, result.summary["comparison"], "votes") == {"a": 0.25, "b": 0.75, "judged": 2}
+
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)
+    assert cli.main(["compare", "tiny", "2", "4", "--table", "facts", "--key", "x", "--target", "y",
+                     "--metric", "plugin_tests.fixtures:exact_match", "--limit", "2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"a: {steps[2]}" in out and f"b: {steps[4]}" in out and "0+1=" in out
+    assert "plugin_tests.fixtures:exact_match: a " in out
+    assert (
+        cli.main(["compare", "tiny", "prod", "4", "--table", "facts", "--key", "x", "--metric", "nope"]) == 2
+    )
+    assert "must be 'module:function'" in capsys.readouterr().err
+    with pytest.raises(CompareError, match="needs `target`"):
+        compare(db, "tiny", 2, 4, table="facts", key="x", metric="plugin_tests.fixtures:exact_match")
+    with pytest.raises(CompareError, match=r"no column\(s\) \['question'\]"):
+        compare(db, "tiny", 2, 4, table="facts", key="question")
+
+
+def test_the_gate_promotes_a_candidate_not_worse_by_the_margin_and_records_each_decision(trained):
+    from superduper_transformers.gate import ROUNDS_TABLE, gate, not_worse
+
+    assert not_worse(0.5, 0.55, margin=0.1) and not not_worse(0.5, 0.7, margin=0.1)
+    assert not not_worse(0.5, 0.5, margin=-0.1)  # a negative margin demands an improvement
+    db, steps, _ = trained
+    promote.promote(db, "tiny", steps[2], alias="prod", by="tester")
+    common = dict(table="facts", key="x", target="y", metric="plugin_tests.fixtures:exact_match")
+    rejected = gate(db, "tiny", 4, margin=-1.0, **common)  # must beat prod by 1: impossible
+    assert promote.promotions(db, "tiny").aliases["prod"] == steps[2]
+    promoted = gate(db, "tiny", 4, margin=1.0, **common)
+    assert promote.promotions(db, "tiny").aliases["prod"] == steps[4]
+    assert promote.promotions(db, "tiny").history[-1]["by"] == "gate"
+    rows = [r for r in db[ROUNDS_TABLE].select().execute()]
+    assert [(r["candidate"], r["prod"], r["decision"]) for r in rows] == [
+        (steps[4], steps[2], "rejected"),
+        (steps[4], steps[2], "promoted"),
+    ]
+    assert rejected["score_candidate"] == promoted["score_candidate"]
+
+
+def test_outputs_and_feedback_rows_on_sqlite(sqlite_db, tiny_model_dir):
+    """The CLI's datalayer (superduper-sql): JSON outputs, feedback rows with unset columns."""
+    from superduper import Listener
+
+    from superduper_transformers import feedback
+
+    db = sqlite_db
+    questions_table(db, "q")
+    llm = LLM(
+        "base",
+        model_name_or_path=tiny_model_dir,
+        record_checkpoint=True,
+        predict_kwargs={"max_new_tokens": 2, "min_new_tokens": 2},
+    )
+    listener = Listener("sql-answers", model=llm, key="question", select=db["q"].select())
+    db.apply(listener, force=True)
+    db["q"].insert([{"question": "1+1="}, {"question": "2+2="}])
+    out = db[listener.outputs]
+    ids = [str(o[out.primary_id.execute()]) for o in out.select().execute()]
+    assert [o[listener.outputs]["checkpoint"] for o in out.select().execute()] == [None, None]
+    feedback.feedback_table(db)
+    db["feedback"].insert([{"output": ids[0], "thumbs": "up"}, {"output": ids[1], "correction": "4"}])
+    rows = feedback.training_rows(db, listener, "sft", table="sft")
+    assert [(r["x"], r["_fold"]) for r in rows] == [("1+1=", "train"), ("2+2=", "train")]
+    assert rows[1]["y"] == "4" and len(db["sft"].select().execute()) == 2

@@ -1,0 +1,89 @@
+"""Tokenized examples of a whole batch built on flat arrays, with no Python loop per row.
+
+A batch of examples is kept as Arrow keeps a list column: one flat array of token ids
+and the offsets where each row starts (``ids[offsets[i]:offsets[i + 1]]`` is row ``i``).
+:func:`assemble` joins the prompts and completions of a batch this way, with the same
+truncation rules as ``data._combine`` (the one-example reference), by computing for
+each row which slice of its prompt and of its completion survives, then gathering those
+slices with index arrays. Nothing here knows about tokenizers or rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import typing as t
+
+import numpy as np
+
+IGNORE_INDEX = -100
+#: Truncation codes, as stored in the ``_truncation`` column (``data._STATUS_CODES``).
+FITS, PROMPT_CUT, END_LOST = 0, 1, 2
+
+
+def flatten(lists: t.Sequence[t.Sequence[int]]) -> t.Tuple[np.ndarray, np.ndarray]:
+    """Lists of token ids -> ``(offsets, ids)`` (int64 offsets of ``len(lists) + 1``, int32 ids)."""
+    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    return offsets, ids
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``, vectorised."""
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    out_starts = np.cumsum(lengths) - lengths
+    return np.repeat(starts - out_starts, lengths) + np.arange(total)
+
+
+def append_token(offsets: np.ndarray, ids: np.ndarray, token: t.Optional[int]):
+    """Each row with ``token`` appended (unchanged when ``token`` is None)."""
+    if token is None:
+        return offsets, ids
+    ids = np.insert(ids, offsets[1:], np.int32(token))
+    return offsets + np.arange(len(offsets)), ids
+
+
+def assemble(
+    prompt: t.Tuple[np.ndarray, np.ndarray],
+    completion: t.Tuple[np.ndarray, np.ndarray],
+    max_length: t.Optional[int],
+    learn_prompt: bool,
+):
+    """Rows ``prompt + completion``, truncated to ``max_length``, and their labels.
+
+    :param prompt: ``(offsets, ids)`` of the prompts (empty rows for whole text).
+    :param completion: ``(offsets, ids)`` of what is learned (completion + EOS, or the
+        whole text + EOS).
+    :param max_length: At most this many tokens per row (None: no limit). A row whose
+        completion fits loses the start of its prompt (``PROMPT_CUT``); one whose
+        completion alone is too long loses its end (``END_LOST``).
+    :param learn_prompt: Label the prompt tokens too (else -100).
+    :return: ``(offsets, input_ids, labels, status)``; ``status`` is int8 per row.
+    """
+    (p_off, p_ids), (c_off, c_ids) = prompt, completion
+    pl, cl = np.diff(p_off), np.diff(c_off)
+    p_start, p_end, c_end = np.zeros_like(pl), pl.copy(), cl.copy()
+    status = np.full(len(pl), FITS, dtype=np.int8)
+    if max_length is not None:
+        long = pl + cl > max_length
+        cut = long & (cl < max_length)
+        lost = long & ~cut
+        status[cut], status[lost] = PROMPT_CUT, END_LOST
+        p_start[cut] = (pl + cl - max_length)[cut]
+        p_end[lost] = np.minimum(pl, max_length)[lost]
+        c_end[lost] = (max_length - p_end)[lost]
+    kept_p, kept_c = p_end - p_start, c_end
+    lengths = kept_p + kept_c
+    offsets = np.zeros(len(pl) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    input_ids = np.empty(int(offsets[-1]), dtype=np.int32)
+    labels = np.empty_like(input_ids)
+    at_p = _ranges(offsets[:-1], kept_p)
+    at_c = _ranges(offsets[:-1] + kept_p, kept_c)
+    input_ids[at_p] = p_ids[_ranges(p_off[:-1] + p_start, kept_p)]
+    labels[at_p] = input_ids[at_p] if learn_prompt else IGNORE_INDEX
+    input_ids[at_c] = labels[at_c] = c_ids[_ranges(c_off[:-1], kept_c)]
+    return offsets, input_ids, labels, status

@@ -145,7 +145,9 @@ def test_a_keyword_of_another_objective_is_refused_naming_it(db):
         ConfigError, match=r"`packing` is a setting of the `sft` objective.*objective is `dpo`"
     ):
         LLMTrainer("t", objective="dpo", key=("p", "c", "r"), select=db["facts"].select(), packing=True)
-    with pytest.raises(ConfigError, match=r"`objective` must be one of \['dpo', 'sft'\], got 'ppo'"):
+    with pytest.raises(
+        ConfigError, match=r"`objective` must be one of \['dpo', 'grpo', 'kto', 'orpo', 'sft'\], got 'ppo'"
+    ):
         LLMTrainer("t", objective="ppo", key=("x", "y"), select=db["facts"].select())
     with pytest.raises(ConfigError, match=r"`key` of a `dpo` trainer must name three columns"):
         LLMTrainer("t", objective="dpo", key=("x", "y"), select=db["facts"].select())

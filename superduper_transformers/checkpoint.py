@@ -452,7 +452,10 @@ def checkpoints_to_prune(
 
 
 def best_metric_of(
-    training_kwargs: t.Mapping[str, t.Any], rows: t.Sequence[t.Dict], eval_sets: t.Sequence[str] = ()
+    training_kwargs: t.Mapping[str, t.Any],
+    rows: t.Sequence[t.Dict],
+    eval_sets: t.Sequence[str] = (),
+    default: str = "loss",
 ) -> t.Tuple[t.Optional[str], bool]:
     """The metric that ranks a model's checkpoints (as logged, ``eval_...``), and its direction.
 
@@ -463,11 +466,13 @@ def best_metric_of(
     :param training_kwargs: The ``LLMTrainer``'s training keywords.
     :param rows: The checkpoint rows (their metric names show which eval sets ran).
     :param eval_sets: Identifiers of the model's validation datasets, in order.
+    :param default: The objective's default metric (``loss``; GRPO's ``reward``, see
+        ``hf.objectives``' ``eval_metrics``).
     """
     metric = training_kwargs.get("metric_for_best_model")
     if not metric:
         logged = {k for r in rows for k in (r.get("metrics") or {})}
-        candidates = ["eval_loss", "eval_valid_loss", *(f"eval_{s}_loss" for s in eval_sets)]
+        candidates = [f"eval_{default}", f"eval_valid_{default}", *(f"eval_{s}_{default}" for s in eval_sets)]
         metric = next((c for c in candidates if c in logged), None)
     return best_metric(metric, training_kwargs.get("greater_is_better"))
 
@@ -490,7 +495,10 @@ def best_of_model(db: Datalayer, model: str, experiment_id: t.Optional[str] = No
     trainer = getattr(llm, "trainer", None)
     validation = getattr(llm, "validation", None)
     eval_sets = [d.identifier for d in validation.datasets] if validation is not None else []
-    metric, greater = best_metric_of(getattr(trainer, "training_kwargs", None) or {}, rows, eval_sets)
+    default = "reward" if getattr(trainer, "objective", None) == "grpo" else "loss"
+    metric, greater = best_metric_of(
+        getattr(trainer, "training_kwargs", None) or {}, rows, eval_sets, default
+    )
     return best_checkpoint(rows, metric, greater)
 
 

@@ -447,6 +447,10 @@ class LLM(Model):
         migrate_tables(self.db, LLM)
         if requires and self.trainer is not None and resume.is_interrupted(self.db, self.identifier):
             requires = None  # re-applying a model whose training was cut off trains it again
+        elif requires and _trains_anew(self):
+            # A new training of a trained model (e.g. DPO after SFT): superduper sees no
+            # change of a trainer that keeps its identifier, and would not fit.
+            requires = None
         plan = None
         if "fit_in_db" in self.get_triggers(event_type, requires=requires) and self.trainer is not None:
             plan = preflight(self, self.db)
@@ -529,3 +533,17 @@ class LLM(Model):
             results = self.validate(key=self.validation.key, dataset=dataset, metrics=self.validation.metrics)
             self.metric_values[f"{dataset.identifier}/{dataset.version}"] = results
         self.save()
+
+
+def _trains_anew(model: LLM) -> bool:
+    """Whether the trainer of ``model`` (being applied over a stored, trained model) would
+    train with other settings than the model's latest run: another objective, learning
+    rate, rows... (bookkeeping such as ``max_steps`` or ``save_steps`` does not count)."""
+    from superduper_transformers.trainer import LLMTrainer, run_settings
+
+    if not isinstance(model.trainer, LLMTrainer):
+        return False
+    run = resume.latest_run(model.db, model.identifier)
+    # The start is not compared: it is the checkpoint in use, which each training moves.
+    settings = run_settings(model, model.trainer)
+    return run is not None and bool(resume.changed_settings(run, settings, ignore=["start_from"]))

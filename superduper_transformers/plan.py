@@ -23,8 +23,9 @@ import typing as t
 
 from superduper import logging
 
-from superduper_transformers import lineage, resume
+from superduper_transformers import checkpoint, lineage, promote, resume
 from superduper_transformers import trainer_args as cfg
+from superduper_transformers.checkpoint import Checkpoint
 from superduper_transformers.hf import data, objectives
 from superduper_transformers.hf.loading import check_model_path
 from superduper_transformers.launch.dispatch import check_devices
@@ -75,6 +76,8 @@ class TrainingPlan:
     :param config: The constructed trl config (built once, from ``config_kwargs``).
     :param settings: LoRA, quantization, precision, batching: what the lower layers read.
     :param rows: The rows of each set by name (``FoldRows`` read in pages, or lists).
+    :param start_from: The checkpoint training starts from (``{"checkpoint", "path"}``),
+        None for the base model (:func:`starting_point`).
     """
 
     model: str
@@ -90,6 +93,7 @@ class TrainingPlan:
     config: t.Any = dc.field(compare=False, repr=False, default=None)
     settings: t.Optional[TrainSettings] = dc.field(compare=False, repr=False, default=None)
     rows: t.Mapping[str, t.Any] = dc.field(compare=False, repr=False, default_factory=dict)
+    start_from: t.Optional[t.Dict[str, str]] = None
 
     @property
     def output_dir(self) -> str:
@@ -164,6 +168,7 @@ def from_job(value: t.Any, model: t.Any, db: Datalayer) -> t.Optional[TrainingPl
         config=config,
         settings=TrainSettings.from_trainer(trainer, config),
         rows=rows,
+        start_from=value.get("start_from"),
     )
 
 
@@ -206,6 +211,7 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
         if hasattr(rows, "known_count"):
             rows.known_count(hashes[name].count)
     eval_names = [n for n in sets if n != "train"]
+    start = starting_point(model, db)
     fingerprint = lineage.DataFingerprint.of_hashes(
         str(trainer.select),
         hashes["train"],
@@ -214,7 +220,9 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
         model.prompt_template,
         trainer.setup_chat_format,
     )
-    settings_json = run_settings(model, trainer)
+    if start is not None:  # lineage: each checkpoint names the one its run started from
+        fingerprint["start_checkpoint"] = start["checkpoint"]
+    settings_json = run_settings(model, trainer, start)
     # A refused resume fails here, before the apply writes anything.
     resume.refuse_changed_data(
         db, model.identifier, settings_json, fingerprint, trainer.resume_from_db, trainer.on_data_change
@@ -226,6 +234,8 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
     logging.info(f"Precision: {precision.name} on {precision.device} ({settings.precision.reason})")
     metric, greater = best_metric(config.metric_for_best_model, config.greater_is_better)
     _check_optional(trainer, db)
+    # What trl would only find at its first step (GRPO: call the reward functions once).
+    objective.preflight(sets["train"], columns, settings, tokenization_of(model, trainer))
     return TrainingPlan(
         model=model.identifier,
         objective=objective.name,
@@ -240,6 +250,7 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
         config=config,
         settings=settings,
         rows=sets,
+        start_from=start,
     )
 
 
@@ -257,6 +268,15 @@ def scan(objective, rows, columns: t.Sequence[str], name: str):
     if not digest.count:
         objective.check_rows([], columns, where)  # raises: no rows
     return digest
+
+
+def tokenization_of(model, trainer) -> t.Dict[str, t.Any]:
+    """How rows become the model's text: the objectives' ``tokenization`` keywords."""
+    return dict(
+        max_length=trainer.max_seq_length,
+        prompt_template=model.prompt_template,
+        chat_format=trainer.setup_chat_format,
+    )
 
 
 def _rowset(name: str, digest) -> RowSet:
@@ -304,7 +324,7 @@ def _dataset_rows(model, db: Datalayer, objective, columns) -> t.Dict[str, t.Lis
 
 def _config_kwargs(trainer, identifier: str, eval_sets: t.Sequence[str], train_count: int):
     """The trl config's keywords: the trainer's, the best metric, and Ray's ``max_steps``."""
-    produced = eval_metric_names(eval_sets)
+    produced = eval_metric_names(eval_sets, objectives.get(trainer.objective).eval_metrics)
     overrides = {}
     metric = trainer.training_kwargs.get("metric_for_best_model")
     if metric is None and produced:
@@ -387,15 +407,19 @@ def _check_optional(trainer, db: Datalayer) -> None:
 
 
 # -- derived values, each in one place ------------------------------------------
-def eval_metric_names(eval_sets: t.Sequence[str]) -> t.List[str]:
+def eval_metric_names(eval_sets: t.Sequence[str], metrics: t.Sequence[str] = ("loss",)) -> t.List[str]:
     """The metrics evaluation produces for these eval sets (without the ``eval_`` prefix).
 
-    One set of ``_fold='valid'`` rows gives ``loss``; several sets (or a named
-    validation dataset) give ``<set>_loss`` each.
+    One set of ``_fold='valid'`` rows gives ``loss`` (and the objective's other
+    ``metrics``: DPO's ``rewards/accuracies``...); several sets (or a named validation
+    dataset) give ``<set>_loss`` (``<set>_rewards/accuracies``...) each. The first is the
+    default best metric.
     """
     if not eval_sets:
         return []
-    return ["loss"] if list(eval_sets) == ["valid"] else [f"{name}_loss" for name in eval_sets]
+    if list(eval_sets) == ["valid"]:
+        return list(metrics)
+    return [f"{name}_{m}" for name in eval_sets for m in metrics]
 
 
 #: The trainer's own fields that shape a training (with its training keywords).
@@ -414,14 +438,16 @@ RUN_FIELDS = (
     "early_stopping_patience",
     "early_stopping_threshold",
     "record_generations",
+    "reward_funcs",
 )
 
 
-def run_settings(model: t.Any, trainer: t.Any) -> t.Dict[str, t.Any]:
+def run_settings(model: t.Any, trainer: t.Any, start: t.Optional[t.Mapping] = None) -> t.Dict[str, t.Any]:
     """The settings that shape a training, as JSON (compared before resuming).
 
     :param model: The ``LLM``.
     :param trainer: Its ``LLMTrainer``.
+    :param start: The checkpoint training starts from (:func:`starting_point`), if any.
     """
     settings = dict(trainer.training_kwargs or {})
     for name in RUN_FIELDS:
@@ -429,6 +455,8 @@ def run_settings(model: t.Any, trainer: t.Any) -> t.Dict[str, t.Any]:
     objective = getattr(trainer, "objective", None) or "sft"
     if objective != "sft":  # absent for SFT: runs recorded before objectives still resume
         settings["objective"] = objective
+    if start is not None:  # likewise absent when training starts from the base model
+        settings["start_from"] = start["checkpoint"]
     settings.update(
         key=trainer.key,
         model_name_or_path=model.model_name_or_path,
@@ -436,6 +464,64 @@ def run_settings(model: t.Any, trainer: t.Any) -> t.Dict[str, t.Any]:
     )
     kept = {k: v for k, v in settings.items() if k not in resume.CHANGES_THAT_RESUME}
     return json.loads(json.dumps(kept, default=repr, sort_keys=True))
+
+
+def starting_point(model: t.Any, db: Datalayer) -> t.Optional[t.Dict[str, str]]:
+    """The checkpoint a training of ``model`` starts from: ``{"checkpoint", "path"}``, or
+    None for the base model.
+
+    ``LLMTrainer.start_from``: ``"base"``; ``"current"`` (the checkpoint the model uses:
+    the ``adapter_id`` of the ``LLM`` applied, else of the stored one); or a checkpoint,
+    alias or step of the model. Unset: ``"current"`` for the preference objectives (the
+    usual path is SFT first, then preferences), ``"base"`` for SFT. When the checkpoint in
+    use belongs to the model's interrupted run, the start is that run's own start (it
+    resumes as it began).
+
+    :raises ValueError: an unknown name, or a full fine-tune from a LoRA adapter.
+    """
+    trainer = model.trainer
+    objective = getattr(trainer, "objective", None) or "sft"
+    choice = getattr(trainer, "start_from", None) or ("base" if objective == "sft" else "current")
+    if choice == "base":
+        return None
+    if choice == "current":
+        ckpt = model.adapter_id
+        if ckpt is None and model.identifier in db.show("LLM"):
+            ckpt = db.load("LLM", model.identifier).adapter_id
+        if ckpt is None:
+            return None
+        for run in resume.unfinished_runs(db, model.identifier):
+            if run.experiment_id == getattr(ckpt, "experiment_id", None):
+                start = run.settings.get("start_from")
+                return None if start is None else _start(db, start, trainer)
+        if not isinstance(ckpt, Checkpoint) and hasattr(ckpt, "unpack"):
+            ckpt = ckpt.unpack()
+        return _start(db, ckpt, trainer)
+    try:
+        name = promote.find_checkpoint(db, model.identifier, choice)
+    except promote.PromotionError as e:
+        raise cfg.ConfigError(
+            f"`start_from`={choice!r}: {e} Or use 'base' (the base model) or 'current' (the "
+            "checkpoint the model uses)."
+        ) from e
+    return _start(db, name, trainer)
+
+
+def _start(db: Datalayer, ckpt: t.Union[str, Checkpoint], trainer: t.Any) -> t.Dict[str, str]:
+    """``{"checkpoint", "path"}`` of a checkpoint (by name or object), its files verified."""
+    from superduper_transformers.hf.loading import is_adapter_dir
+
+    if isinstance(ckpt, str):
+        ckpt = checkpoint.load_checkpoint(db, ckpt)
+    path = ckpt.local_path
+    if is_adapter_dir(path) and not trainer.use_lora:
+        raise cfg.ConfigError(
+            f"Training starts from checkpoint `{ckpt.identifier}`, a LoRA adapter, and "
+            "`use_lora=False` asks for a full fine-tune: the reference model of a preference "
+            "objective would then not be that starting point. Set `use_lora=True` (the adapter "
+            "goes on training), or `start_from='base'`."
+        )
+    return {"checkpoint": ckpt.identifier, "path": path}
 
 
 def fold_rows(trainer: t.Any, db: Datalayer, fold: t.Optional[str], columns=None):

@@ -212,9 +212,18 @@ def fetch_checkpoint(ckpt: ckpts.Checkpoint, output_dir: str) -> str:
     return dest
 
 
-def _changed_settings(run: TrainingRun, settings: t.Dict) -> t.List[str]:
-    keys = (set(run.settings) | set(settings)) - CHANGES_THAT_RESUME  # rows stored before a key joined
+def changed_settings(run: TrainingRun, settings: t.Dict, ignore: t.Iterable[str] = ()) -> t.List[str]:
+    """The settings that differ between ``run`` and a training with ``settings``, those
+    that may change on a resume and ``ignore`` aside."""
+    ignored = CHANGES_THAT_RESUME | set(ignore)
+    keys = (set(run.settings) | set(settings)) - ignored  # rows stored before a key joined
     return sorted(k for k in keys if run.settings.get(k) != settings.get(k))
+
+
+def latest_run(db: Datalayer, model: str) -> t.Optional[TrainingRun]:
+    """The run of ``model`` started last (any state), or None."""
+    runs = records.runs(db, model)
+    return runs[-1] if runs else None
 
 
 def _resumable(run: TrainingRun, policy: str, settings: t.Dict) -> bool:
@@ -222,7 +231,7 @@ def _resumable(run: TrainingRun, policy: str, settings: t.Dict) -> bool:
     if policy == "never":
         logging.info(f"Run {run.experiment_id} was interrupted; `resume_from_db='never'`: starting fresh")
         return False
-    changed = _changed_settings(run, settings)
+    changed = changed_settings(run, settings)
     if changed:
         logging.warn(
             f"Run {run.experiment_id} of {run.model} was interrupted, but these settings "
@@ -258,7 +267,7 @@ def refuse_changed_data(
     if on_data_change != "refuse" or resume_from_db == "never":
         return
     runs = unfinished_runs(db, model)
-    if not runs or _changed_settings(runs[-1], settings):
+    if not runs or changed_settings(runs[-1], settings):
         return
     run = runs[-1]
     changes = lineage.data_changes(run.data_fingerprint, data_fingerprint)

@@ -262,6 +262,8 @@ class TrainSettings:
     :param record_generations: Prompts of the first eval set to generate for at each
         evaluation and record on the model (0: none).
     :param batching: The batch layout (:func:`resolve_batching`).
+    :param reward_funcs: GRPO's reward functions as ``(import path, kwargs as JSON)`` pairs,
+        imported where training runs.
     """
 
     lora: t.Optional[LoraSettings] = LoraSettings()
@@ -273,6 +275,7 @@ class TrainSettings:
     early_stopping: t.Optional[t.Tuple[int, float]] = None
     record_generations: int = 0
     batching: Batching = Batching()
+    reward_funcs: t.Tuple[t.Tuple[str, str], ...] = ()
 
     @classmethod
     def from_trainer(cls, trainer: t.Any, training_args: t.Any = None) -> TrainSettings:
@@ -318,6 +321,10 @@ class TrainSettings:
             early_stopping=(int(patience), float(threshold or 0.0)) if patience else None,
             record_generations=int(getattr(trainer, "record_generations", None) or 0),
             batching=resolve_batching(tk),
+            reward_funcs=tuple(
+                (r["function"], json.dumps(r.get("kwargs") or {}, sort_keys=True))
+                for r in getattr(trainer, "reward_funcs", None) or []
+            ),
         )
 
 

@@ -22,10 +22,18 @@ from superduper_transformers.hf import objectives
 from superduper_transformers.hf.callbacks import CallbackError, normalise_callbacks
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import load_tokenizer
+from superduper_transformers.hf.rewards import RewardError, normalise_reward_funcs
 from superduper_transformers.launch.dispatch import launch
 from superduper_transformers.launch.ray_data import ray_row_source
 from superduper_transformers.launch.ray_settings import RayConfigError, plain_ray_configs
-from superduper_transformers.plan import RUN_FIELDS, TrainingPlan, build_plan, fold_rows, run_settings  # noqa: F401
+from superduper_transformers.plan import (  # noqa: F401
+    RUN_FIELDS,
+    TrainingPlan,
+    build_plan,
+    fold_rows,
+    run_settings,
+    tokenization_of,
+)
 from superduper_transformers.store import artifacts
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.store.rows import FoldRows
@@ -61,6 +69,8 @@ class _LLMTrainerFields(Trainer):
     early_stopping_patience: t.Optional[int] = None
     early_stopping_threshold: t.Optional[float] = None
     record_generations: t.Optional[int] = None
+    reward_funcs: t.Optional[t.List] = None
+    start_from: t.Optional[str] = None
 
 
 class LLMTrainer(_LLMTrainerFields):
@@ -71,10 +81,13 @@ class LLMTrainer(_LLMTrainerFields):
     ``save_total_limit``, ``metric_for_best_model``, ...) may be passed directly; it is
     stored in ``training_kwargs``. An unknown keyword is an error.
 
-    :param objective: What training optimises, and so the rows it reads: ``"sft"``
-        (supervised: ``key`` is a text column or an (X, y) pair) or ``"dpo"`` (preferences:
-        ``key`` names the prompt, chosen and rejected columns). Training keywords are those
-        of the objective's trl config (``SFTConfig``, ``DPOConfig``).
+    :param objective: What training optimises, and so the rows it reads (see
+        docs/objectives.md): ``"sft"`` (supervised: ``key`` is a text column or an (X, y)
+        pair), ``"dpo"`` or ``"orpo"`` (preferences: ``key`` names the prompt, chosen and
+        rejected columns), ``"kto"`` (thumbs: prompt, completion and a boolean label) or
+        ``"grpo"`` (rewards: the prompt column, then columns for the reward functions).
+        Training keywords are those of the objective's trl config (``SFTConfig``,
+        ``DPOConfig``, ``KTOConfig``, ``ORPOConfig``, ``GRPOConfig``).
     :param use_lora: Train a LoRA adapter (True) or all weights (False).
     :param lora_r: LoRA rank.
     :param lora_alpha: LoRA scaling numerator.
@@ -112,6 +125,16 @@ class LLMTrainer(_LLMTrainerFields):
     :param record_generations: At each evaluation, generate (greedy) for this many prompts of
         the first eval set and record the prompt/generation/target triples on the model
         (``metric_values['generations']``); None or 0 records none.
+    :param reward_funcs: GRPO's reward functions, stored as JSON and imported where training
+        runs: each an import path ``"package.module:function"``, a dict ``{"function":
+        "package.module:function", "kwargs": {...}}`` with JSON keyword arguments, or an
+        importable function. trl calls each with ``prompts``, ``completions`` and the other
+        columns of ``key`` as keyword arguments; it returns one number per completion.
+    :param start_from: Where training starts: ``"base"`` (the base model), ``"current"``
+        (the checkpoint the model uses; with LoRA its adapter goes on training, and the
+        reference model of DPO/KTO is that checkpoint), or a checkpoint identifier, alias
+        or step of the model. None: ``"current"`` for ``dpo``/``kto``/``orpo``/``grpo``,
+        ``"base"`` for ``sft``.
     """
 
     #: A change of any of these is a new version of the trainer, so the ``LLM`` that holds
@@ -150,6 +173,10 @@ class LLMTrainer(_LLMTrainerFields):
         try:
             self.callbacks = normalise_callbacks(self.callbacks)
         except CallbackError as e:
+            raise cfg.ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
+        try:
+            self.reward_funcs = normalise_reward_funcs(self.reward_funcs) or None
+        except RewardError as e:
             raise cfg.ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
         try:
             self.ray_configs = plain_ray_configs(self.ray_configs)
@@ -205,13 +232,9 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
     trainer = model.trainer
     objective = objectives.get(plan.objective)
     tokenizer = load_tokenizer(model.tokenizer_load_kwargs())
-    tokenization = dict(
-        max_length=trainer.max_seq_length,
-        prompt_template=model.prompt_template,
-        chat_format=trainer.setup_chat_format,
-    )
+    tokenization = tokenization_of(model, trainer)
     owner = artifacts.model_tag(db, model.identifier)  # `delete_model` removes its cache entries
-    if trainer.ray_configs is not None:
+    if trainer.ray_configs is not None and objective.tokenized():
         # Read and tokenized on the cluster (Ray Data), never on this process.
         X, y = cfg.input_output_keys(trainer.key)
         train_ds = ray_row_source(
@@ -247,6 +270,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
         logging.info(
             f"Training {model.identifier} (run {run_plan.experiment_id}, from step {run_plan.step}): "
             f"{plan.objective}, {plan.train.count} rows, eval sets {plan.eval_sets}, "
+            f"from {(plan.start_from or {}).get('checkpoint') or 'the base model'}, "
             f"lora={trainer.use_lora}, bits={trainer.bits}, precision={plan.settings.precision.name}, "
             f"output_dir={plan.output_dir}"
         )
@@ -262,6 +286,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
             resume_from_checkpoint=run_plan.resume_from_checkpoint,
             data_fingerprint=plan.fingerprint,
             objective=plan.objective,
+            start_from=(plan.start_from or {}).get("path"),
             generation_samples=evaluation.generation_samples(
                 trainer.record_generations if plan.objective == "sft" else 0,
                 {s.name: plan.rows[s.name] for s in plan.evals},

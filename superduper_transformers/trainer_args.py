@@ -201,11 +201,31 @@ def validate_trainer(trainer: t.Any) -> None:
                 "`ScalingConfig(num_workers=2)`), got keys "
                 f"{sorted(trainer.ray_configs)}."
             )
+    issues += objective.config_issues(tk)
+    issues += _reward_issues(trainer, objective.name)
     key_issue = objective.key_issue(trainer.key)
     if key_issue:
         issues.append(key_issue)
     if issues:
         raise ConfigError("Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues))
+
+
+def _reward_issues(trainer: t.Any, objective: str) -> t.List[str]:
+    """GRPO needs reward functions; no other objective reads them."""
+    funcs = getattr(trainer, "reward_funcs", None)
+    if objective == "grpo" and not funcs:
+        return [
+            "`objective='grpo'` needs `reward_funcs`: GRPO learns from the rewards of its sampled "
+            "completions. Give the import path of a function, e.g. "
+            "`reward_funcs=['my_package.rewards:is_short']`, that takes `prompts`, `completions` and "
+            "`**kwargs` and returns one number per completion."
+        ]
+    if objective != "grpo" and funcs:
+        return [
+            f"`reward_funcs` are read by the `grpo` objective only, and this trainer's objective is "
+            f"`{objective}`: set `objective='grpo'`, or remove `reward_funcs`."
+        ]
+    return []
 
 
 def _is_number(value: t.Any) -> bool:

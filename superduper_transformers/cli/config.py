@@ -8,9 +8,11 @@
       predict_kwargs: {max_new_tokens: 4}
     data:
       table: facts
-      key: [x, y]                       # (prompt, completion) columns, or one text column
+      key: [x, y]                       # (prompt, completion) columns, or one text column;
+                                        # [prompt, chosen, rejected] for dpo/orpo, ...
       filter: {lang: en}                # optional: equality filters on other columns
-    trainer:                            # LLMTrainer fields + any TrainingArguments/SFTConfig field
+    trainer:                            # LLMTrainer fields + any field of the objective's trl config
+      objective: sft                    # or dpo, kto, orpo, grpo (docs/objectives.md)
       lora_r: 16
       learning_rate: 3e-3
       max_steps: 300
@@ -84,7 +86,9 @@ class DataSection:
     (``train``/``valid``), as ``import-data`` writes it.
 
     :param table: The table of rows.
-    :param key: The (prompt, completion) columns, or one column of whole texts.
+    :param key: The columns the objective reads: (prompt, completion) or one column of whole
+        texts (sft); (prompt, chosen, rejected) (dpo, orpo); (prompt, completion, label) (kto);
+        the prompt column, then columns for the reward functions (grpo).
     :param filter: ``{column: value}``: train only on the rows with these values.
     """
 
@@ -234,8 +238,10 @@ def load_config(
         raise CliError(f"the config {path} must be a mapping (model:, data:, trainer:), got {raw!r}.")
     issues = apply_overrides(raw, overrides)
     config = check_section(TrainConfig, raw, "", issues)
-    if config is not None and isinstance(config.data.key, list) and not 1 <= len(config.data.key) <= 2:
+    if config is not None and isinstance(config.data.key, list) and not config.data.key:
         issues.append(
-            f"`data.key` must be one column or a pair [prompt, completion], got {config.data.key!r}."
+            "`data.key` must name the columns the objective reads: one column or [prompt, completion] "
+            "(sft), [prompt, chosen, rejected] (dpo, orpo), [prompt, completion, label] (kto), "
+            "[prompt, ...] (grpo)."
         )
     return config, raw, issues

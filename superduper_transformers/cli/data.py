@@ -1,6 +1,7 @@
 """``import-data FILE.jsonl|csv --table NAME``: rows from a file into a table of the db.
 
-Every column becomes a ``str`` field, with ``_fold`` (``train``/``valid``) that training
+Every column becomes a ``str`` field (a ``bool`` one when a ``.jsonl`` file holds only
+true/false in it: the label of KTO rows), with ``_fold`` (``train``/``valid``) that training
 reads. The file is read twice, one row at a time (it may be larger than the memory): first
 checked whole before the table is touched, so a bad line, missing columns or a bad ``_fold``
 leave the database as it was; then inserted in batches of :data:`BATCH_ROWS`.
@@ -130,7 +131,8 @@ def _read_jsonl(path: str, lines) -> t.Iterator[t.Tuple[int, t.Dict[str, str]]]:
             raise CliError(f"{path}, line {n}: not JSON ({e.msg}); each line must be one JSON object.") from e
         if not isinstance(row, dict):
             raise CliError(f"{path}, line {n}: a JSON object ({{...}}) is needed, got {type(row).__name__}.")
-        yield n, {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in row.items()}
+        # Text stays text and booleans (a KTO label) stay booleans; other values become JSON text.
+        yield n, {str(k): v if isinstance(v, (str, bool)) else json.dumps(v) for k, v in row.items()}
 
 
 def _read_csv(path: str, lines) -> t.Iterator[t.Tuple[int, t.Dict[str, str]]]:
@@ -170,11 +172,13 @@ class FileSummary:
     :param columns: Every column, in the order of first appearance.
     :param rows: The number of rows.
     :param train: The number of rows in the train fold before ``--valid-fraction``.
+    :param types: The field type of each column: ``bool`` for JSON booleans only, else ``str``.
     """
 
     columns: t.List[str]
     rows: int
     train: int
+    types: t.Dict[str, str] = dc.field(default_factory=dict)
 
 
 def fold_of(row: t.Mapping[str, str], fold: t.Optional[str], path: str, line: int) -> str:
@@ -188,12 +192,20 @@ def fold_of(row: t.Mapping[str, str], fold: t.Optional[str], path: str, line: in
 def summarise(path: str, fold: t.Optional[str]) -> FileSummary:
     """Read ``path`` once, checking every row, keeping none; the columns and counts."""
     counts: t.Dict[str, int] = {}
+    flags: t.Dict[str, t.Tuple[int, t.Any]] = {}  # column -> the first line and value of a bool, or not
     rows = train = 0
     for line, row in read_rows(path):
         rows += 1
         train += fold_of(row, fold, path, line) == "train"
-        for column in row:
+        for column, value in row.items():
             counts[column] = counts.get(column, 0) + 1
+            first = flags.setdefault(column, (line, value))
+            if isinstance(first[1], bool) != isinstance(value, bool):
+                raise CliError(
+                    f"{path}, line {line}: column `{column}` holds {value!r}, and {first[1]!r} on line "
+                    f"{first[0]}: a column is all booleans (true/false, e.g. a KTO label) or all text. "
+                    "Fix the rows."
+                )
     if not rows:
         raise CliError(f"{path}: no rows.")
     columns = list(counts)
@@ -212,7 +224,8 @@ def summarise(path: str, fold: t.Optional[str]) -> FileSummary:
                     f"{path}, line {line}: missing column(s) {missing} (other rows have them); every "
                     "row needs the same columns."
                 )
-    return FileSummary(columns, rows, train)
+    types = {c: "bool" if isinstance(flags[c][1], bool) else "str" for c in columns}
+    return FileSummary(columns, rows, train, {**types, "_fold": "str"})
 
 
 def import_data(args) -> int:
@@ -240,7 +253,7 @@ def import_data(args) -> int:
             )
     else:
         with contextlib.redirect_stdout(io.StringIO()):  # superduper prints the component tree
-            db.apply(Table(args.table, fields={c: "str" for c in columns}), force=True)
+            db.apply(Table(args.table, fields={c: found.types.get(c, "str") for c in columns}), force=True)
     counts = dict.fromkeys(FOLDS, 0)
     batch: t.List[t.Dict[str, str]] = []
     train = 0

@@ -38,25 +38,36 @@ def trainer_settings(raw: t.Dict[str, t.Any], issues: t.List[str]) -> t.Dict[str
     """The ``trainer:`` settings whose names and types are right; the others become issues."""
     import typing
 
-    from trl import SFTConfig
-
+    from superduper_transformers.hf import objectives
     from superduper_transformers.trainer import _LLMTrainerFields
-    from superduper_transformers.trainer_args import sft_config_fields
 
     own = typing.get_type_hints(_LLMTrainerFields)
     own = {k: own[k] for k in _LLMTrainerFields.__annotations__ if k not in _NOT_IN_TRAINER}
-    sft = typing.get_type_hints(SFTConfig)
-    known = set(own) | set(sft_config_fields())
+    objective = raw.get("objective") or "sft"
+    if objective not in objectives.names():
+        issues.append(f"`trainer.objective` must be one of {objectives.names()}, got {objective!r}.")
+        return {}
+    fields = objectives.config_fields(objective)
+    hints = typing.get_type_hints(objectives.load(objectives.get(objective).config_class))
+    known = set(own) | set(fields)
     good = {}
     for key, value in raw.items():
+        other = None
+        if key not in known:
+            other = next((o for o in objectives.names() if key in objectives.config_fields(o)), None)
         if key in _NOT_IN_TRAINER:
             issues.append(
                 f"`trainer.{key}` is set by `{_NOT_IN_TRAINER[key]}` in this config: move it there."
             )
+        elif other is not None:
+            issues.append(
+                f"`trainer.{key}` is a setting of the `{other}` objective, and `trainer.objective` is "
+                f"`{objective}`: set `trainer.objective: {other}`, or remove `trainer.{key}`."
+            )
         elif key not in known:
             issues.append(schema.unknown_key_issue("trainer.", key, known))
-        elif not schema.type_ok(value, own.get(key, sft.get(key, t.Any))):
-            expected = schema.type_name(own.get(key, sft.get(key)))
+        elif not schema.type_ok(value, own.get(key, hints.get(key, t.Any))):
+            expected = schema.type_name(own.get(key, hints.get(key)))
             issues.append(f"`trainer.{key}` must be {expected}, got {value!r}.")
         else:
             good[key] = value
@@ -79,8 +90,10 @@ def build_trainer(identifier: str, key: t.Any, raw: t.Dict[str, t.Any], output_r
         return LLMTrainer(f"{identifier}-trainer", key=key, select=None, **settings)
     except ConfigError as e:
         for line in str(e).splitlines():
-            if line.startswith("- `"):
-                issues.append("`trainer." + line[3:])  # the key as the config spells it
+            if line.startswith("- `key`"):
+                issues.append("`data.key`" + line[7:])  # the key as the config spells it
+            elif line.startswith("- `"):
+                issues.append("`trainer." + line[3:])
             elif line.startswith("- "):
                 issues.append(line[2:])
     return None

@@ -31,6 +31,8 @@ class TrainJob:
     :param trainer_prepare_func: Applied to the built trainer before training.
     :param local_rank: This process's device index (a Ray worker's), for quantized loading.
     :param objective: The training objective (``hf.objectives``): which trl trainer runs.
+    :param start_from: The checkpoint folder training starts from (a LoRA adapter goes on
+        training; full weights replace the base), None for the base model.
     :param generation_samples: Prompts (``{"set", "input", "prompt", "target",
         "special_tokens"}``) generated for at each evaluation and recorded on the model.
     """
@@ -50,6 +52,7 @@ class TrainJob:
     local_rank: t.Optional[int] = None
     generation_samples: t.List[t.Dict[str, t.Any]] = dc.field(default_factory=list)
     objective: str = "sft"
+    start_from: t.Optional[str] = None
 
     def __repr__(self) -> str:
         # Short on purpose: Ray records its train_loop_config (this job) with `str`, and

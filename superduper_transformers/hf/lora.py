@@ -1,4 +1,4 @@
-"""LoRA preparation: k-bit preparation and peft wrapping. No I/O."""
+"""LoRA preparation: k-bit preparation and peft wrapping (a new adapter, or one loaded to go on training)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,27 @@ def prepare_lora_training(model, config: t.Union[TrainSettings, t.Any]):
     elif settings.gradient_checkpointing:
         model.enable_input_require_grads()
     return get_peft_model(model, lora_config(settings.lora))
+
+
+def continue_adapter(model, path: str, config: t.Union[TrainSettings, t.Any]):
+    """Load the LoRA adapter at ``path`` onto ``model``, trainable: training goes on from it.
+
+    The adapter's own LoRA settings hold (a rank cannot change mid-way). With ``bits`` set
+    the quantized base is prepared for k-bit training first, as for a new adapter.
+
+    :param model: The base ``PreTrainedModel`` (possibly quantized).
+    :param path: The adapter's folder (a checkpoint of an earlier training).
+    :param config: The resolved ``TrainSettings``, or the ``LLMTrainer``.
+    """
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    settings = as_train_settings(config)
+    checkpointing = bool(settings is not None and settings.gradient_checkpointing)
+    if settings is not None and settings.bits is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.enable_input_require_grads()
+    return PeftModel.from_pretrained(model, path, is_trainable=True)
 
 
 def unmatched_modules(

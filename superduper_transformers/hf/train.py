@@ -1,4 +1,4 @@
-"""One training on this process: build the SFT trainer from a ``TrainJob`` and run it."""
+"""One training on this process: build the objective's trl trainer from a ``TrainJob`` and run it."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from superduper_transformers.hf import objectives
 from superduper_transformers.hf.callbacks import build_callbacks, early_stopping_callback
 from superduper_transformers.hf.data import from_ray_dataset, is_ray_dataset
 from superduper_transformers.hf.job import TrainJob
-from superduper_transformers.hf.loading import load_causal_lm, load_tokenizer
-from superduper_transformers.hf.lora import prepare_lora_training
+from superduper_transformers.hf.loading import is_adapter_dir, load_causal_lm, load_tokenizer
+from superduper_transformers.hf.lora import continue_adapter, prepare_lora_training
 from superduper_transformers.hf.packing import keep_examples_apart
 from superduper_transformers.hf.quantization import (
     create_quantization_config,
@@ -27,15 +27,30 @@ from superduper_transformers.settings import TrainSettings, as_train_settings, p
 
 
 def load_model_for_training(
-    model_kwargs: t.Dict, settings: t.Optional[TrainSettings], local_rank: t.Optional[int] = None
+    model_kwargs: t.Dict,
+    settings: t.Optional[TrainSettings],
+    local_rank: t.Optional[int] = None,
+    start_from: t.Optional[str] = None,
 ):
-    """Load the base model, quantized when ``settings.bits`` is set, then wrap it for LoRA."""
+    """Load the base model, quantized when ``settings.bits`` is set, then wrap it for LoRA.
+
+    :param start_from: A checkpoint folder to start from: full weights are loaded instead
+        of the base; a LoRA adapter is loaded onto the base and goes on training (its own
+        LoRA settings hold). trl then keeps a frozen copy of that adapter as the reference
+        model of DPO, KTO and GRPO (adapter-sized: the base weights are shared).
+    """
     kwargs = dict(model_kwargs)
+    adapter = start_from if start_from and is_adapter_dir(start_from) else None
+    if start_from and adapter is None:
+        kwargs["pretrained_model_name_or_path"] = start_from  # full weights
     if settings is not None and settings.bits is not None:
         kwargs["quantization_config"] = create_quantization_config(settings)
         kwargs.setdefault("device_map", device_map_for_quantized(local_rank))
     model = load_causal_lm(kwargs)
-    model = prepare_lora_training(model, settings)
+    if adapter is not None:
+        model = continue_adapter(model, adapter, settings)
+    else:
+        model = prepare_lora_training(model, settings)
     if hasattr(model, "print_trainable_parameters"):
         trainable, total = model.get_nb_trainable_parameters()
         logging.info(f"Trainable parameters: {trainable:,} of {total:,}")
@@ -68,7 +83,7 @@ def run_job(job: TrainJob):
     if settings is not None and job.training_args is not None:
         # The trainer's arguments are the resolved truth for precision.
         settings = dc.replace(settings, precision=precision_of(job.training_args))
-    model = load_model_for_training(job.model_kwargs, settings, job.local_rank)
+    model = load_model_for_training(job.model_kwargs, settings, job.local_rank, job.start_from)
     # Without settings the arguments are the caller's own: their layout is kept.
     explicit = settings is None or settings.batching.explicit
     train_dataset = job.train_dataset
@@ -79,7 +94,8 @@ def run_job(job: TrainJob):
     eval_datasets = job.eval_datasets
     if isinstance(eval_datasets, dict) and not eval_datasets:
         eval_datasets = None
-    trainer = objectives.get(job.objective).build_trainer(
+    objective = objectives.get(job.objective)
+    trainer = objective.build_trainer(
         model,
         training_args,
         train_dataset,
@@ -88,6 +104,7 @@ def run_job(job: TrainJob):
         # The settings' first: early stopping decides in `on_evaluate` before the job's
         # callbacks (the save of the last step, the db records) see that event.
         [*settings_callbacks(settings), *job.callbacks],
+        **objective.trainer_inputs(settings),
         **job.trainer_kwargs,
     )
     if job.trainer_prepare_func is not None:

@@ -1,6 +1,6 @@
 """Training objectives: what turns rows into a trl trainer's columns, and builds that trainer.
 
-One module per objective (``sft.py``, ``dpo.py``), each an :class:`Objective`. Everything
+One module per objective (``sft.py``, ``dpo.py``, ``kto.py``, ``orpo.py``, ``grpo.py``), each an :class:`Objective`. Everything
 around the trainer (the plan, launch on this process or on Ray, the callback that
 records checkpoints, resume, lineage, promotions) is the same for every objective: adding
 one is adding a module here and its name to :data:`OBJECTIVES`.
@@ -25,12 +25,15 @@ class Objective:
     :cvar config_class: trl's config class, as ``"module:Class"`` (imported on use).
     :cvar trainer_class: trl's trainer class, as ``"module:Class"``.
     :cvar default_key: The row columns it reads when the trainer's ``key`` names none.
+    :cvar eval_metrics: What its trl trainer logs at an evaluation (without ``eval_``), the
+        default best metric first (``metric_for_best_model`` may name any of them).
     """
 
     name: t.ClassVar[str]
     config_class: t.ClassVar[str]
     trainer_class: t.ClassVar[str]
     default_key: t.ClassVar[t.Tuple[str, ...]] = ()
+    eval_metrics: t.ClassVar[t.Tuple[str, ...]] = ("loss",)
 
     # -- settings ---------------------------------------------------------
     def columns(self, key: t.Any) -> t.List[str]:
@@ -44,6 +47,10 @@ class Objective:
     def config_kwargs(self, kwargs: t.Dict[str, t.Any], max_seq_length: int) -> t.Dict[str, t.Any]:
         """The trl config's keywords from the user's (defaults of this objective added)."""
         return {**kwargs, "max_length": max_seq_length}
+
+    def config_issues(self, kwargs: t.Mapping[str, t.Any]) -> t.List[str]:
+        """Problems of the user's training keywords that trl would only raise mid-``fit``."""
+        return []
 
     # -- rows -------------------------------------------------------------
     def check_rows(self, rows: t.Sequence[t.Mapping], columns: t.Sequence[str], where: str, start: int = 0):
@@ -65,7 +72,22 @@ class Objective:
         """
         raise NotImplementedError
 
+    def preflight(
+        self, rows: t.Sequence[t.Mapping], columns: t.Sequence[str], settings, tokenization
+    ) -> None:
+        """Checks that need a couple of rows and the resolved settings, before anything is
+        written (GRPO calls its reward functions once). Raise a ``ValueError`` with the fix."""
+
+    def tokenized(self) -> bool:
+        """Whether rows become tokens here (else trl tokenizes the text columns itself)."""
+        return False
+
     # -- the trainer -------------------------------------------------------
+    def trainer_inputs(self, settings) -> t.Dict[str, t.Any]:
+        """More keywords of the trl trainer, built where training runs from ``settings``
+        (plain data): GRPO's reward functions."""
+        return {}
+
     def build_trainer(self, model, args, train_dataset, eval_dataset, tokenizer, callbacks, **kwargs):
         """trl's trainer of this objective."""
         cls = load(self.trainer_class)
@@ -132,8 +154,33 @@ def check_text(rows, columns, where: str, start: int = 0) -> None:
                 )
 
 
+def rows_of(rows) -> t.Iterator[t.Mapping]:
+    """Every row of ``rows``, page by page (``FoldRows``) or as they are (a list)."""
+    for page in rows.pages() if hasattr(rows, "pages") else [rows]:
+        yield from page
+
+
+def first_rows(rows, n: int) -> t.List[t.Mapping]:
+    """The first ``n`` rows of a set (one page read)."""
+    from superduper_transformers.hf.data import pages
+
+    for page in pages(rows):
+        return list(page[:n])
+    return []
+
+
+def text_dataset(examples: t.Iterable[t.Mapping[str, t.Any]]):
+    """A ``datasets.Dataset`` of text columns (trl tokenizes them)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(list(examples))
+
+
 #: ``LLMTrainer.objective`` -> the class of that objective (imported on use).
 OBJECTIVES = {
     "sft": "superduper_transformers.hf.objectives.sft:SFT",
     "dpo": "superduper_transformers.hf.objectives.dpo:DPO",
+    "kto": "superduper_transformers.hf.objectives.kto:KTO",
+    "orpo": "superduper_transformers.hf.objectives.orpo:ORPO",
+    "grpo": "superduper_transformers.hf.objectives.grpo:GRPO",
 }

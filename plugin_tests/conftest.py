@@ -78,3 +78,20 @@ def caplog_loguru():
     sink = logger.add(lambda m: messages.append(str(m)), level="DEBUG")
     yield messages
     logger.remove(sink)
+
+
+#: The longest files, started first: with one file per test process (`make test`), a long file
+#: collected last would run alone at the end.
+LONG_FILES = (
+    "test_ray.py",
+    "test_crash_safety.py",
+    "test_ray_objectives.py",
+    "test_objectives.py",
+    "test_cli_train.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long files first (stable otherwise)."""
+    order = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: order.get(item.path.name, len(LONG_FILES)))

@@ -125,8 +125,8 @@ def _watch_ray_data(mp):
 
 # -- 1. two workers through the datalayer -------------------------------------
 #: Mechanics, not memorisation (local tests assert what the model learns): 2 workers x
-#: batch 8 x 60 steps, an eval and a save every 20 steps, 2 checkpoints kept.
-STEPS, SAVE_EVERY, LIMIT = 60, 20, 2
+#: batch 8 x 24 steps, an eval and a save every 8 steps, 2 checkpoints kept (one pruned).
+STEPS, SAVE_EVERY, LIMIT = 24, 8, 2
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,7 @@ def ray_trained(tiny_model_dir, tmp_path_factory):
         save_steps=SAVE_EVERY,
         eval_steps=SAVE_EVERY,
         save_total_limit=LIMIT,
+        logging_steps=SAVE_EVERY,  # a training loss in the run's progress
         output_dir=str(root / "out"),
         ray_configs=ray_configs(ray_dir),
         # a user callback, built by every worker from its import path

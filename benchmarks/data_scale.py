@@ -137,18 +137,18 @@ def arm(uri: str, store: str, model_dir: str, mode: str, workers: int, out: str)
         except Exception as e:  # noqa: BLE001 (stopped after the first step: nothing to register)
             print(f"apply ended: {e!r:.200}", file=sys.stderr)
     else:
+        from superduper_transformers import trainer_args as cfg
         from superduper_transformers import training
-        from superduper_transformers.hf import data
         from superduper_transformers.hf.loading import load_tokenizer
-        from superduper_transformers.trainer import training_args_for
+        from superduper_transformers.trainer import as_rows
 
         values = [
             [r["x"], r["y"]] for r in db["facts"].select().filter(db["facts"]["_fold"] == "train").execute()
         ]
-        rows = data.rows_from_values(values, "x", "y")
+        rows = as_rows(values, ["x", "y"])
         tokenizer = load_tokenizer(llm.tokenizer_load_kwargs())
         ds = _from_list(tokenizer, rows)
-        args = training_args_for(llm.trainer, "bench", [])
+        args = cfg.build_config(llm.trainer, cfg.output_dir_for(llm.trainer, "bench"), has_eval=False)
         if workers:
             import ray.cloudpickle
 

@@ -460,7 +460,7 @@ def best_metric_of(
     """The metric that ranks a model's checkpoints (as logged, ``eval_...``), and its direction.
 
     The trainer's ``metric_for_best_model`` when set; else the loss of the first eval set,
-    as ``trainer.training_args_for`` resolves it: ``eval_loss`` (one ``valid`` set), else
+    as the training plan resolves it (``plan.eval_metric_names``): ``eval_loss`` (one ``valid`` set), else
     ``eval_valid_loss``, else ``eval_<dataset>_loss`` of the validation datasets in order.
 
     :param training_kwargs: The ``LLMTrainer``'s training keywords.

@@ -277,38 +277,6 @@ def _check_conversations(
             )
 
 
-def scan_rows(rows: t.Iterable[t.Mapping], X: str, y: t.Optional[str], where: str, set_name=None):
-    """Read ``rows`` once, page by page: check each page and hash it; nothing is kept.
-
-    :param rows: A list, an iterable, or ``store.rows.FoldRows`` (read in its pages).
-    :param X: Input column.
-    :param y: Output column or None.
-    :param where: Human description of the rows, for errors.
-    :param set_name: The eval set's name, hashed with each row (None for training rows).
-    :return: a ``lineage.RowsHash`` of the rows projected on the keys (its ``count``
-        is the number of rows).
-    :raises DataError: on the first bad row, or when there is none.
-    """
-    from superduper_transformers.lineage import RowsHash
-
-    keys = [k for k in (X, y) if k is not None]
-    digest = RowsHash()
-    for page in pages(rows):
-        check_rows(page, X, y, where, start=digest.count)
-        prefix = {} if set_name is None else {"_set": set_name}
-        digest.update({**prefix, **{k: r[k] for k in keys}} for r in page)
-    if not digest.count:
-        check_rows([], X, y, where)  # raises: no rows
-    return digest
-
-
-def rows_from_values(values: t.Sequence[t.Any], X: str, y: t.Optional[str]) -> t.List[t.Dict]:
-    """Superduper's trainer lists (mapped by ``key``) -> rows keyed by column name."""
-    if y is None:
-        return [{X: v} for v in values]
-    return [{X: v[0], y: v[1]} for v in values]
-
-
 def encode_batch(
     tokenizer,
     rows: t.Sequence[t.Mapping],

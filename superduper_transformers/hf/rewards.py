@@ -11,10 +11,11 @@ Ray worker). trl calls it as ``f(prompts=[...], completions=[...], completion_id
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import math
 import typing as t
+
+from superduper_transformers._imports import import_object, import_path_of, looks_like_import_path
 
 #: What ``LLMTrainer(reward_funcs=[...])`` accepts, in words (for error messages).
 ACCEPTED = (
@@ -48,21 +49,26 @@ def normalise_reward_funcs(value: t.Any) -> t.List[t.Dict[str, t.Any]]:
 def _normalise_one(i: int, entry: t.Any) -> t.Dict[str, t.Any]:
     where = f"`reward_funcs[{i}]`"
     if callable(entry) and not isinstance(entry, (str, dict)):
-        module, name = getattr(entry, "__module__", None), getattr(entry, "__qualname__", "")
-        if not module or module == "__main__" or "<" in name:
+        path = import_path_of(entry)
+        if path is None:
             raise RewardError(
                 f"{where}: {entry!r} is defined in `__main__`, inside a function or is not a plain "
                 "function, so it cannot be imported again by path where training runs. Move it to "
                 "an importable module and give 'package.module:function'."
             )
-        entry = {"function": f"{module}:{name}", "kwargs": {}}
+        entry = {"function": path, "kwargs": {}}
     elif isinstance(entry, str):
         entry = {"function": entry, "kwargs": {}}
     elif not isinstance(entry, dict):
         raise RewardError(f"{where}={entry!r} is not {ACCEPTED}.")
     unknown = set(entry) - {"function", "kwargs"}
     path, kwargs = entry.get("function"), entry.get("kwargs") or {}
-    if unknown or not isinstance(path, str) or not _looks_like_path(path) or not isinstance(kwargs, dict):
+    if (
+        unknown
+        or not isinstance(path, str)
+        or not looks_like_import_path(path)
+        or not isinstance(kwargs, dict)
+    ):
         raise RewardError(f"{where}={entry!r} is not {ACCEPTED}.")
     try:
         kwargs = json.loads(json.dumps(kwargs, allow_nan=False))
@@ -74,21 +80,13 @@ def _normalise_one(i: int, entry: t.Any) -> t.Dict[str, t.Any]:
     return {"function": path, "kwargs": kwargs}
 
 
-def _looks_like_path(path: str) -> bool:
-    module, _, name = path.partition(":") if ":" in path else path.rpartition(".")
-    return bool(module and name) and all(p.isidentifier() for p in [*module.split("."), *name.split(".")])
-
-
 def load_reward_func(path: str) -> t.Callable:
     """Import the function at ``path`` (``pkg.mod:func`` or ``pkg.mod.func``).
 
     :raises RewardError: when it cannot be imported or is not callable.
     """
-    module_name, _, name = path.partition(":") if ":" in path else path.rpartition(".")
     try:
-        obj: t.Any = importlib.import_module(module_name)
-        for part in name.split("."):
-            obj = getattr(obj, part)
+        obj = import_object(path)
     except (ImportError, AttributeError) as e:
         raise RewardError(
             f"`reward_funcs`: cannot import {path!r} ({type(e).__name__}: {e}). Give the import path "

@@ -37,12 +37,20 @@ class Objective:
 
     # -- settings ---------------------------------------------------------
     def columns(self, key: t.Any) -> t.List[str]:
-        """The row columns a training reads (the trainer's ``key``, validated)."""
-        raise NotImplementedError
+        """The row columns a training reads (the trainer's ``key``, validated): by default
+        the columns ``key`` names, in the order of :attr:`default_key`."""
+        return list(key)
 
     def key_issue(self, key: t.Any) -> t.Optional[str]:
-        """Why ``key`` does not suit this objective (None when it does)."""
-        return None
+        """Why ``key`` does not suit this objective (None when it does): by default, it must
+        name as many columns as :attr:`default_key`, in that order."""
+        n = len(self.default_key)
+        if isinstance(key, (list, tuple)) and len(key) == n and all(isinstance(k, str) and k for k in key):
+            return None
+        return (
+            f"`key` of a `{self.name}` trainer must name {_COUNTS.get(n, n)} columns "
+            f"({', '.join(self.default_key)}), e.g. key={self.default_key!r}; got {key!r}."
+        )
 
     def config_kwargs(self, kwargs: t.Dict[str, t.Any], max_seq_length: int) -> t.Dict[str, t.Any]:
         """The trl config's keywords from the user's (defaults of this objective added)."""
@@ -100,6 +108,9 @@ class Objective:
             callbacks=callbacks,
             **kwargs,
         )
+
+
+_COUNTS = {1: "one", 2: "two", 3: "three"}
 
 
 def load(path: str):

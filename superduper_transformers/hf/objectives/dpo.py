@@ -36,19 +36,6 @@ class DPO(Objective):
     default_key = COLUMNS
     eval_metrics = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
-    def columns(self, key):
-        """The three columns ``(prompt, chosen, rejected)`` as the rows name them."""
-        return list(key)
-
-    def key_issue(self, key):
-        """Three column names."""
-        if isinstance(key, (list, tuple)) and len(key) == 3 and all(isinstance(k, str) and k for k in key):
-            return None
-        return (
-            f"`key` of a `{self.name}` trainer must name three columns (prompt, chosen, rejected), "
-            f"e.g. key=('prompt', 'chosen', 'rejected'); got {key!r}."
-        )
-
     def check_rows(self, rows, columns, where, start=0):
         """Text or conversations in every column, and a chosen answer unlike the rejected one."""
         p, chosen, rejected = columns

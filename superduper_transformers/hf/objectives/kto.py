@@ -26,19 +26,6 @@ class KTO(Objective):
     default_key = COLUMNS
     eval_metrics = ("loss", "rewards/margins", "rewards/chosen", "rewards/rejected", "kl")
 
-    def columns(self, key):
-        """The three columns ``(prompt, completion, label)`` as the rows name them."""
-        return list(key)
-
-    def key_issue(self, key):
-        """Three column names."""
-        if isinstance(key, (list, tuple)) and len(key) == 3 and all(isinstance(k, str) and k for k in key):
-            return None
-        return (
-            f"`key` of a `kto` trainer must name three columns (prompt, completion, label), "
-            f"e.g. key=('prompt', 'completion', 'label'); got {key!r}."
-        )
-
     def config_issues(self, kwargs: t.Mapping[str, t.Any]) -> t.List[str]:
         """trl's KTO estimates its KL term from the other rows of a batch: two at least."""
         batch = kwargs.get("per_device_train_batch_size", 8)

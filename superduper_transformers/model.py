@@ -13,8 +13,9 @@ from superduper.components.model import Model
 
 from superduper_transformers import resume
 from superduper_transformers.checkpoint import Checkpoint, CheckpointError
-from superduper_transformers.hf import loading
+from superduper_transformers.hf import loaded, loading
 from superduper_transformers.hf.data import build_prompt, chat_reply, is_conversation
+from superduper_transformers.store.versions import breaking_uuid
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
 
@@ -54,6 +55,12 @@ class LLM(Model):
         """One input per prediction (superduper reads ``**generate_kwargs`` as more inputs),
         as superduper's own LLMs declare: ``Listener(model=llm, key="question")`` works."""
         return "singleton"
+
+    @property
+    def uuid(self) -> str:
+        """superduper's version key, hashing only the ``breaks`` fields (the same value,
+        cheaper: a ``Listener`` reads it once per output row)."""
+        return breaking_uuid(self)
 
     def postinit(self):
         """Validate the fields and wrap an adapter path into a ``Checkpoint``."""
@@ -114,6 +121,8 @@ class LLM(Model):
 
         superduper calls ``setup`` on every save of the model (it reloads the stored
         copy to diff it), so loading weights here would cost a model load per checkpoint.
+        It also calls it before every job of a ``Listener`` (each insert): weights
+        already loaded are kept (:meth:`_get_pipeline` reloads only when they changed).
         """
         self._adapter_error = None
         self._drop_pickled_children()  # before superduper's `setup` unpickles every child's blobs
@@ -134,7 +143,6 @@ class LLM(Model):
 
                 self.adapter_id.object = checkpoint_without_files(self.db, self.adapter_id.identifier)
             logging.warn(str(self._adapter_error))
-        self._pipeline = None
         if self.trainer is not None:
             resume.show_interrupted_run(self)
         return self
@@ -286,9 +294,25 @@ class LLM(Model):
         return resolve_precision(loading.default_device(), tk.get("bf16"), tk.get("fp16"))
 
     def _get_pipeline(self):
-        if self._pipeline is None:
-            self._pipeline = self._load()
+        adapter = self._adapter_checkpoint()  # raises when its files went missing
+        key = self._weights_key(adapter)
+        if self._pipeline is None or getattr(self, "_pipeline_key", None) != key:
+            self._pipeline = None  # free the old weights before loading the new ones
+            self._pipeline = loaded.get_or_load(key, self._load)
+            self._pipeline_key = key
         return self._pipeline
+
+    def _weights_key(self, adapter: t.Optional[Checkpoint]) -> t.Tuple:
+        """What the loaded weights depend on: copies of the model with the same key share
+        them (:mod:`~superduper_transformers.hf.loaded`); a changed key loads them again."""
+        return (
+            self.model_name_or_path,
+            repr(sorted((self.model_kwargs or {}).items())),
+            repr(sorted((self.tokenizer_kwargs or {}).items())),
+            getattr(self.trainer, "bits", None),
+            self.precision().name if getattr(self.trainer, "bits", None) else None,
+            None if adapter is None else (adapter.identifier, adapter.uuid),
+        )
 
     # -- prediction -------------------------------------------------------
     def predict(self, prompt: t.Union[str, t.List[t.Dict]], **generate_kwargs) -> t.Any:

@@ -37,6 +37,7 @@ from superduper_transformers.plan import (  # noqa: F401
 from superduper_transformers.store import artifacts
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.store.rows import FoldRows
+from superduper_transformers.store.versions import breaking_uuid
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -148,6 +149,11 @@ class LLMTrainer(_LLMTrainerFields):
         "training_kwargs",
         *(name for name in RUN_FIELDS),
     )
+
+    @property
+    def uuid(self) -> str:
+        """superduper's version key, hashing only the ``breaks`` fields (the same value, cheaper)."""
+        return breaking_uuid(self)
 
     def __init__(self, identifier: str, *args, **kwargs):
         """Take ``TrainingArguments``/``SFTConfig`` keywords directly (into ``training_kwargs``).

@@ -348,10 +348,11 @@ class LLM(Model):
         :return: Texts, or ``{"answer", "checkpoint"}`` dicts with ``record_checkpoint``.
         """
         self.follow_alias()
+        pipeline, precision = self._get_pipeline(), self.precision()  # once per call, not per batch
         size = self.max_batch_size
         texts = []
         for start in range(0, len(prompts), size):
-            texts += self._generate(prompts[start : start + size], **generate_kwargs)
+            texts += self._generate(pipeline, precision, prompts[start : start + size], **generate_kwargs)
         if not self.record_checkpoint:
             return texts
         checkpoint = self.checkpoint_id()
@@ -394,11 +395,11 @@ class LLM(Model):
             self._adapter_error = None
             self._pipeline = None
 
-    def _generate(self, prompts, **generate_kwargs) -> t.List[str]:
+    def _generate(self, pipeline, precision, prompts, **generate_kwargs) -> t.List[str]:
         """One left-padded ``generate`` call over ``prompts``."""
         import torch
 
-        model, tokenizer = self._get_pipeline()
+        model, tokenizer = pipeline
         chat = bool(getattr(self.trainer, "setup_chat_format", False))
         texts = [build_prompt(tokenizer, p, self.prompt_template, chat) for p in prompts]
         tokenizer.padding_side = "left"
@@ -412,7 +413,6 @@ class LLM(Model):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         kwargs = self.generate_kwargs(**generate_kwargs)
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-        precision = self.precision()
         autocast = torch.autocast(
             model.device.type, dtype=precision.torch_dtype, enabled=precision.name != "fp32"
         )

@@ -129,7 +129,8 @@ BAD_MIXES = [
 
 
 @pytest.mark.parametrize("mix,match", BAD_MIXES, ids=["select", "negative", "zero", "twice", "empty", "key"])
-def test_bad_mixes_are_refused_before_anything_is_written(mix_db, tiny_model_dir, mix, match):
+def test_bad_mixes_are_refused_before_anything_is_written(db, tiny_model_dir, mix, match):
+    mix_db = db  # the queries need no rows
     domain, general = mix_db["domain"].select(), mix_db["general"].select()
     named = {
         "weights": [{"select": domain, "weight": 0.7}, {"select": general, "weight": -0.3}],
@@ -157,3 +158,40 @@ def test_an_empty_source_and_a_strategy_are_named(mix_db, tiny_model_dir):
         preflight(_llm(mix_db, tiny_model_dir, mix), mix_db)
     with pytest.raises(ConfigError, match="`select` .* and `mix` both give training rows"):
         _llm(mix_db, tiny_model_dir, _mix(mix_db), select=mix_db["facts"].select())
+
+
+MIX_CONFIG = """
+model: {{identifier: mixed, model_name_or_path: {model}}}
+data:
+  key: [x, y]
+  mix:
+    - {{table: domain, weight: 0.7}}
+    - {{table: general, filter: {{y: "6"}}, weight: {weight}}}
+trainer: {{mix_strategy: all_exhausted, max_steps: 2, use_cpu: true}}
+"""
+
+
+def test_a_config_mixes_tables_with_weights(mix_db, tiny_model_dir, tmp_path):
+    from superduper_transformers.cli import config as schema
+    from superduper_transformers.cli.train import build_llm, set_rows
+
+    path = tmp_path / "mix.yaml"
+    path.write_text(MIX_CONFIG.format(model=tiny_model_dir, weight=0.3))
+    config, _, issues = schema.load_config(str(path))
+    assert issues == []
+    llm = build_llm(config, str(tmp_path / "out"), issues)
+    set_rows(mix_db, llm, config.data)
+    assert [(m["select"]["label"], m["weight"]) for m in llm.trainer.mix] == [
+        ("domain.select()", 0.7),
+        ('general.filter(general["y"] == "6").select()', 0.3),
+    ]
+    assert llm.trainer.mix_strategy == "all_exhausted"
+    assert str(llm.trainer.select) == "domain.select()"
+
+    path.write_text(MIX_CONFIG.format(model=tiny_model_dir, weight=-1))
+    _, _, issues = schema.load_config(str(path), ["data.table=x"])
+    assert issues == [
+        "`data.table` and `data.mix` both give the rows: keep one.",
+        "`data.mix[1].weight` must be a positive number (its share of the mix, e.g. 0.3), got -1. "
+        "Remove the entry to leave its rows out.",
+    ]

@@ -201,6 +201,16 @@ class LLMTrainer(_LLMTrainerFields):
         cfg.validate_trainer(self)
         super().postinit()
 
+    def use_mix(self, mix: t.List[t.Dict]) -> None:
+        """Train on ``mix`` (see the ``mix`` field) instead of ``select``, checked as at
+        construction (the command line builds its queries once connected).
+
+        :param mix: ``[{"select": query, "weight": number}, ...]``.
+        :raises ConfigError: naming each bad entry, the value and the fix.
+        """
+        self.mix, self.select = mix, None
+        self._normalise_mix()
+
     def _normalise_mix(self) -> None:
         """``mix`` checked whole (every problem at once) and kept in its stored JSON form;
         ``select`` set to its first source when not given."""

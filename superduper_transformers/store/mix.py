@@ -54,6 +54,24 @@ class MixSource:
         }
 
 
+def weight_issue(where: str, weight: t.Any) -> t.Optional[str]:
+    """Why ``weight`` is no weight of a mix (None when it is a positive finite number).
+
+    :param where: The setting as the user wrote it (``mix[1]['weight']``, ``data.mix[1].weight``).
+    """
+    if (
+        isinstance(weight, (int, float))
+        and not isinstance(weight, bool)
+        and math.isfinite(weight)
+        and weight > 0
+    ):
+        return None
+    return (
+        f"{where} must be a positive number (its share of the mix, e.g. 0.3), got {weight!r}. "
+        "Remove the entry to leave its rows out."
+    )
+
+
 def _source(i: int, entry: t.Any, issues: t.List[str]) -> t.Optional[MixSource]:
     where = f"`mix[{i}]`"
     if not isinstance(entry, dict):
@@ -65,16 +83,9 @@ def _source(i: int, entry: t.Any, issues: t.List[str]) -> t.Optional[MixSource]:
     if unknown:
         issues.append(f"{where} has unknown keys {unknown}: an entry has only `select` and `weight`.")
     weight = entry.get("weight")
-    if (
-        isinstance(weight, bool)
-        or not isinstance(weight, (int, float))
-        or not math.isfinite(weight)
-        or weight <= 0
-    ):
-        issues.append(
-            f"`mix[{i}]['weight']` must be a positive number (its share of the mix, e.g. 0.3), got "
-            f"{weight!r}. Remove the entry to leave its rows out."
-        )
+    issue = weight_issue(f"`mix[{i}]['weight']`", weight)
+    if issue:
+        issues.append(issue)
         weight = None
     select = entry.get("select")
     if hasattr(select, "dict") and hasattr(select, "table"):  # a superduper query

@@ -5,12 +5,11 @@ the chat template given the tools, learning the assistant turns (the calls inclu
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
 from plugin_tests import fixtures
-from plugin_tests.test_chat_rows import _labeled_spans
+from plugin_tests.test_chat_rows import _labeled_spans, with_template
 from superduper_transformers.hf import data
 
 #: A short template of the tokenizer's own that renders tools and tool calls (as real
@@ -57,14 +56,7 @@ def _with_tool(a, b):
 @pytest.fixture
 def tool_model_dir(tiny_model_dir, tmp_path):
     """The tiny model, its tokenizer given :data:`TOOL_TEMPLATE`."""
-    from transformers import AutoTokenizer
-
-    model_dir = str(tmp_path / "tool-model")
-    shutil.copytree(tiny_model_dir, model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = TOOL_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
+    return with_template(tiny_model_dir, str(tmp_path / "tool-model"), TOOL_TEMPLATE)
 
 
 def test_labels_cover_the_assistant_turns_and_the_call(tool_model_dir):

@@ -333,32 +333,33 @@ def _check_conversations(
             f"column holds the tools the conversations may call: `{y}` holds text, not a list of "
             "function schemas)."
         )
+    checks = [
+        (
+            X,
+            "",
+            conversation_issue,
+            f"A conversation is a list of messages, each with a `role` in {CHAT_ROLES} and a text "
+            f"`content`, and at least one assistant message (what is learned), e.g. {_EXAMPLE_MESSAGES}.",
+        )
+    ]
+    if y is not None:
+        hint = "The second column of conversation rows holds the tools they may call (a list of function schemas, or empty)."
+        checks.append((y, " (the tools)", tools_issue, hint))
     for i, row in enumerate(rows, start):
-        if X not in row:
-            raise DataError(
-                f"Key `{X}` is missing from row {i} of the {where}; the row has keys "
-                f"{sorted(c for c in row if not c.startswith('_'))}. Fix the trainer's `key` or the rows."
-            )
-        issue = conversation_issue(row[X])
-        if issue:
-            raise DataError(
-                f"Key `{X}` of row {i} of the {where} {issue}. A conversation is a list of messages, "
-                f"each with a `role` in {CHAT_ROLES} and a text `content`, and at least one "
-                f"assistant message (what is learned), e.g. {_EXAMPLE_MESSAGES}. Fix the row."
-            )
-        if y is None:
-            continue
-        if y not in row:
-            raise DataError(
-                f"Key `{y}` (the tools) is missing from row {i} of the {where}; the row has keys "
-                f"{sorted(c for c in row if not c.startswith('_'))}. Fix the trainer's `key` or the rows."
-            )
-        issue = tools_issue(row[y])
-        if issue:
-            raise DataError(
-                f"Key `{y}` of row {i} of the {where} {issue}. The second column of conversation rows "
-                "holds the tools they may call (a list of function schemas, or empty). Fix the row."
-            )
+        for column, what, issue_of, hint in checks:
+            if column not in row:
+                raise _missing(f"`{column}`{what}", i, where, row)
+            issue = issue_of(row[column])
+            if issue:
+                raise DataError(f"Key `{column}` of row {i} of the {where} {issue}. {hint} Fix the row.")
+
+
+def _missing(key: str, i: int, where: str, row: t.Mapping) -> DataError:
+    """The error of a row without a column of the trainer's ``key``."""
+    return DataError(
+        f"Key {key} is missing from row {i} of the {where}; the row has keys "
+        f"{sorted(c for c in row if not c.startswith('_'))}. Fix the trainer's `key` or the rows."
+    )
 
 
 def encode_batch(

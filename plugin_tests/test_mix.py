@@ -3,6 +3,7 @@ weights' proportions, follow the seed, and every source is in the run's lineage.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -83,9 +84,16 @@ def test_the_mix_follows_the_seed(mix_db, tiny_model_dir):
 
 
 def test_each_source_is_in_the_lineage_and_a_weight_changes_it(mix_db, tiny_model_dir):
+    from superduper_transformers.plan import from_job
     from superduper_transformers.trainer import preflight
 
-    fp = preflight(_llm(mix_db, tiny_model_dir, _mix(mix_db)), mix_db).fingerprint
+    llm = _llm(mix_db, tiny_model_dir, _mix(mix_db))
+    plan = preflight(llm, mix_db)
+    fp = plan.fingerprint
+    # a fit job run from its row (another process) rebuilds the same mix, rows not read again
+    rebuilt = from_job(json.loads(json.dumps(plan.to_json())), llm, mix_db)
+    assert (rebuilt.mix, rebuilt.mix_strategy) == (plan.mix, "first_exhausted")
+    assert [p._count for p in rebuilt.rows["train"].parts] == [len(DOMAIN), len(GENERAL)]
     assert [(s["query"], s["weight"], s["share"], s["train_rows"]) for s in fp["sources"]] == [
         ("domain.select()", 0.7, 0.7, len(DOMAIN)),
         ("general.select()", 0.3, 0.3, len(GENERAL)),

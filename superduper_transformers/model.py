@@ -315,17 +315,25 @@ class LLM(Model):
         )
 
     # -- prediction -------------------------------------------------------
-    def predict(self, prompt: t.Union[str, t.List[t.Dict]], **generate_kwargs) -> t.Any:
+    def predict(
+        self,
+        prompt: t.Union[str, t.List[t.Dict]],
+        tools: t.Optional[t.List[t.Dict]] = None,
+        **generate_kwargs,
+    ) -> t.Any:
         """Generate the continuation of one prompt (the new text only).
 
         :param prompt: The input text; ``prompt_template`` is applied to it. Or a
             conversation (``[{"role": "user", "content": ...}, ...]``): it is rendered with
             the chat template and the assistant's reply is returned.
+        :param tools: Function schemas the conversation may call, rendered by the chat
+            template as in training on rows with a tools column; the reply is the
+            assistant's turn as the template writes it (a tool call included).
         :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
             ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
         :return: The text, or ``{"answer", "checkpoint"}`` with ``record_checkpoint``.
         """
-        return self.predict_batches([prompt], **generate_kwargs)[0]
+        return self.predict_batches([prompt], tools=tools, **generate_kwargs)[0]
 
     def generate_kwargs(self, **overrides) -> t.Dict[str, t.Any]:
         """Keyword arguments for ``generate``: the defaults, then ``predict_kwargs``, then ``overrides``.
@@ -335,7 +343,10 @@ class LLM(Model):
         return {**DEFAULT_PREDICT_KWARGS, **(self.predict_kwargs or {}), **overrides}
 
     def predict_batches(
-        self, prompts: t.Sequence[t.Union[str, t.List[t.Dict]]], **generate_kwargs
+        self,
+        prompts: t.Sequence[t.Union[str, t.List[t.Dict]]],
+        tools: t.Optional[t.List[t.Dict]] = None,
+        **generate_kwargs,
     ) -> t.List[t.Any]:
         """Generate continuations for several prompts, ``max_batch_size`` per ``generate`` call.
 
@@ -343,6 +354,7 @@ class LLM(Model):
         loaded when it moved), so a ``Listener`` answers with the promoted checkpoint.
 
         :param prompts: Input texts, or conversations (lists of messages; see :meth:`predict`).
+        :param tools: Function schemas every conversation may call (see :meth:`predict`).
         :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
             ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
         :return: Texts, or ``{"answer", "checkpoint"}`` dicts with ``record_checkpoint``.
@@ -352,7 +364,9 @@ class LLM(Model):
         size = self.max_batch_size
         texts = []
         for start in range(0, len(prompts), size):
-            texts += self._generate(pipeline, precision, prompts[start : start + size], **generate_kwargs)
+            texts += self._generate(
+                pipeline, precision, prompts[start : start + size], tools, **generate_kwargs
+            )
         if not self.record_checkpoint:
             return texts
         checkpoint = self.checkpoint_id()
@@ -395,13 +409,13 @@ class LLM(Model):
             self._adapter_error = None
             self._pipeline = None
 
-    def _generate(self, pipeline, precision, prompts, **generate_kwargs) -> t.List[str]:
-        """One left-padded ``generate`` call over ``prompts``."""
+    def _generate(self, pipeline, precision, prompts, tools=None, **generate_kwargs) -> t.List[str]:
+        """One left-padded ``generate`` call over ``prompts`` (conversations given ``tools``)."""
         import torch
 
         model, tokenizer = pipeline
         chat = bool(getattr(self.trainer, "setup_chat_format", False))
-        texts = [build_prompt(tokenizer, p, self.prompt_template, chat) for p in prompts]
+        texts = [build_prompt(tokenizer, p, self.prompt_template, chat, tools) for p in prompts]
         tokenizer.padding_side = "left"
         # A chat template writes its own special tokens: a conversation gets none added.
         special = [not (chat or is_conversation(p)) for p in prompts]

@@ -56,7 +56,7 @@ def listener(
 ) -> t.Tuple[float, float]:
     from superduper import CFG, Listener, Table, superduper
 
-    from superduper_transformers import LLM, LLMListener
+    from superduper_transformers import LLM
 
     CFG.artifact_store = f"filesystem://{tempfile.mkdtemp()}/artifact_store"
     db = superduper(uri, force_apply=True)
@@ -68,9 +68,9 @@ def listener(
         max_batch_size=batch,
         predict_kwargs={"max_new_tokens": new_tokens},
     )
-    lst = (LLMListener if kind == "LLMListener" else Listener)(
-        "answers", model=llm, key="question", select=db["questions"].select()
-    )
+    if kind == "LLMListener":
+        from superduper_transformers import LLMListener as Listener
+    lst = Listener("answers", model=llm, key="question", select=db["questions"].select())
     db.apply(lst, force=True)
     db["questions"].insert([{"question": "0+0="}])  # loads the weights: not timed
     start, cpu = time.perf_counter(), time.process_time()
@@ -91,13 +91,19 @@ def main() -> None:
         "--repeat", type=int, default=3, help="runs of each arm, interleaved; the best counts"
     )
     parser.add_argument("--backend", choices=["mongomock", "sqlite"], default="mongomock")
+    parser.add_argument(
+        "--listeners",
+        default="Listener,LLMListener",
+        help="listener arms (Listener alone: a release without LLMListener)",
+    )
     args = parser.parse_args()
+    kinds = args.listeners.split(",")
     model_dir = build_tiny_model(tempfile.mkdtemp())
     prompts = [f"{i}+{i % 7}=" for i in range(args.rows)]  # distinct prompts
-    times = {"plain": [], "Listener": [], "LLMListener": []}
+    times = {"plain": [], **{kind: [] for kind in kinds}}
     for run in range(args.repeat):
         times["plain"].append(plain(model_dir, prompts, args.batch, args.new_tokens))
-        for kind in ("Listener", "LLMListener"):
+        for kind in kinds:
             uri = (
                 f"mongomock://bench-{kind}-{run}"
                 if args.backend == "mongomock"
@@ -109,7 +115,7 @@ def main() -> None:
         best = {k: min(x[i] for x in v) for k, v in times.items()}
         for k, v in best.items():
             print(f"{clock} {k}: {args.rows / v:.0f} rows/s (times {[round(x[i], 3) for x in times[k]]})")
-        for kind in ("Listener", "LLMListener"):
+        for kind in kinds:
             print(f"{clock} {kind} / plain throughput: {best['plain'] / best[kind]:.2f}")
 
 

@@ -18,7 +18,7 @@ from superduper.components.model import Trainer
 from superduper_transformers import evaluation, resume
 from superduper_transformers import trainer_args as cfg
 from superduper_transformers.checkpoint import Checkpoint
-from superduper_transformers.hf import objectives
+from superduper_transformers.hf import loaded, objectives
 from superduper_transformers.hf.callbacks import CallbackError, normalise_callbacks
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import load_tokenizer
@@ -285,6 +285,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
     :param model: The ``LLM`` (a copy loaded by the fit job).
     :param db: The datalayer.
     """
+    loaded.forget()  # weights kept for prediction in this process: memory the training needs
     trainer = model.trainer
     objective = objectives.get(plan.objective)
     tokenizer = load_tokenizer(model.tokenizer_load_kwargs())

@@ -302,8 +302,79 @@ def test_llama_family_round_trips_through_transformers(model_type, pre, tmp_path
         assert error < relative, (quantization, float(error))
 
 
-def test_unknown_pre_tokenizer_and_sentencepiece_are_refused():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def _sentencepiece_tokenizer(directory):
+    """A Llama 2-style SentencePiece BPE (byte fallback, no normalisation, a dummy prefix),
+    trained on a few lines, loaded as transformers loads TinyLlama's or Llama 2's."""
+    spm = pytest.importorskip("sentencepiece", reason="sentencepiece trains the tokenizer (the `test` extra)")
+    from transformers import LlamaTokenizer
+
+    os.makedirs(directory, exist_ok=True)
+    lines = [
+        SAMPLE,
+        "The capital of Zorblaxia is Quintara.",
+        "What is 5+1? It is 6.",
+        "spaces  and\nnewlines",
+    ]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 20),
+        model_prefix=os.path.join(directory, "tokenizer"),
+        model_type="bpe",
+        vocab_size=340,  # 3 specials + 256 bytes + the characters + ~40 merges
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        normalization_rule_name="identity",  # as Llama 2: llama.cpp normalises nothing
+        remove_extra_whitespaces=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    return LlamaTokenizer.from_pretrained(directory)
+
+
+#: Text without special tokens: transformers puts ``▁`` before the first word only, llama.cpp's
+#: SentencePiece vocabulary (and transformers reading the GGUF) also after each special token.
+SP_TEXTS = [SAMPLE, "The capital of Zorblaxia is", "spaces  and\nnewlines \u00e9 \u00fc \U0001f600", "5+1="]
+
+
+def test_sentencepiece_tokenizer_is_written_as_llama_cpp_reads_it(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = _sentencepiece_tokenizer(str(tmp_path / "sp"))
+    torch.manual_seed(0)
+    # weights that f16 holds exactly: the file and the model then compute the same
+    model = AutoModelForCausalLM.from_config(_config("llama", len(tokenizer))).eval().half().float()
+    gguf_file.write_gguf(model, tokenizer, str(tmp_path / "sp.gguf"), "f16", name="tiny-sp")
+
+    meta, _ = _metadata(str(tmp_path / "sp.gguf"))
+    assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.add_space_prefix"] is True
+    assert "tokenizer.ggml.merges" not in meta  # llama.cpp merges by score, as for Llama 2
+    tokens, scores, types = (meta[f"tokenizer.ggml.{k}"] for k in ("tokens", "scores", "token_type"))
+    assert [types[i] for i in (0, 1, 2)] == [2, 3, 3]  # unknown, control (<s>, </s>)
+    assert tokens[13] == "<0x0A>" and types[13] == 6  # byte fallback for "\n"
+    merged = [scores[i] for i, tok in enumerate(tokens) if len(tok) > 1 and types[i] == 1]
+    assert merged == sorted(merged, reverse=True) and merged[0] == 0.0  # in merge order, as its scores
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="sp.gguf").eval()
+    read = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="sp.gguf")
+    for text in SP_TEXTS:
+        ids = tokenizer(text)["input_ids"]
+        assert read(text)["input_ids"] == ids, text
+        assert tokenizer.convert_ids_to_tokens(ids)[0].startswith("\u2581")  # the dummy prefix
+        assert read.decode(ids, skip_special_tokens=True) == text
+    with torch.no_grad():
+        for text in SP_TEXTS:
+            ids = tokenizer(text, return_tensors="pt")
+            expected = model.generate(**ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+            got = loaded.generate(**ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+            assert got.tolist() == expected.tolist(), text
+
+
+def test_unknown_pre_tokenizer_unigram_and_normalising_sentencepiece_are_refused():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import LlamaConfig, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")]))
@@ -312,7 +383,14 @@ def test_unknown_pre_tokenizer_and_sentencepiece_are_refused():
     issues = gguf_file.tokenizer_issues(whitespace)
     assert len(issues) == 1 and "is not one llama.cpp names: known are gpt-2" in issues[0]
     unigram = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.Unigram([("a", 0.0)])))
-    assert "is a `Unigram` model: only byte-level BPE" in gguf_file.tokenizer_issues(unigram)[0]
+    assert "is a `Unigram` model: only BPE tokenizers" in gguf_file.tokenizer_issues(unigram)[0]
+    # SentencePiece with Unicode normalisation (its default nmt_nfkc): llama.cpp normalises nothing
+    spm = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")], byte_fallback=True))
+    spm.normalizer, spm.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    issues = gguf_file.tokenizer_issues(PreTrainedTokenizerFast(tokenizer_object=spm))
+    assert (
+        "SentencePiece-style BPE (byte fallback) with normalizer NFKC, pre-tokenizer Metaspace" in issues[0]
+    )
     rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0}
     rope.update(high_freq_factor=4.0, original_max_position_embeddings=8192)
     scaled = LlamaConfig(rope_parameters=rope)

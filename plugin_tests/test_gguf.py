@@ -140,6 +140,84 @@ def test_f16_and_q8_0_answer_as_the_stored_model(trained, tmp_path):
     assert agreement["q8_0"] >= len(PROMPTS) - 3, agreement
 
 
+def _llama_cpp():
+    """llama-cpp-python (llama.cpp built from source), or a skip saying how to install it."""
+    return pytest.importorskip(
+        "llama_cpp",
+        reason="llama.cpp's runtime is not installed: `pip install '.[gguf-runtime]'` (`make test-slow` does)",
+    )
+
+
+def _runtime(llama_cpp, path, **kwargs):
+    return llama_cpp.Llama(model_path=path, n_ctx=128, n_batch=128, n_threads=1, verbose=False, **kwargs)
+
+
+@pytest.mark.slow
+def test_llama_cpp_answers_as_the_stored_model(trained, tmp_path):
+    """llama.cpp's own runtime loads each file, formats the question with the chat template
+    stored in it, tokenizes and decodes greedily, and answers as ``llm.predict``."""
+    from transformers import AutoTokenizer
+
+    from superduper_transformers.hf.data import CHATML_TEMPLATE
+
+    llama_cpp = _llama_cpp()
+    db, _ = trained
+    expected = fixtures.answers(db.load("LLM", "chat"))
+    agreement = {}
+    for quantization in ("f16", "q8_0"):
+        out = export_model(db, "chat", tmp_path / quantization, format="gguf", quantization=quantization)
+        (name,) = [f for f in os.listdir(out) if f.endswith(".gguf")]
+        tokenizer = AutoTokenizer.from_pretrained(str(out), gguf_file=name)
+        runtime = _runtime(llama_cpp, os.path.join(out, name), chat_format="chat_template.default")
+        assert runtime.metadata["tokenizer.chat_template"] == CHATML_TEMPLATE
+        got = []
+        for prompt in PROMPTS:
+            turn = [{"role": "user", "content": prompt}]
+            text = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert runtime.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+            reply = runtime.create_chat_completion(turn, max_tokens=4, temperature=0.0, repeat_penalty=1.0)
+            got.append(reply["choices"][0]["message"]["content"].strip())
+        agreement[quantization] = sum(a == b for a, b in zip(got, expected))
+    # the same margins as read back by transformers (see the test above)
+    assert agreement["f16"] == len(PROMPTS), agreement
+    assert agreement["q8_0"] >= len(PROMPTS) - 3, agreement
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_a_sentencepiece_vocabulary_as_transformers(tmp_path):
+    """llama.cpp merges a SentencePiece vocabulary by the scores written (no merges in the
+    file): its tokens, logits and greedy continuations equal the transformers model's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    llama_cpp = _llama_cpp()
+    tokenizer = _sentencepiece_tokenizer(str(tmp_path / "sp"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config("llama", len(tokenizer))).eval().half().float()
+    path = str(tmp_path / "sp.gguf")
+    gguf_file.write_gguf(model, tokenizer, path, "f16", name="tiny-sp")
+    runtime = _runtime(llama_cpp, path, logits_all=True)
+    for text in SP_TEXTS:
+        ids = tokenizer(text)["input_ids"]
+        assert runtime.tokenize(text.encode(), add_bos=False) == ids, text
+        runtime.reset()
+        runtime.eval(ids)
+        with torch.no_grad():
+            reference = model(torch.tensor([ids])).logits[0].numpy()
+        error = abs(runtime.scores[: len(ids)] - reference).max() / abs(reference).max()
+        assert error < 0.01, (text, float(error))
+        runtime.reset()
+        continuation = []
+        for token in runtime.generate(ids, temp=0.0, repeat_penalty=1.0):
+            continuation.append(token)
+            if len(continuation) == 6:
+                break
+        with torch.no_grad():
+            greedy = model.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert continuation == greedy[0, len(ids) :].tolist(), text
+
+
 def test_modelfile_and_how_to_run_it(trained, tmp_path):
     db, _ = trained
     out = export_model(db, "chat", tmp_path / "m", format="gguf", quantization="q8_0")

@@ -20,7 +20,7 @@ from plugin_tests import fixtures
 from superduper_transformers import cli
 from superduper_transformers.checkpoint import verify_directory
 from superduper_transformers.export import MANIFEST, MODELFILE, ExportError, export_model
-from superduper_transformers.hf import gguf_file, ollama
+from superduper_transformers.hf import gguf_file, gguf_spm, ollama
 
 PROMPTS = [p for p, _ in fixtures.FACTS]
 
@@ -469,6 +469,13 @@ def test_unknown_pre_tokenizer_unigram_and_normalising_sentencepiece_are_refused
     assert (
         "SentencePiece-style BPE (byte fallback) with normalizer NFKC, pre-tokenizer Metaspace" in issues[0]
     )
+    # ... while TinyLlama's and Llama 2's older tokenizer.json form (the space prefix as a
+    # Prepend + Replace normaliser, no pre-tokenizer) is written, with llama.cpp's space prefix
+    spm.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    spm.pre_tokenizer = None
+    legacy = PreTrainedTokenizerFast(tokenizer_object=spm)
+    assert gguf_file.tokenizer_issues(legacy) == []
+    assert gguf_spm.space_prefix(json.loads(legacy.backend_tokenizer.to_str())) is True
     rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0}
     rope.update(high_freq_factor=4.0, original_max_position_embeddings=8192)
     scaled = LlamaConfig(rope_parameters=rope)

@@ -81,7 +81,7 @@ def model_type_issues(config) -> t.List[str]:
 def tokenizer_issues(tokenizer) -> t.List[str]:
     """What stops ``tokenizer`` from being written as GGUF (empty when nothing does)."""
     spec = _backend_spec(tokenizer)
-    if spec is not None and spec.get("model", {}).get("byte_fallback"):
+    if gguf_spm.is_sentencepiece(spec):
         if gguf_spm.space_prefix(spec) is None:
             return [
                 f"the tokenizer is a SentencePiece-style BPE (byte fallback) with {gguf_spm.describe(spec)}: "
@@ -252,7 +252,7 @@ def _vocabulary(writer, tokenizer, vocab_size: int, chat_template: t.Optional[st
     so that the vocabulary and the embedding have the same size.
     """
     spec = _backend_spec(tokenizer)
-    if spec.get("model", {}).get("byte_fallback"):
+    if gguf_spm.is_sentencepiece(spec):
         tokens, scores, types = gguf_spm.vocabulary(tokenizer, spec, vocab_size)
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")

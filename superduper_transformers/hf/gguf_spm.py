@@ -32,14 +32,19 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
+def is_sentencepiece(spec: t.Optional[t.Dict[str, t.Any]]) -> bool:
+    """Whether a ``tokenizer.json`` dict is a BPE with byte fallback (SentencePiece's form)."""
+    model = (spec or {}).get("model") or {}
+    return model.get("type") == "BPE" and bool(model.get("byte_fallback"))
+
+
 def space_prefix(spec: t.Dict[str, t.Any]) -> t.Optional[bool]:
     """Whether a SentencePiece-style ``tokenizer.json`` dict prepends ``▁`` to text; None when
     ``spec`` is not one llama.cpp's ``llama`` vocabulary tokenizes the same way.
 
     :param spec: The tokenizer's ``tokenizer.json`` as a dict.
     """
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+    if not is_sentencepiece(spec):
         return None
     pre, norm = spec.get("pre_tokenizer"), spec.get("normalizer")
     pre_steps = (pre or {}).get("pretokenizers", [pre]) if pre else []

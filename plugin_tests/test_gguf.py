@@ -149,7 +149,8 @@ def _llama_cpp():
 
 
 def _runtime(llama_cpp, path, **kwargs):
-    return llama_cpp.Llama(model_path=path, n_ctx=128, n_batch=128, n_threads=1, verbose=False, **kwargs)
+    # n_ctx=0: the model's own context length
+    return llama_cpp.Llama(model_path=path, n_ctx=0, n_batch=128, n_threads=1, verbose=False, **kwargs)
 
 
 @pytest.mark.slow
@@ -414,7 +415,13 @@ def _sentencepiece_tokenizer(directory):
 
 #: Text without special tokens: transformers puts ``▁`` before the first word only, llama.cpp's
 #: SentencePiece vocabulary (and transformers reading the GGUF) also after each special token.
-SP_TEXTS = [SAMPLE, "The capital of Zorblaxia is", "spaces  and\nnewlines \u00e9 \u00fc \U0001f600", "5+1="]
+SP_TEXTS = [
+    SAMPLE,
+    "The capital of Zorblaxia is",
+    "Quintara capital assistant Zorblaxia o'clock",  # (with equal scores llama.cpp splits these two otherwise)
+    "spaces  and\nnewlines \u00e9 \u00fc \U0001f600",
+    "5+1=",
+]
 
 
 def test_sentencepiece_tokenizer_is_written_as_llama_cpp_reads_it(tmp_path):

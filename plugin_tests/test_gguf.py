@@ -140,8 +140,10 @@ def test_f16_and_q8_0_answer_as_the_stored_model(trained, tmp_path):
     assert agreement["q8_0"] >= len(PROMPTS) - 3, agreement
 
 
-def _llama_cpp():
-    """llama-cpp-python (llama.cpp built from source), or a skip saying how to install it."""
+@pytest.fixture(scope="module")
+def llama_cpp():
+    """llama-cpp-python (llama.cpp built from source), or a skip saying how to install it
+    (module-scoped and named first, so that a skip comes before the training fixture)."""
     return pytest.importorskip(
         "llama_cpp",
         reason="llama.cpp's runtime is not installed: `pip install '.[gguf-runtime]'` (`make test-slow` does)",
@@ -154,14 +156,13 @@ def _runtime(llama_cpp, path, **kwargs):
 
 
 @pytest.mark.slow
-def test_llama_cpp_answers_as_the_stored_model(trained, tmp_path):
+def test_llama_cpp_answers_as_the_stored_model(llama_cpp, trained, tmp_path):
     """llama.cpp's own runtime loads each file, formats the question with the chat template
     stored in it, tokenizes and decodes greedily, and answers as ``llm.predict``."""
     from transformers import AutoTokenizer
 
     from superduper_transformers.hf.data import CHATML_TEMPLATE
 
-    llama_cpp = _llama_cpp()
     db, _ = trained
     expected = fixtures.answers(db.load("LLM", "chat"))
     agreement = {}
@@ -186,13 +187,12 @@ def test_llama_cpp_answers_as_the_stored_model(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_llama_cpp_tokenizes_a_sentencepiece_vocabulary_as_transformers(tmp_path):
+def test_llama_cpp_tokenizes_a_sentencepiece_vocabulary_as_transformers(llama_cpp, tmp_path):
     """llama.cpp merges a SentencePiece vocabulary by the scores written (no merges in the
     file): its tokens, logits and greedy continuations equal the transformers model's."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    llama_cpp = _llama_cpp()
     tokenizer = _sentencepiece_tokenizer(str(tmp_path / "sp"))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_config("llama", len(tokenizer))).eval().half().float()

@@ -181,6 +181,7 @@ def test_llama_cpp_answers_as_the_stored_model(llama_cpp, trained, tmp_path):
             reply = runtime.create_chat_completion(turn, max_tokens=4, temperature=0.0, repeat_penalty=1.0)
             got.append(reply["choices"][0]["message"]["content"].strip())
         agreement[quantization] = sum(a == b for a, b in zip(got, expected))
+        runtime.close()
     # the same margins as read back by transformers (see the test above)
     assert agreement["f16"] == len(PROMPTS), agreement
     assert agreement["q8_0"] >= len(PROMPTS) - 3, agreement
@@ -217,6 +218,7 @@ def test_llama_cpp_tokenizes_a_sentencepiece_vocabulary_as_transformers(llama_cp
         with torch.no_grad():
             greedy = model.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
         assert continuation == greedy[0, len(ids) :].tolist(), text
+    runtime.close()  # (left to the garbage collector, llama-cpp-python errors at exit)
 
 
 def test_modelfile_and_how_to_run_it(trained, tmp_path):

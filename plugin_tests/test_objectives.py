@@ -175,6 +175,63 @@ def test_each_objective_trains_with_qlora_and_full_fine_tuning(db, tiny_model_di
     assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
 
 
+# -- what users do with a trained preference model -----------------------------------------
+def test_a_dpo_model_has_its_history_plot_promotions_and_exports(db, tiny_model_dir, tmp_path):
+    """History and plot carry DPO's metrics by step; an alias, a promotion and its
+    rollback move between its checkpoints; the adapter and the merged export load with
+    plain transformers/peft and give the stored model's logits."""
+    import matplotlib.image
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from superduper_transformers import promote
+    from superduper_transformers.export import export_model
+    from superduper_transformers.history import metric_history
+    from superduper_transformers.plot import plot_history
+
+    _table(db, "dpo", _rows("dpo")[:16])
+    llm = _llm(db, tiny_model_dir, tmp_path, "dpo", max_steps=4, save_steps=2, logging_steps=2, beta=0.5)
+    db.apply(llm, force=True)
+    assert [r["step"] for r in list_checkpoints(db, "m")] == [2, 4]
+
+    history = metric_history(db, "m")
+    for metric in METRICS["dpo"]:
+        assert history.training(metric)[0] == [2, 4], metric
+    data = plot_history(db, "m", str(tmp_path / "dpo.png"), width=400, panel_height=100)
+    assert matplotlib.image.imread(data.path).shape[:2] == (100 * len(data.panels), 400)
+    assert METRICS["dpo"] <= set(data.panels) and data.panels["rewards/margins"]["train"][0] == [2, 4]
+
+    promote.promote(db, "m", 2, alias="prod")
+    assert promote.load_model(db, "m", alias="prod").adapter_id.step == 2
+    promote.promote(db, "m", 2)
+    assert db.load("LLM", "m").adapter_id.step == 2
+    promote.rollback(db, "m")
+    stored = db.load("LLM", "m")
+    assert stored.adapter_id.step == 4
+
+    model, tokenizer = stored._get_pipeline()
+    ids = tokenizer("dxy:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        adapter = export_model(db, "m", str(tmp_path / "adapter"))
+        assert "ref" not in os.listdir(adapter)  # trl's reference copy stays in the checkpoint
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+        merged = AutoModelForCausalLM.from_pretrained(
+            export_model(db, "m", str(tmp_path / "merged"), merge=True)
+        )
+        for exported in (peft, merged):
+            assert torch.allclose(exported(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_the_plot_of_each_objective_shows_its_metrics():
+    from superduper_transformers.history import History
+    from superduper_transformers.plot import history_panels
+
+    entries = [{"step": s, "loss": 1.0, "reward": 0.5, "kl": 0.1, "rewards/margins": 0.2} for s in (5, 10)]
+    panels = {o: set(history_panels(History("m", "run", entries, o))) for o in ("sft", "kto", "grpo")}
+    assert panels == {"sft": {"loss"}, "kto": {"loss", "kl", "rewards/margins"}, "grpo": {"loss", "reward"}}
+
+
 # -- from where the model stands ---------------------------------------------------
 def _adapter(folder):
     """The tensors of a saved adapter, by name."""

@@ -243,10 +243,14 @@ def test_a_killed_dpo_training_resumes_from_its_checkpoint_with_its_metrics(ws, 
     from transformers import TrainerCallback
 
     from plugin_tests import preference_tasks as tasks
+    from plugin_tests.test_objectives import METRICS
     from superduper_transformers.hf import train as hf_train
     from superduper_transformers.history import metric_history
 
-    sdb.apply(Table("prefs", fields={"prompt": "str", "chosen": "str", "rejected": "str", "_fold": "str"}))
+    sdb.apply(
+        Table("prefs", fields={"prompt": "str", "chosen": "str", "rejected": "str", "_fold": "str"}),
+        force=True,
+    )
     sdb["prefs"].insert(
         [dict(prompt=p, chosen=c, rejected=r, _fold="train") for p, c, r in tasks.pairs(16, 1)]
     )
@@ -278,8 +282,7 @@ def test_a_killed_dpo_training_resumes_from_its_checkpoint_with_its_metrics(ws, 
     assert begins == [5]
     rows = list_checkpoints(sdb, "pref")
     assert [r["step"] for r in rows] == [5, 10] and len({r["experiment_id"] for r in rows}) == 1
-    dpo = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
-    assert all(dpo <= set(r["metrics"]) for r in rows), [sorted(r["metrics"]) for r in rows]
+    assert all(METRICS["dpo"] <= set(r["metrics"]) for r in rows), [sorted(r["metrics"]) for r in rows]
     run = sdb.load("TrainingRun", resume.run_identifier("pref", rows[0]["experiment_id"]))
     assert run.state == resume.FINISHED and [r["step"] for r in run.resumes] == [5]
     assert run.settings["objective"] == "dpo"

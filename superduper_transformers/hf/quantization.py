@@ -54,7 +54,10 @@ def device_map_for_quantized(local_rank: t.Optional[int] = None):
 
 
 def is_quantized(model) -> bool:
-    """Whether ``model`` was loaded in 4 or 8 bits (bitsandbytes)."""
+    """Whether ``model`` was loaded in 4 or 8 bits (bitsandbytes).
+
+    :param model: A ``PreTrainedModel`` or a peft model around one.
+    """
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
@@ -65,6 +68,8 @@ def trainable_dtypes_kept(model):
     trl's trainers cast them to bf16 when built on a quantized model, whatever the
     training precision (fp32 on a CPU without native bf16), and a module trained in full
     (``lora_modules_to_save``) then no longer matches the activations outside autocast.
+
+    :param model: The model handed to the trainer (a peft model for QLoRA).
     """
     dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     yield

@@ -319,8 +319,8 @@ def test_a_listener_loads_the_weights_once_and_its_cost_does_not_grow_per_row(tr
     assert len(outputs) == 15 and {o["checkpoint"] for o in outputs.values()} == {steps[4]}
 
 
-def test_a_shadow_candidate_answers_every_new_row_beside_prod_and_is_not_served(trained):
-    from superduper_transformers import LLMListener
+def test_a_shadow_candidate_answers_every_new_row_beside_prod_and_is_not_served(trained, monkeypatch, capsys):
+    from superduper_transformers import LLMListener, cli
     from superduper_transformers.compare import win_rate
     from superduper_transformers.shadow import ShadowError, shadow, side_by_side
 
@@ -371,3 +371,11 @@ def test_a_shadow_candidate_answers_every_new_row_beside_prod_and_is_not_served(
 
     with pytest.raises(ShadowError, match=r"No listener `nope` in the datalayer; its listeners: \["):
         shadow(db, "nope")
+
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)
+    capsys.readouterr()
+    assert cli.main(["side-by-side", "live-answers", candidate.identifier]) == 0
+    out = capsys.readouterr().out
+    assert f"a: {steps[2]}" in out and "9+9=" in out
+    assert cli.main(["shadow", "nope", "candidate"]) == 2
+    assert "No listener `nope` in the datalayer" in capsys.readouterr().err

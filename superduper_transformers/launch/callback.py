@@ -90,6 +90,7 @@ class LLMCallback(TrainerCallback):
         self.generation_samples = list(generation_samples)
         self._generated_at: t.Optional[int] = None
         self._history_step = 0  # the step up to which the run's history is stored
+        self._pointer_recorded = False  # the run's first move of the pointer is in the promotion history
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> None:
@@ -135,8 +136,14 @@ class LLMCallback(TrainerCallback):
         # pruning may delete the checkpoint the stored row pointed at until now (the
         # previous save, when an older one is the best), and a row that references a
         # deleted checkpoint can neither be loaded nor saved again.
+        before = getattr(self.llm.adapter_id, "identifier", None)
         self.llm.adapter_id = ckpt
         self.llm.save()
+        if not self._pointer_recorded:  # the run's later moves are its own checkpoint rows
+            self._pointer_recorded = True
+            promote.record_move(
+                self.db, self.identifier, before, ckpt.identifier, promote.TRAIN, run=self.run_id
+            )
         # What was logged since the previous save (or since the checkpoint resumed from).
         history.record_history(
             self.db, self.identifier, self.run_id, state.log_history, self._history_step, state.global_step
@@ -277,8 +284,10 @@ def register_final_checkpoint(
         )
         if path == folders[0]:
             chosen = ckpt
+    before = getattr(llm.adapter_id, "identifier", None)
     llm.adapter_id = chosen
     llm.save()
+    promote.record_move(db, llm.identifier, before, chosen.identifier, promote.TRAIN, run=experiment_id)
     history.record_history(
         db, llm.identifier, experiment_id, state.get("log_history", []), 0, state["global_step"]
     )

@@ -114,8 +114,13 @@ class LLMCallback(TrainerCallback):
 
     # -- events -----------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        """Start the stored history at the step training starts from (a resume's checkpoint)."""
+        """Start the stored history at the step training starts from (a resume's checkpoint),
+        first writing what the run's history lacks up to there (a crash between registering
+        that checkpoint and writing its history)."""
         self._history_step = state.global_step
+        if state.global_step and state.is_world_process_zero:
+            self._connect()
+            history.fill_gap(self.db, self.identifier, self.run_id, state.log_history, state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         """Register the checkpoint just written, point the model at it, prune old ones."""

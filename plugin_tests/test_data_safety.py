@@ -227,9 +227,15 @@ def test_each_run_writes_its_own_folder_and_registers_its_own_step(db, tiny_mode
     # not the step-2 folder an earlier run left.
     shorter = dict(settings, max_steps=1, save_steps=1, log_to_db=False)
     db.apply(fixtures.make_llm(db, tiny_model_dir, use_lora=False, learning_rate=1e-3, **shorter), force=True)
-    assert db.load("LLM", "tiny").adapter_id.step == 1
-    # Only the last run's folder is left: the ended runs' checkpoints are in the store.
-    assert os.listdir(out) == [db.load("LLM", "tiny").adapter_id.experiment_id]
+    last = db.load("LLM", "tiny").adapter_id
+    assert last.step == 1
+    # Only the last run's local checkpoints are left: the ended runs' are in the store.
+    assert sorted(os.listdir(out)) == sorted(
+        {lora["experiment_id"], full["experiment_id"], last.experiment_id}
+    )
+    left = [n for r in (lora["experiment_id"], full["experiment_id"]) for n in os.listdir(out / r)]
+    assert not [n for n in left if n.startswith("checkpoint-")], left
+    assert os.path.isdir(out / last.experiment_id / "checkpoint-1")
 
 
 def test_default_output_dir_is_readable_and_distinct(db, tmp_path, monkeypatch):

@@ -18,9 +18,9 @@ state), under the same ``experiment_id``, so later checkpoints continue its step
 Each run writes into a folder of its own under the trainer's output folder
 (:func:`run_dir`): transformers writes into an existing ``checkpoint-<step>`` folder
 without clearing it, so a run in a reused folder would register files of an earlier
-run (a LoRA run's ``adapter_config.json`` in a full fine-tune's checkpoint). The folders
-of the model's runs that are no longer running are removed when a run starts (their
-checkpoints are in the artifact store).
+run (a LoRA run's ``adapter_config.json`` in a full fine-tune's checkpoint). The ``checkpoint-*``
+folders of the model's runs that are no longer running are removed when a run starts
+(they are in the artifact store); the rest of their folders (TensorBoard logs) is kept.
 """
 
 from __future__ import annotations
@@ -154,13 +154,19 @@ def run_dir(output_dir: str, experiment_id: str) -> str:
     return private_dir(os.path.join(output_dir, experiment_id))
 
 
-def _remove_folders_of_ended_runs(db: Datalayer, model: str, output_dir: str) -> None:
-    """Remove the folders of ``model``'s runs that no longer run (finished or abandoned:
-    their checkpoints are in the store). Only folders named by a run of this model."""
+def _remove_checkpoints_of_ended_runs(db: Datalayer, model: str, output_dir: str) -> None:
+    """Remove the local ``checkpoint-*`` folders of ``model``'s runs that no longer run
+    (finished or abandoned: their checkpoints are in the store), so that disk use does not
+    grow with the runs. Only in folders named by a run of this model; the rest of a run's
+    folder (TensorBoard's ``runs/``, Ray's results) is kept."""
     for run in records.runs(db, model):
         folder = os.path.join(output_dir, run.experiment_id)
-        if run.state != RUNNING and os.path.isdir(folder) and not os.path.islink(folder):
-            shutil.rmtree(folder, ignore_errors=True)
+        if run.state == RUNNING or not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def run_identifier(model: str, experiment_id: str) -> str:
@@ -361,7 +367,7 @@ def start_run(
     for stale in runs:
         stale.state = ABANDONED
         db.apply(stale, force=True, jobs=False)
-    _remove_folders_of_ended_runs(db, model.identifier, output_dir)
+    _remove_checkpoints_of_ended_runs(db, model.identifier, output_dir)
     if run is None:
         experiment_id = uuid.uuid4().hex[:8]
         run = TrainingRun(

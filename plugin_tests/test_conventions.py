@@ -153,7 +153,7 @@ def test_user_callbacks_by_import_path_and_tensorboard(db, tiny_model_dir, tmp_p
         {"class": "plugin_tests.fixtures:RecordingCallback", "kwargs": {"tag": "second"}},
     ]
     # tensorboard event files in the output folder, and the db records the run as always
-    assert glob.glob(os.path.join(out, "runs", "*", "events.out.tfevents.*"))
+    assert glob.glob(os.path.join(out, "*", "runs", "*", "events.out.tfevents.*"))  # in the run's folder
     assert [r["step"] for r in list_checkpoints(db, "tiny")][-1] == 20
 
 

@@ -22,6 +22,7 @@ import pytest
 from plugin_tests import fixtures
 from superduper_transformers import _faults, resume
 from superduper_transformers.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from superduper_transformers.history import metric_history
 from superduper_transformers.store import artifacts
 from superduper_transformers.trainer import run_settings
 
@@ -653,3 +654,26 @@ def test_resumed_run_prunes_the_checkpoint_the_stored_model_pointed_at(
     assert run.state == resume.FINISHED and [r["step"] for r in run.resumes] == [20]
     assert [r["step"] for r in list_checkpoints(db, "tiny")] == [40]
     _assert_stored_model_predicts(db, "tiny", 40)
+
+
+def test_a_crash_before_the_history_row_leaves_no_gap_after_the_resume(
+    db, tiny_model_dir, tmp_path, monkeypatch
+):
+    # Interrupted right after checkpoint 10 was registered, before the history of steps
+    # 6-10 was written. The resumed run (from 10) writes it from the restored log history.
+    settings = dict(
+        max_steps=20, save_steps=5, logging_steps=5, eval_strategy="no", output_dir=str(tmp_path / "out")
+    )
+
+    def interrupt(point, step):
+        if (point, step) == ("registered", 10):
+            raise RuntimeError("interrupted after registering step 10")
+
+    monkeypatch.setattr(_faults, "crash_point", interrupt)
+    with pytest.raises(Exception, match="interrupted after registering step 10"):
+        db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
+    monkeypatch.undo()
+
+    db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
+    steps, losses = metric_history(db, "tiny").training("loss")
+    assert steps == [5, 10, 15, 20] and all(loss > 0 for loss in losses)

@@ -72,3 +72,39 @@ def test_chat_format_wraps_the_prompt_as_a_user_turn(tokenizer):
     assert tokenizer.decode(masked) == "<|im_start|>user\n5+1=<|im_end|>\n<|im_start|>assistant\n"
     learned = [label for label in out["labels"] if label != IGNORE_INDEX]
     assert tokenizer.decode(learned, skip_special_tokens=True) == "6"
+
+
+def _learned(example):
+    return [t for t in example["labels"] if t != IGNORE_INDEX]
+
+
+def test_a_prompt_longer_than_the_limit_still_leaves_part_of_the_completion(tokenizer, caplog_loguru):
+    from superduper_transformers.hf.data import build_dataset, encode_batch
+
+    # The case: a 600-token prompt, a 520-token completion (+ EOS), limit 512.
+    row = {"x": "7" * 599 + "=", "y": "8" * 520}
+    out = tokenize(tokenizer, row, "x", "y", max_length=512)
+    assert len(out["input_ids"]) == 512
+    # Half the window is the end of the prompt, half the start of the completion.
+    assert tokenizer.decode(_learned(out)) == "8" * 256
+    assert tokenizer.decode(out["input_ids"][:256]) == "7" * 255 + "="
+    assert encode_batch(tokenizer, [row], "x", "y", 512) == ([out], ["end_lost"])  # the batched path
+
+    build_dataset(tokenizer, [row, {"x": "5+1=", "y": "6"}], "x", "y", max_length=512)
+    assert any("1 of 2 rows are longer" in m and "1 lost their end" in m for m in caplog_loguru)
+
+
+def test_a_reply_past_the_limit_in_a_conversation_is_still_learned(tokenizer):
+    from superduper_transformers.hf.data import encode_batch, encode_batch_reference
+
+    long_user = {"role": "user", "content": "7" * 600}
+    rows = [
+        {"m": [long_user, {"role": "assistant", "content": "8" * 30}]},  # a short reply: kept whole
+        {"m": [long_user, {"role": "assistant", "content": "9" * 520}]},  # a long one: its start
+    ]
+    examples, statuses = encode_batch_reference(tokenizer, rows, "m", None, 512)
+    assert statuses == ["prompt_cut", "end_lost"]
+    assert [len(e["input_ids"]) for e in examples] == [512, 512]
+    assert "8" * 30 in tokenizer.decode(_learned(examples[0]))
+    assert tokenizer.decode(_learned(examples[1])) == "9" * 256
+    assert encode_batch(tokenizer, rows, "m", None, 512) == (examples, statuses)

@@ -211,6 +211,33 @@ def test_default_output_dir_stays_under_the_root(db, tmp_path, monkeypatch, iden
     assert os.path.basename(path) not in ("", ".", "..")
 
 
+def test_each_run_writes_its_own_folder_and_registers_its_own_step(db, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"  # one output folder for all three runs, as the default one is
+    settings = dict(max_steps=2, save_steps=2, eval_strategy="no", output_dir=str(out))
+    db.apply(fixtures.make_llm(db, tiny_model_dir, **settings), force=True)
+    (lora,) = list_checkpoints(db, "tiny")
+
+    # A full fine-tune of the same model: its checkpoint holds no file of the LoRA run.
+    db.apply(fixtures.make_llm(db, tiny_model_dir, use_lora=False, **settings), force=True)
+    (full,) = [r for r in list_checkpoints(db, "tiny") if r["experiment_id"] != lora["experiment_id"]]
+    files = set(load_checkpoint(db, full["identifier"]).manifest)
+    assert "model.safetensors" in files and "adapter_config.json" not in files
+
+    # Recorded at the end only (log_to_db=False), a 1-step run registers its own step 1,
+    # not the step-2 folder an earlier run left.
+    shorter = dict(settings, max_steps=1, save_steps=1, log_to_db=False)
+    db.apply(fixtures.make_llm(db, tiny_model_dir, use_lora=False, learning_rate=1e-3, **shorter), force=True)
+    last = db.load("LLM", "tiny").adapter_id
+    assert last.step == 1
+    # Only the last run's local checkpoints are left: the ended runs' are in the store.
+    assert sorted(os.listdir(out)) == sorted(
+        {lora["experiment_id"], full["experiment_id"], last.experiment_id}
+    )
+    left = [n for r in (lora["experiment_id"], full["experiment_id"]) for n in os.listdir(out / r)]
+    assert not [n for n in left if n.startswith("checkpoint-")], left
+    assert os.path.isdir(out / last.experiment_id / "checkpoint-1")
+
+
 def test_default_output_dir_is_readable_and_distinct(db, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trainer = LLMTrainer("t", key=("x", "y"), select=db["facts"].select())

@@ -9,11 +9,12 @@ keep it). A fake checkpoint of another model is registered beside it.
 from __future__ import annotations
 
 import os
+import types
 
 import pytest
 
 from plugin_tests import fixtures
-from superduper_transformers import cli, promote, resume
+from superduper_transformers import cli, history, promote, resume
 from superduper_transformers.checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -107,6 +108,17 @@ def test_a_resumed_run_replaces_the_history_after_its_checkpoint(db):
     record_history(db, "m", "run", again, 20, 30)
     assert stored_history(db, "m", "run") == again
     assert stored_history(db, "m", "other-run") == []
+
+
+def test_the_history_is_read_in_step_order_whatever_the_clocks(db, monkeypatch):
+    # Saved at 10 and 20; restarted, rank 0 then ran on a machine whose clock is an hour
+    # behind and saved 30 and 40: its rows are written "before" the first ones.
+    clock = iter([1000.0, 2000.0, 2000.0 - 3600, 2000.0 - 3590])
+    monkeypatch.setattr(history, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    entries = [{"step": s, "loss": 1.0 / s} for s in (5, 10, 15, 20, 25, 30, 35, 40)]
+    for start in (0, 10, 20, 30):
+        record_history(db, "m", "run", entries, start, start + 10)
+    assert stored_history(db, "m", "run") == entries
 
 
 def test_pruning_kept_the_aliased_checkpoint_outside_the_limit(trained):

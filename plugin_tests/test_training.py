@@ -103,7 +103,8 @@ def test_checkpoint_files_are_in_the_artifact_store(trained):
             "optimizer.pt",
             "trainer_state.json",
         } <= names
-        local = os.path.join(trained["out"], f"checkpoint-{r['step']}")
+        # The run's own folder under the output folder.
+        local = os.path.join(trained["out"], r["experiment_id"], f"checkpoint-{r['step']}")
         if os.path.isdir(local):  # HF may have rotated older local folders away
             assert file_manifest(local) == file_manifest(path) == ckpt.manifest
     # pruned checkpoints left nothing behind in the store

@@ -109,18 +109,51 @@ def stored_history(db: Datalayer, model: str, experiment_id: str) -> t.List[t.Di
     :param model: Identifier of the ``LLM``.
     :param experiment_id: The run.
     """
+    return _merge(_rows(db, model, experiment_id))
+
+
+def _rows(db: Datalayer, model: str, experiment_id: str) -> t.List[t.Dict[str, t.Any]]:
     if TABLE not in db.show("Table"):
         return []
     table = db[TABLE]
-    rows = (
+    return (
         table.filter(table["model"] == model, table["experiment_id"] == experiment_id)
         .select("from_step", "to_step", "time", "entries")
         .execute()
     )
+
+
+def _merge(rows: t.Iterable[t.Mapping[str, t.Any]]) -> t.List[t.Dict[str, t.Any]]:
+    """The entries of a run's rows, read in step order, each row replacing the entries
+    after its ``from_step``. By step, not by the time a row was written: after a restart
+    rank 0 may run on another machine, whose clock can be behind. The time only orders
+    rows of the same step (a resume writing again what an attempt before it wrote)."""
     out: t.List[t.Dict[str, t.Any]] = []
-    for row in sorted(rows, key=lambda r: (r["time"], r["to_step"])):
+    for row in sorted(rows, key=lambda r: (r["to_step"], r["time"])):
         out = [e for e in out if e["step"] <= row["from_step"]] + list(row["entries"] or [])
     return out
+
+
+def fill_gap(
+    db: Datalayer, model: str, experiment_id: str, log_history: t.Iterable[t.Mapping], step: int
+) -> int:
+    """Write the entries up to ``step`` that the run's rows lack (a resume from ``step``).
+
+    A process that died between registering a checkpoint and writing its history row
+    left the steps before that checkpoint unrecorded; the resumed trainer restores the
+    whole log history from the checkpoint, so they can be written now.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param experiment_id: The run.
+    :param log_history: ``state.log_history`` as restored from the checkpoint.
+    :param step: The step training resumes from.
+    :return: how many entries were written.
+    """
+    covered = max((r["to_step"] for r in _rows(db, model, experiment_id) if r["to_step"] <= step), default=0)
+    if covered >= step:
+        return 0
+    return record_history(db, model, experiment_id, log_history, covered, step)
 
 
 def forget(db: Datalayer, model: str) -> None:

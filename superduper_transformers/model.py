@@ -115,6 +115,54 @@ class LLM(Model):
         super().postinit()
         self._pipeline = None
 
+    # -- the in-use pointer ------------------------------------------------
+    def dict(self, metadata: bool = True):
+        """The component as superduper stores it, keeping the stored ``adapter_id``
+        when this object sets none (:meth:`keep_stored_pointer`).
+
+        :param metadata: As for superduper's ``Component.dict``.
+        """
+        self.keep_stored_pointer()
+        return super().dict(metadata=metadata)
+
+    def keep_stored_pointer(self) -> None:
+        """Take the stored row's ``adapter_id`` when this object (being applied) has none.
+
+        A freshly built ``LLM`` (a new ``predict_kwargs``, a changed config, a resume from
+        the command line) has ``adapter_id=None``; written as is, the apply would unpoint the
+        model: serving processes and listeners would get the base model without a warning.
+        superduper serialises the component (``dict``) before it plans the apply
+        (``create_jobs``), so this runs in ``dict``. A caller that means to clear the pointer
+        says so with :func:`superduper_transformers.promote.clear_pointer`.
+        """
+        from superduper_transformers import promote
+
+        if self.adapter_id is not None or self.db is None or resume.in_training(self):
+            return
+        if promote.clears_pointer(self) or self.identifier not in self.db.show("LLM"):
+            return
+        stored = promote.stored_pointer(self.db, self.identifier)
+        if stored is None:
+            return
+        from superduper_transformers.checkpoint import checkpoint_without_files, load_checkpoint
+
+        try:  # its files are checked where they are loaded, not here
+            self.adapter_id = load_checkpoint(self.db, stored, verify=False)
+        except CheckpointError:  # its folder is gone: the row still keeps the pointer
+            self.adapter_id = checkpoint_without_files(self.db, stored)
+        logging.info(f"LLM `{self.identifier}`: `adapter_id` not set: kept the stored one ({stored})")
+
+    def _record_pointer_change(self) -> None:
+        """Record in the model's promotion history an apply that moves its in-use pointer."""
+        from superduper_transformers import promote
+
+        if promote.recorded_by_caller(self):
+            return  # a promotion or rollback records its own move
+        after = self.checkpoint_id()
+        before = promote.stored_pointer(self.db, self.identifier)
+        if after != before:
+            promote.record_move(self.db, self.identifier, before, after, promote.APPLY)
+
     # -- loading ----------------------------------------------------------
     def setup(self):
         """Resolve child components; the weights load lazily on the first prediction.
@@ -494,6 +542,7 @@ class LLM(Model):
             plan = preflight(self, self.db)
             if self.identifier not in self.db.show("LLM"):  # new, or deleted and re-created
                 resume.abandon_runs_of_a_deleted_model(self.db, self.identifier)
+        self._record_pointer_change()  # after every check: a refused apply records nothing
         out = super().create_jobs(
             context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
         )

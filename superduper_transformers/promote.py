@@ -9,8 +9,11 @@ promoted and rolled back the same way, by name.
 
 Everything is recorded in one ``Promotions`` row per model (identifier = the model's):
 ``aliases`` (alias -> checkpoint identifier) and ``history``, one entry per change:
-``{"pointer": "in_use" | alias, "action": "promote" | "rollback" | "delete", "from", "to", "by",
-"time"}`` (``delete``: a forced :func:`delete_checkpoint` removed the alias).
+``{"pointer": "in_use" | alias, "action": "promote" | "rollback" | "delete" | "apply" | "train",
+"from", "to", "by", "time"}`` (``delete``: a forced :func:`delete_checkpoint` removed the alias;
+``apply``: an apply of the model with another ``adapter_id``; ``train``: the first checkpoint of
+a training run, with ``"run"``: its id; the run's later checkpoints are its own rows). An apply
+without ``adapter_id`` keeps the stored pointer (``LLM.keep_stored_pointer``).
 A plain ``db.load`` user finds the ``prod`` checkpoint with
 ``db.load("Checkpoint", db.load("Promotions", model).aliases["prod"])``, or with
 :func:`resolve_alias` / :func:`load_model` here.
@@ -47,6 +50,10 @@ if t.TYPE_CHECKING:
 
 IN_USE = "in_use"
 PROMOTE, ROLLBACK, DELETE = "promote", "rollback", "delete"
+APPLY, TRAIN = "apply", "train"
+#: Attributes set on an ``LLM`` object (this object only, never stored).
+_RECORDED_BY_CALLER = "_sdt_pointer_recorded"  # its save moves the pointer; the caller records it
+_CLEARS_POINTER = "_sdt_clears_pointer"  # its adapter_id=None is meant: the save clears the pointer
 _ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
@@ -92,7 +99,9 @@ class Promotions(Component):
 
     def pinned(self) -> t.Optional[str]:
         """The checkpoint the latest promotion or rollback pointed the model at."""
-        moves = [e for e in self.history if e.get("pointer") == IN_USE]
+        moves = [
+            e for e in self.history if e.get("pointer") == IN_USE and e.get("action") in (PROMOTE, ROLLBACK)
+        ]
         return moves[-1].get("to") if moves else None
 
 
@@ -288,6 +297,7 @@ def _move(db: Datalayer, model: str, target: ckpts.Checkpoint, pointer: str, act
     if llm is not None:
         before = getattr(llm.adapter_id, "identifier", None)
         llm.adapter_id = target
+        setattr(llm, _RECORDED_BY_CALLER, True)
         llm.save()
     else:
         before = record.aliases.get(pointer)
@@ -317,13 +327,66 @@ def _move(db: Datalayer, model: str, target: ckpts.Checkpoint, pointer: str, act
 def _undo(db: Datalayer, model: str, record: Promotions, llm, pointer: str, before: t.Optional[str]):
     record.history.pop()
     if llm is not None:
-        llm.adapter_id = ckpts.load_checkpoint(db, before) if before and _exists(db, model, before) else None
+        if before and _exists(db, model, before):
+            llm.adapter_id = ckpts.load_checkpoint(db, before)
+        else:
+            clear_pointer(llm)
         llm.save()
     elif before is None:
         del record.aliases[pointer]
     else:
         record.aliases[pointer] = before
     db.apply(record, force=True, jobs=False)
+
+
+def record_move(
+    db: Datalayer,
+    model: str,
+    before: t.Optional[str],
+    after: t.Optional[str],
+    action: str,
+    by: t.Optional[str] = None,
+    **extra: t.Any,
+) -> t.Dict[str, t.Any]:
+    """Append a move of ``model``'s in-use pointer made outside :func:`promote` (an apply, a
+    training's first checkpoint) to its history, under the model's lock.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param before: The checkpoint it pointed at (None: none).
+    :param after: The checkpoint it points at now.
+    :param action: :data:`APPLY` or :data:`TRAIN`.
+    :param by: Who (default: the login name of this process).
+    :param extra: More keys of the entry (``run``).
+    :return: the history entry written.
+    """
+    entry = {"pointer": IN_USE, "action": action, "from": before, "to": after, "by": by or _user()}
+    entry.update(time=time.time(), **extra)
+    with artifacts.model_lock(db, model):
+        record = promotions(db, model)
+        record.history.append(entry)
+        db.apply(record, force=True, jobs=False)
+    return entry
+
+
+def recorded_by_caller(llm: t.Any) -> bool:
+    """Whether the save of ``llm`` (this object) moves its pointer for a caller that records the
+    move itself (:func:`promote`, :func:`rollback`)."""
+    return bool(getattr(llm, _RECORDED_BY_CALLER, False))
+
+
+def clear_pointer(llm: t.Any) -> t.Any:
+    """Set ``llm.adapter_id`` to None and mark this object so that its next save writes it
+    (an apply of an ``LLM`` without ``adapter_id`` otherwise keeps the stored pointer).
+    Returns ``llm``."""
+    llm.adapter_id = None
+    setattr(llm, _CLEARS_POINTER, True)
+    return llm
+
+
+def clears_pointer(llm: t.Any) -> bool:
+    """Whether ``llm`` (this object) was marked by :func:`clear_pointer`."""
+    return bool(getattr(llm, _CLEARS_POINTER, False))
 
 
 def _user() -> str:

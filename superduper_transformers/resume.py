@@ -11,9 +11,16 @@ training that raises, leaves the row ``running``: the run is *interrupted*. Appl
 the model again (``db.apply(llm, force=True)`` with a freshly built, identical ``LLM``)
 then trains again, and with ``LLMTrainer(resume_from_db="auto")`` (the default) it
 resumes the interrupted run: the latest checkpoint of that run whose stored files
-verify is copied to ``output_dir/checkpoint-<step>`` and handed to the HF trainer as
+verify is copied to ``output_dir/<experiment_id>/checkpoint-<step>`` and handed to the HF trainer as
 ``resume_from_checkpoint`` (weights or adapter, optimizer, scheduler, RNG and trainer
 state), under the same ``experiment_id``, so later checkpoints continue its steps.
+
+Each run writes into a folder of its own under the trainer's output folder
+(:func:`run_dir`): transformers writes into an existing ``checkpoint-<step>`` folder
+without clearing it, so a run in a reused folder would register files of an earlier
+run (a LoRA run's ``adapter_config.json`` in a full fine-tune's checkpoint). The ``checkpoint-*``
+folders of the model's runs that are no longer running are removed when a run starts
+(they are in the artifact store); the rest of their folders (TensorBoard logs) is kept.
 """
 
 from __future__ import annotations
@@ -127,11 +134,39 @@ class RunPlan:
     :param experiment_id: The run's identifier.
     :param resume_from_checkpoint: Verified local copy of the checkpoint, or None.
     :param step: Global step training starts from.
+    :param output_dir: The run's own folder, where the HF trainer writes (:func:`run_dir`).
     """
 
     experiment_id: str
     resume_from_checkpoint: t.Optional[str] = None
     step: int = 0
+    output_dir: t.Optional[str] = None
+
+
+def run_dir(output_dir: str, experiment_id: str) -> str:
+    """The folder of run ``experiment_id`` under the trainer's ``output_dir``, owner-only
+    (created when missing).
+
+    :param output_dir: The trainer's output folder.
+    :param experiment_id: The run.
+    """
+    private_dir(output_dir)  # weights: owner-only, as in the store
+    return private_dir(os.path.join(output_dir, experiment_id))
+
+
+def _remove_checkpoints_of_ended_runs(db: Datalayer, model: str, output_dir: str) -> None:
+    """Remove the local ``checkpoint-*`` folders of ``model``'s runs that no longer run
+    (finished or abandoned: their checkpoints are in the store), so that disk use does not
+    grow with the runs. Only in folders named by a run of this model; the rest of a run's
+    folder (TensorBoard's ``runs/``, Ray's results) is kept."""
+    for run in records.runs(db, model):
+        folder = os.path.join(output_dir, run.experiment_id)
+        if run.state == RUNNING or not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def run_identifier(model: str, experiment_id: str) -> str:
@@ -298,7 +333,8 @@ def start_run(
     :param model: The ``LLM`` component about to be trained (its row records the run).
     :param settings: The settings that shape the training, as JSON (compared with the
         interrupted run's before resuming it).
-    :param output_dir: The HF trainer's output folder (the checkpoint is copied there).
+    :param output_dir: The trainer's output folder: the run writes into its own folder
+        there (:func:`run_dir`; a resumed run's checkpoint is copied there).
     :param resume_from_db: ``"auto"`` resumes a compatible interrupted run; ``"never"``.
     :param data_fingerprint: The fingerprint of the training data (recorded on the run,
         compared with the interrupted run's).
@@ -331,6 +367,7 @@ def start_run(
     for stale in runs:
         stale.state = ABANDONED
         db.apply(stale, force=True, jobs=False)
+    _remove_checkpoints_of_ended_runs(db, model.identifier, output_dir)
     if run is None:
         experiment_id = uuid.uuid4().hex[:8]
         run = TrainingRun(
@@ -341,12 +378,13 @@ def start_run(
             started_at=time.time(),
             data_fingerprint=data_fingerprint,
         )
-        plan = RunPlan(experiment_id)
+        plan = RunPlan(experiment_id, output_dir=run_dir(output_dir, experiment_id))
     else:
         ckpt = latest_verified_checkpoint(db, model.identifier, run.experiment_id)
-        plan = RunPlan(run.experiment_id)
+        folder = run_dir(output_dir, run.experiment_id)
+        plan = RunPlan(run.experiment_id, output_dir=folder)
         if ckpt is not None:
-            plan = RunPlan(run.experiment_id, fetch_checkpoint(ckpt, output_dir), ckpt.step)
+            plan = RunPlan(run.experiment_id, fetch_checkpoint(ckpt, folder), ckpt.step, folder)
         checkpoint = ckpt.identifier if ckpt is not None else None
         entry = {"step": plan.step, "checkpoint": checkpoint, "time": time.time()}
         if changes:

@@ -322,12 +322,14 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
             data_fingerprint=plan.fingerprint,
             on_data_change=trainer.on_data_change,
         )
+        # The run writes into its own folder: never into files an earlier run left.
+        plan.config.output_dir = run_plan.output_dir
         logging.info(
             f"Training {model.identifier} (run {run_plan.experiment_id}, from step {run_plan.step}): "
             f"{plan.objective}, {plan.train.count} rows, eval sets {plan.eval_sets}, "
             f"from {(plan.start_from or {}).get('checkpoint') or 'the base model'}, "
             f"lora={trainer.use_lora}, bits={trainer.bits}, precision={plan.settings.precision.name}, "
-            f"output_dir={plan.output_dir}"
+            f"output_dir={run_plan.output_dir}"
         )
         X, y = plan.columns[0], plan.columns[1] if len(plan.columns) > 1 else None
         job = TrainJob(

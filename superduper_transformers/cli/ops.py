@@ -140,7 +140,10 @@ def _print_entry(entry: t.Dict[str, t.Any]) -> None:
     when = datetime.datetime.fromtimestamp(entry["time"], datetime.timezone.utc).strftime(
         "%Y-%m-%d %H:%M:%S UTC"
     )
-    print(f"{when}  {entry['by']}  {entry['action']} {entry['pointer']}: {entry['from']} -> {entry['to']}")
+    run = f" (run {entry['run']})" if entry.get("run") else ""  # a training's first checkpoint
+    print(
+        f"{when}  {entry['by']}  {entry['action']} {entry['pointer']}: {entry['from']} -> {entry['to']}{run}"
+    )
 
 
 _RUN = {

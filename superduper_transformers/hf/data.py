@@ -225,7 +225,10 @@ def tokenize(
         a conversation under ``X``: the column of its tools (function schemas), or None.
     :param max_length: At most this many tokens. A longer example loses the start of its
         prompt, so the completion and its EOS are kept whole; a completion (or whole
-        text) that alone is longer is cut at the end.
+        text) that alone is longer is cut at the end, after at most the last
+        ``max_length // 2`` tokens of its prompt (so it always keeps part of the
+        completion). A conversation keeps its start unless its first reply starts past
+        ``max_length // 2`` (:func:`.tokens.conversation_window`).
     :param prompt_template: Template with ``{input}`` applied to the input, as the
         ``LLM`` does at prediction time.
     :param chat_format: Wrap the prompt as the user turn of the tokenizer's chat template
@@ -278,10 +281,9 @@ def _encode_conversation(tokenizer, messages, max_length, tools=None):
     if messages[-1]["role"] == "assistant" and eos is not None and eos not in input_ids[span[0] : span[1]]:
         # A template that writes no end-of-turn token: EOS teaches the model to stop.
         input_ids, labels = input_ids + [eos], labels + [eos]
-    status = FITS
-    if max_length is not None and len(input_ids) > max_length:
-        status = END_LOST
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    start, end, code = tokens.conversation_window(labels, max_length)
+    input_ids, labels = input_ids[start:end], labels[start:end]
+    status = {c: name for name, c in _STATUS_CODES.items()}[code]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}, status
 
 
@@ -486,10 +488,9 @@ def _conversation_table(tokenizer, rows, X, y, max_length):
             labels[start:end] = input_ids[start:end]
         if messages[-1]["role"] == "assistant" and eos is not None and eos not in input_ids[start:end]:
             input_ids, labels = input_ids + [eos], labels + [eos]
-        status.append(tokens.FITS)
-        if max_length is not None and len(input_ids) > max_length:
-            status[-1] = tokens.END_LOST
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        start, end, code = tokens.conversation_window(labels, max_length)
+        status.append(code)
+        input_ids, labels = input_ids[start:end], labels[start:end]
         input_lists.append(input_ids)
         label_lists.append(labels)
     offsets, input_ids = tokens.flatten(input_lists)
@@ -562,13 +563,17 @@ def _combine(prompt_ids, completion_ids, eos, max_length):
             cut = len(input_ids) - max_length
             input_ids, labels = input_ids[cut:], labels[cut:]
         else:
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            # The completion alone is too long: it keeps its start, after at most the last
+            # half of the window of the prompt (a prompt longer than the window would
+            # otherwise leave no completion token, nothing to learn).
+            cut = max(0, len(prompt_ids) - max_length // 2) if completion_ids is not None else 0
+            input_ids, labels = input_ids[cut : cut + max_length], labels[cut : cut + max_length]
     encoded = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
     return encoded, status
 
 
 #: Bump when the tokenized output of the same rows and settings changes (cache key).
-TOKENIZATION_VERSION = 2  # 2: written by `encode_table` (same tokens), own file layout
+TOKENIZATION_VERSION = 3  # 2: written by `encode_table`; 3: over-long rows keep part of each completion
 #: The truncation status of each example, kept in the cached dataset so the warning
 #: is the same on a cache hit (dropped before training).
 STATUS_COLUMN = "_truncation"
@@ -752,8 +757,9 @@ def _warn_truncated(ds, max_length: t.Optional[int]) -> None:
             f"{cut + lost} of {len(ds)} rows are longer than "
             f"max_seq_length={max_length} tokens: {cut} had the start of "
             f"their prompt cut (the completion is kept whole), {lost} lost their "
-            "end (the completion or text alone is longer, so its EOS is not learned). Raise "
-            "`max_seq_length` to keep them whole."
+            "end (the completion or text alone is longer, so its EOS is not learned; at most "
+            "the last half of the window is prompt, so each keeps part of its completion). "
+            "Raise `max_seq_length` to keep them whole."
         )
 
 

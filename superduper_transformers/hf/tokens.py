@@ -59,7 +59,9 @@ def assemble(
         whole text + EOS).
     :param max_length: At most this many tokens per row (None: no limit). A row whose
         completion fits loses the start of its prompt (``PROMPT_CUT``); one whose
-        completion alone is too long loses its end (``END_LOST``).
+        completion alone is too long loses its end (``END_LOST``) and keeps at most the
+        last ``max_length // 2`` tokens of its prompt, so that at least half of the row
+        is completion, whatever the prompt's length.
     :param learn_prompt: Label the prompt tokens too (else -100).
     :return: ``(offsets, input_ids, labels, status)``; ``status`` is int8 per row.
     """
@@ -73,8 +75,8 @@ def assemble(
         lost = long & ~cut
         status[cut], status[lost] = PROMPT_CUT, END_LOST
         p_start[cut] = (pl + cl - max_length)[cut]
-        p_end[lost] = np.minimum(pl, max_length)[lost]
-        c_end[lost] = (max_length - p_end)[lost]
+        p_start[lost] = np.maximum(pl - max_length // 2, 0)[lost]
+        c_end[lost] = (max_length - (p_end - p_start))[lost]
     kept_p, kept_c = p_end - p_start, c_end
     lengths = kept_p + kept_c
     offsets = np.zeros(len(pl) + 1, dtype=np.int64)
@@ -87,3 +89,25 @@ def assemble(
     labels[at_p] = input_ids[at_p] if learn_prompt else IGNORE_INDEX
     input_ids[at_c] = labels[at_c] = c_ids[_ranges(c_off[:-1], kept_c)]
     return offsets, input_ids, labels, status
+
+
+def conversation_window(labels: t.Sequence[int], max_length: t.Optional[int]) -> t.Tuple[int, int, int]:
+    """Which tokens of a conversation longer than ``max_length`` are kept: ``(start, end,
+    status)``, the slice ``[start:end]`` and ``FITS``, ``PROMPT_CUT`` or ``END_LOST``.
+
+    A conversation keeps its start unless its first reply (the first labelled token)
+    starts past ``max_length // 2``: then what comes before that reply is cut from the
+    left, down to ``max_length // 2`` tokens, so that the kept window learns something
+    (otherwise a reply past the limit would leave no label at all), as :func:`assemble`
+    keeps at most that much of a prompt before a completion that is too long.
+
+    :param labels: The conversation's labels (``IGNORE_INDEX`` outside the replies).
+    :param max_length: At most this many tokens (None: no limit).
+    """
+    n = len(labels)
+    if max_length is None or n <= max_length:
+        return 0, n, FITS
+    first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), n)
+    start = max(0, min(first - max_length // 2, n - max_length))
+    end = start + max_length
+    return start, end, END_LOST if end < n else PROMPT_CUT

@@ -90,6 +90,7 @@ class LLMCallback(TrainerCallback):
         self.generation_samples = list(generation_samples)
         self._generated_at: t.Optional[int] = None
         self._history_step = 0  # the step up to which the run's history is stored
+        self._pointer_recorded = False  # the run's first move of the pointer is in the promotion history
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> None:
@@ -113,8 +114,13 @@ class LLMCallback(TrainerCallback):
 
     # -- events -----------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        """Start the stored history at the step training starts from (a resume's checkpoint)."""
+        """Start the stored history at the step training starts from (a resume's checkpoint),
+        first writing what the run's history lacks up to there (a crash between registering
+        that checkpoint and writing its history)."""
         self._history_step = state.global_step
+        if state.global_step and state.is_world_process_zero:
+            self._connect()
+            history.fill_gap(self.db, self.identifier, self.run_id, state.log_history, state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         """Register the checkpoint just written, point the model at it, prune old ones."""
@@ -135,8 +141,14 @@ class LLMCallback(TrainerCallback):
         # pruning may delete the checkpoint the stored row pointed at until now (the
         # previous save, when an older one is the best), and a row that references a
         # deleted checkpoint can neither be loaded nor saved again.
+        before = getattr(self.llm.adapter_id, "identifier", None)
         self.llm.adapter_id = ckpt
         self.llm.save()
+        if not self._pointer_recorded:  # the run's later moves are its own checkpoint rows
+            self._pointer_recorded = True
+            promote.record_move(
+                self.db, self.identifier, before, ckpt.identifier, promote.TRAIN, run=self.run_id
+            )
         # What was logged since the previous save (or since the checkpoint resumed from).
         history.record_history(
             self.db, self.identifier, self.run_id, state.log_history, self._history_step, state.global_step
@@ -277,8 +289,10 @@ def register_final_checkpoint(
         )
         if path == folders[0]:
             chosen = ckpt
+    before = getattr(llm.adapter_id, "identifier", None)
     llm.adapter_id = chosen
     llm.save()
+    promote.record_move(db, llm.identifier, before, chosen.identifier, promote.TRAIN, run=experiment_id)
     history.record_history(
         db, llm.identifier, experiment_id, state.get("log_history", []), 0, state["global_step"]
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses as dc
+import os
 import typing as t
 
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from superduper_transformers import resume
 from superduper_transformers.hf import train as hf_train
@@ -39,8 +40,9 @@ def run_local(job: TrainJob, db: t.Any = None, llm: t.Any = None):
     with resume.training(llm) if llm is not None else contextlib.nullcontext():
         output = hf_train.run_job(job)
         if recording and not log_to_db:
-            # Recorded at the end only, as a Ray run with log_to_db=False is.
-            last = get_last_checkpoint(job.training_args.output_dir)
+            # Recorded at the end only, as a Ray run with log_to_db=False is: the checkpoint
+            # of the last step (SaveTheLastStep saved it), not whichever folder is newest.
+            last = os.path.join(job.training_args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{output.global_step}")
             register_final_checkpoint(
                 db,
                 llm,

@@ -318,7 +318,9 @@ def _resume_point(loop: t.Dict[str, t.Any], job: TrainJob, stack: contextlib.Exi
             if ray.train.get_context().get_world_rank() == 0:
                 # Also clears what the dead process left in output_dir past that step.
                 return runs.fetch_checkpoint(ckpt, job.training_args.output_dir)
-            return ckpt.local_path  # verified against its manifest; read only
+            # A private copy, verified: the bytes checked are the bytes loaded (the store's
+            # folder sits under a parent superduper makes writable by all).
+            return stack.enter_context(ckpt.verified_copy())
         return job.resume_from_checkpoint
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:

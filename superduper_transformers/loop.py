@@ -111,7 +111,9 @@ class Loop(CDC):
         """Check the model, its alias and the tables before the apply writes anything."""
         if event_type == "apply":
             check_in_db(self, self.db)
-        return super().create_jobs(context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires)
+        return super().create_jobs(
+            context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
+        )
 
     @trigger("apply")
     def start(self):
@@ -175,7 +177,10 @@ class Loop(CDC):
         columns = self._columns()
         _rows_table(db, self.rows_table, self.table, columns)
         db[self.rows_table].insert(
-            [{**{c: row[c] for c in columns}, "round_id": r.round_id, "_fold": "train"} for row in new + replay]
+            [
+                {**{c: row[c] for c in columns}, "round_id": r.round_id, "_fold": "train"}
+                for row in new + replay
+            ]
         )
         kinds = {"new": [x["_id"] for x in new], "replay": [x["_id"] for x in replay]}
         rounds.write_ledger(db, self.identifier, r.round_id, kinds)
@@ -192,7 +197,9 @@ class Loop(CDC):
         try:
             if r.state == rounds.STARTED:
                 candidate, experiment_id = self._train(r)
-                r = rounds.record(self.db, r, rounds.TRAINED, candidate=candidate, experiment_id=experiment_id)
+                r = rounds.record(
+                    self.db, r, rounds.TRAINED, candidate=candidate, experiment_id=experiment_id
+                )
             return self._decide(r)
         except Exception as e:  # noqa: BLE001 - the insert that triggered the round must not fail
             logging.error(f"Round {r.number} of {self.identifier} failed, abandoned: {type(e).__name__}: {e}")
@@ -210,7 +217,9 @@ class Loop(CDC):
         trained = getattr(db.load("LLM", self.model).adapter_id, "identifier", None)
         mine = {c["identifier"] for c in ckpts.list_checkpoints(db, self.model, run.experiment_id)}
         if trained not in mine:
-            raise LoopError(f"the training of round {r.number} left no checkpoint of its run {run.experiment_id}.")
+            raise LoopError(
+                f"the training of round {r.number} left no checkpoint of its run {run.experiment_id}."
+            )
         return trained, run.experiment_id
 
     def _decide(self, r: rounds.Round) -> rounds.Round:
@@ -269,7 +278,9 @@ class Loop(CDC):
         for r in rejected[: max(len(rejected) - self.keep_rejected, 0)]:
             for c in ckpts.list_checkpoints(self.db, self.model, r.experiment_id):
                 try:
-                    promote.delete_checkpoint(self.db, self.model, c["identifier"], by=f"loop {self.identifier}")
+                    promote.delete_checkpoint(
+                        self.db, self.model, c["identifier"], by=f"loop {self.identifier}"
+                    )
                 except promote.PromotionError as e:  # protected meanwhile (promoted by hand, in use)
                     logging.info(f"Keeping {c['identifier']}: {e}")
 
@@ -330,7 +341,9 @@ def _rows_table(db, name: str, source: str, columns: t.Sequence[str]) -> None:
     if name not in db.show("Table"):
         fields = db.load("Table", source).fields
         db.apply(
-            Table(name, fields={**{c: fields.get(c, "str") for c in columns}, "round_id": "str", "_fold": "str"}),
+            Table(
+                name, fields={**{c: fields.get(c, "str") for c in columns}, "round_id": "str", "_fold": "str"}
+            ),
             force=True,
         )
 
@@ -344,7 +357,9 @@ def settings_issues(loop: Loop) -> t.List[str]:
     if loop.metric and ":" not in loop.metric:
         issues.append(f"`metric`={loop.metric!r} must be 'module:function', e.g. 'my_metrics:exact_match'.")
     if not isinstance(loop.min_new_rows, int) or loop.min_new_rows < 1:
-        issues.append(f"`min_new_rows`={loop.min_new_rows!r} must be a positive integer (rows that start a round).")
+        issues.append(
+            f"`min_new_rows`={loop.min_new_rows!r} must be a positive integer (rows that start a round)."
+        )
     if not isinstance(loop.replay_fraction, (int, float)) or not 0 <= loop.replay_fraction < 1:
         issues.append(
             f"`replay_fraction`={loop.replay_fraction!r} must be in [0, 1): the share of a round's "
@@ -393,9 +408,13 @@ def check_in_db(loop: Loop, db) -> None:
         if loop.listener not in db.show("Listener"):
             issues.append(f"`listener`={loop.listener!r} is not a Listener in the database.")
         if loop.feedback not in tables:
-            issues.append(f"`feedback`={loop.feedback!r} is not a table: create it with `feedback.feedback_table(db)`.")
+            issues.append(
+                f"`feedback`={loop.feedback!r} is not a table: create it with `feedback.feedback_table(db)`."
+            )
     elif loop.table not in tables:
-        issues.append(f"`table`={loop.table!r} is not a table in the database (tables: {_user_tables(tables)}).")
+        issues.append(
+            f"`table`={loop.table!r} is not a table in the database (tables: {_user_tables(tables)})."
+        )
     if loop.validation_table not in tables:
         issues.append(
             f"`validation_table`={loop.validation_table!r} is not a table in the database "

@@ -151,7 +151,9 @@ def rounds(db: Datalayer, loop: t.Optional[str] = None, model: t.Optional[str] =
     out: t.Dict[t.Tuple[str, str], Round] = {}
     for row in sorted(_rows(db, EVENTS, **equal), key=lambda e: e["time"]):
         key = (row["loop"], row["round_id"])
-        r = out.get(key) or Round(row["loop"], row["model"], row["number"], row["round_id"], started_at=row["time"])
+        r = out.get(key) or Round(
+            row["loop"], row["model"], row["number"], row["round_id"], started_at=row["time"]
+        )
         values = {k: row[k] for k in EVENT_FIELDS if k in _ROUND_FIELDS and row.get(k) not in (None, "")}
         values = {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
         out[key] = dc.replace(r, **values, states=[*r.states, row["state"]])
@@ -186,7 +188,9 @@ def set_paused(db: Datalayer, model: str, paused: bool, by: str) -> None:
     """Pause (or resume) the rounds of ``model``: a paused model starts none (and finishes no
     cut-off one) until resumed; rows keep arriving and count toward the next round."""
     ensure_tables(db)
-    db[CONTROL].insert([{"model": model, "action": PAUSE if paused else RESUME, "by": by, "time": time.time()}])
+    db[CONTROL].insert(
+        [{"model": model, "action": PAUSE if paused else RESUME, "by": by, "time": time.time()}]
+    )
 
 
 def paused(db: Datalayer, model: str) -> bool:

@@ -1,0 +1,193 @@
+"""Training follows new rows: a ``Loop`` trains a round from ``prod`` after N new rows and
+promotes its candidate only when it is not worse.
+
+The story of the first test, on one mongomock datalayer: ``tiny`` is trained 2 steps
+(``prod``: it knows none of the 8 facts of ``heldout``); a ``Listener`` following ``prod``
+answers questions; people correct the answers (feedback); the 8th correction starts a
+round, whose candidate learned the facts and replaces ``prod``, so the next questions get
+the right answers. Wrong corrections then train a candidate that is rejected.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from plugin_tests import fixtures
+from superduper_transformers import LLM, Loop, feedback, promote, rounds
+from superduper_transformers.checkpoint import list_checkpoints
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: What ``prod`` learns first (b = 0), and the 8 facts rounds learn (b = 1 or 3).
+FIRST = [(p, c) for p, c in fixtures.FACTS if p.endswith("+0=")][:2]
+NEW = fixtures.FACTS16[:8]
+METRIC = "plugin_tests.fixtures:exact_match"
+#: A round: 60 steps over 8-12 rows (8 facts are memorised in about 25 from prod's adapter).
+ROUND = dict(max_steps=60, save_steps=60)
+
+
+def _prod(db, model_dir: str, out: str) -> None:
+    """``tiny`` trained 2 steps on FIRST; ``prod`` points at its checkpoint."""
+    from superduper import Table
+
+    fixtures.insert_rows(db, facts=FIRST, valid=[])
+    llm = fixtures.make_llm(
+        db,
+        model_dir,
+        max_steps=2,
+        save_steps=2,
+        eval_strategy="no",
+        lora_modules_to_save=["lm_head"],
+        output_dir=out,
+    )
+    db.apply(llm, force=True)
+    promote.promote(db, "tiny", db.load("LLM", "tiny").adapter_id.identifier, alias="prod", by="tester")
+    db.apply(Table("heldout", fields={"x": "str", "y": "str"}), force=True)
+    db["heldout"].insert([{"x": p, "y": c} for p, c in NEW])
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir, tmp_path_factory):
+    """``tiny`` at ``prod``, a listener answering ``questions`` with ``prod``, a feedback table."""
+    from superduper import CFG, Listener, Table, superduper
+
+    data = tmp_path_factory.mktemp("rounds")
+    old = CFG.artifact_store
+    CFG.artifact_store = f"filesystem://{data / 'artifact_store'}"
+    try:
+        db = superduper(f"mongomock://rounds-{data.name}", force_apply=True)
+        _prod(db, tiny_model_dir, str(data / "out"))
+        db.apply(Table("questions", fields={"question": "str"}), force=True)
+        serving = LLM(
+            "tiny-prod",
+            model_name_or_path=tiny_model_dir,
+            alias="prod",
+            alias_model="tiny",
+            record_checkpoint=True,
+            predict_kwargs={"max_new_tokens": 4},
+        )
+        db.apply(
+            Listener("answers", model=serving, key="question", select=db["questions"].select()), force=True
+        )
+        feedback.feedback_table(db)
+        yield db
+        db.disconnect()
+    finally:
+        CFG.artifact_store = old
+
+
+def _ask(db, prompts):
+    """Insert questions; ``[(output id, answer, checkpoint)]`` of the listener for them."""
+    listener = db.load("Listener", "answers")
+    out = db[listener.outputs]
+    pid = out.primary_id.execute()
+    before = {str(o[pid]) for o in out.select().execute()}
+    db["questions"].insert([{"question": p} for p in prompts])
+    rows = [o for o in out.select().execute() if str(o[pid]) not in before]
+    src = {
+        str(s[db["questions"].primary_id.execute()]): s["question"]
+        for s in db["questions"].select().execute()
+    }
+    by_prompt = {src[str(o["_source"])]: o for o in rows}
+    return [
+        (
+            str(by_prompt[p][pid]),
+            by_prompt[p][listener.outputs]["answer"].strip(),
+            by_prompt[p][listener.outputs]["checkpoint"],
+        )
+        for p in prompts
+    ]
+
+
+def _correct(asked, targets) -> int:
+    return sum(a == c for (_, a, _), c in zip(asked, targets))
+
+
+def test_feedback_starts_a_round_that_promotes_a_better_candidate_and_rejects_a_worse_one(
+    served, capsys, monkeypatch
+):
+    from superduper_transformers import cli
+    from superduper_transformers.cli import query
+
+    db = served
+    prod0 = promote.promotions(db, "tiny").aliases["prod"]
+    loop = Loop(
+        "tiny-loop",
+        model="tiny",
+        table="fb_rows",
+        feedback="feedback",
+        listener="answers",
+        validation_table="heldout",
+        metric=METRIC,
+        min_new_rows=8,
+        replay_fraction=0.25,
+        margin=0.1,
+        training_kwargs=ROUND,
+    )
+    db.apply(loop, force=True)
+    asked = _ask(db, [p for p, _ in NEW])
+    answers = [c for _, c in NEW]
+    before = _correct(asked, answers)
+    assert {ckpt for *_, ckpt in asked} == {prod0}
+
+    # 7 corrections: no round; the 8th starts one, whose candidate learned the facts
+    db["feedback"].insert([{"output": i, "correction": c} for (i, _, _), c in zip(asked[:7], answers)])
+    assert rounds.rounds(db, "tiny-loop") == [] and len(db["fb_rows"].select().execute()) == 7
+    db["feedback"].insert([{"output": asked[7][0], "correction": answers[7]}])
+    (first,) = rounds.rounds(db, "tiny-loop")
+    assert first.states == ["started", "trained", "promoted"]
+    assert (first.new_rows, first.replay_rows, first.prod) == (8, 0, prod0)
+    assert first.score_candidate >= 0.75 and first.score_candidate >= first.score_prod + 0.5
+    record = promote.promotions(db, "tiny")
+    assert record.aliases["prod"] == first.candidate != prod0
+    entry = record.history[-1]
+    assert (entry["action"], entry["from"], entry["to"]) == ("promote", prod0, first.candidate)
+    assert (entry["by"], entry["score_candidate"], entry["score_prod"]) == (
+        "loop tiny-loop round 1",
+        first.score_candidate,
+        first.score_prod,
+    )
+
+    # new questions are answered by the candidate, with the facts it learned
+    asked = _ask(db, [p for p, _ in NEW])
+    assert {ckpt for *_, ckpt in asked} == {first.candidate}
+    after = _correct(asked, answers)
+    print(f"round 1: prod answered {before}/8, the promoted candidate {after}/8")
+    assert after >= 7 and after >= before + 4
+
+    # paused: 8 wrong corrections start no round; `runs` and `status` show the rounds
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)
+    monkeypatch.setattr(query, "connect", lambda args: db)
+    assert cli.main(["loop", "pause", "tiny", "--by", "tester"]) == 0
+    db["feedback"].insert([{"output": i, "correction": "9"} for i, _, _ in asked])
+    assert len(rounds.rounds(db, "tiny-loop")) == 1
+    capsys.readouterr()
+    assert cli.main(["runs", "tiny"]) == 0
+    assert f"loop tiny-loop  round 1  promoted  candidate {first.candidate} (" in capsys.readouterr().out
+    assert cli.main(["status", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "latest round: loop tiny-loop  round 1  promoted" in out and "rounds of tiny are paused" in out
+
+    # resumed: the next wrong correction starts round 2; its candidate is rejected
+    assert cli.main(["loop", "resume", "tiny"]) == 0
+    db["feedback"].insert([{"output": asked[0][0], "correction": "9"}])
+    second = rounds.rounds(db, "tiny-loop")[-1]
+    assert second.states == ["started", "trained", "rejected"]
+    assert (second.number, second.new_rows, second.replay_rows) == (2, 9, 3)
+    assert second.score_candidate < second.score_prod - 0.1
+    assert promote.promotions(db, "tiny").aliases["prod"] == first.candidate  # prod stays
+    assert db.load("LLM", "tiny").adapter_id.identifier == first.candidate  # so does the model in use
+    assert second.candidate in {c["identifier"] for c in list_checkpoints(db, "tiny")}  # kept
+    entry = [e for e in promote.promotions(db, "tiny").history if e["action"] == "reject"][-1]
+    assert (entry["candidate"], entry["to"], entry["score_candidate"]) == (
+        second.candidate,
+        first.candidate,
+        second.score_candidate,
+    )
+    trained_on = [r for r in db[loop.rows_table].select().execute() if r["round_id"] == second.round_id]
+    assert len(trained_on) == 12
+    assert sum(r["y"] != "9" for r in trained_on) == 3  # the replayed rows: right answers of round 1
+    assert cli.main(["loop", "rounds", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "round 1  promoted" in out and "round 2  rejected" in out and "9 new + 3 replayed rows" in out

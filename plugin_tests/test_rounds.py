@@ -10,13 +10,18 @@ the right answers. Wrong corrections then train a candidate that is rejected.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from plugin_tests import fixtures
 from superduper_transformers import LLM, Loop, feedback, promote, rounds
 from superduper_transformers.checkpoint import list_checkpoints
+from superduper_transformers.loop import LoopError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: What ``prod`` learns first (b = 0), and the 8 facts rounds learn (b = 1 or 3).
@@ -191,3 +196,116 @@ def test_feedback_starts_a_round_that_promotes_a_better_candidate_and_rejects_a_
     assert cli.main(["loop", "rounds", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "round 1  promoted" in out and "round 2  rejected" in out and "9 new + 3 replayed rows" in out
+
+
+def test_bad_settings_are_named_with_the_fix_before_anything_is_written(served):
+    db = served
+    with pytest.raises(
+        LoopError,
+        match=r"(?s)`metric`='nope' must be 'module:function'.*`min_new_rows`=0 must be.*`replay_fraction`=1.0 must be in \[0, 1\)",
+    ):
+        Loop(
+            "bad",
+            model="tiny",
+            table="t",
+            validation_table="heldout",
+            metric="nope",
+            min_new_rows=0,
+            replay_fraction=1.0,
+        )
+    with pytest.raises(LoopError, match="`feedback`='feedback' and `listener`=None: set both"):
+        Loop("bad", model="tiny", table="t", validation_table="heldout", metric=METRIC, feedback="feedback")
+    common = dict(table="facts", validation_table="heldout", metric=METRIC)
+    with pytest.raises(LoopError, match=r"`model`='nope' is not an LLM in the database \(models: \["):
+        db.apply(Loop("bad", model="nope", **common), force=True)
+    with pytest.raises(LoopError, match=r"`alias`='beta' is not an alias of `tiny`.*alias='beta'"):
+        db.apply(Loop("bad", model="tiny", alias="beta", **common), force=True)
+    with pytest.raises(
+        LoopError, match=r"(?s)`validation_table`='gone' is not a table.*`metric`='x:y' does not import"
+    ):
+        db.apply(Loop("bad", model="tiny", table="facts", validation_table="gone", metric="x:y"), force=True)
+    assert "bad" not in db.show("Loop")
+
+
+def test_a_round_in_another_process_blocks_a_second_one_and_resumes_after_a_kill(
+    sqlite_db, tiny_model_dir, tmp_path
+):
+    """A worker process inserts 8 rows into a table a loop watches: its trigger starts a
+    round. While that round trains (held at step 5), this process inserts 8 rows too: its
+    trigger starts no second round. The worker is then killed (SIGKILL) right after the
+    round's checkpoint of step 10 is recorded; the next trigger here finishes the round, its
+    training resumed from step 10, and the rows inserted during it wait for the next round."""
+    from superduper import CFG, Table
+
+    from superduper_transformers.store import records
+
+    db = sqlite_db
+    release = str(tmp_path / "release")
+    _prod(db, tiny_model_dir, str(tmp_path / "out"))
+    db.apply(Table("new_rows", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    loop = Loop(
+        "race",
+        model="tiny",
+        table="new_rows",
+        validation_table="heldout",
+        metric=METRIC,
+        training_kwargs=dict(max_steps=20, save_steps=10),
+    )
+    db.apply(loop, force=True)
+    # The worker connects after the loop is applied: superduper's local scheduler knows the
+    # watched tables of the moment it connected (an insert into a newer one raises KeyError).
+    args = dict(
+        uri=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        store=CFG.artifact_store.split("://", 1)[-1],
+        table="new_rows",
+        rows=[{"x": p, "y": c, "_fold": "train"} for p, c in NEW],
+        hold={"step": 5, "until": release},
+    )
+    log = str(tmp_path / "worker.log")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "plugin_tests.loop_worker", json.dumps(args)],
+        cwd=REPO,
+        env=dict(
+            os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", SD_TRANSFORMERS_TEST_KILL_AT="registered:10"
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait(worker, log, lambda: os.path.exists(f"{release}.holding"), "hold its round at step 5")
+        db["new_rows"].insert([{"x": p, "y": "9", "_fold": "train"} for p, _ in NEW])  # during the round
+        (running,) = rounds.rounds(db, "race")
+        assert running.state == "started"  # no second round
+        open(release, "w").close()
+        _wait(worker, log, lambda: worker.poll() is not None, "end")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
+    assert worker.returncode == -9  # killed in the round's training
+
+    (cut,) = rounds.rounds(db, "race")
+    assert (cut.number, cut.state, cut.new_rows) == (1, "started", 8)
+    assert [r.state for r in records.runs(db, "tiny")] == ["finished", "running"]  # its training, cut off
+    db["new_rows"].insert([{"x": "7+3=", "y": "10", "_fold": "train"}])  # the next trigger
+
+    (done,) = rounds.rounds(db, "race")  # finished; the 9 rows since wait for round 2
+    assert done.round_id == cut.round_id and done.states[:2] == ["started", "trained"]
+    assert done.state in ("promoted", "rejected") and len(done.states) == 3
+    run = db.load("TrainingRun", f"tiny-run-{done.experiment_id}")
+    assert run.state == "finished" and [x["step"] for x in run.resumes] == [10]
+    assert [c["step"] for c in list_checkpoints(db, "tiny", done.experiment_id)] == [10, 20]
+    assert records.runs(db, "tiny", "running") == []
+    trained_on = [r for r in db[loop.rows_table].select().execute() if r["round_id"] == done.round_id]
+    assert sorted((r["x"], r["y"]) for r in trained_on) == sorted(NEW)  # none of the rows inserted since
+    assert len(rounds.used_sources(db, "race")) == 8
+
+
+def _wait(worker, log: str, done, what: str, timeout: float = 300) -> None:
+    """Wait until ``done()``; fail with the worker's log when it failed (a kill is expected)."""
+    deadline = time.time() + timeout
+    while not done():
+        assert worker.poll() is None or (worker.poll() == -9 and what == "end"), open(log).read()[-3000:]
+        assert time.time() < deadline, f"the worker did not {what}"
+        time.sleep(0.05)

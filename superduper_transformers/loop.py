@@ -209,11 +209,14 @@ class Loop(CDC):
         db = self.db
         before = {run.experiment_id for run in records.runs(db, self.model, resume.FINISHED)}
         llm = db.load("LLM", self.model)
-        llm.trainer = round_trainer(llm.trainer, db[self.rows_table], r, self.alias, self.training_kwargs)
-        db.apply(llm, force=True)
+        trainer = round_trainer(llm.trainer, db[self.rows_table], r, self.alias, self.training_kwargs)
+        db.apply(fresh_copy(llm, trainer), force=True)
         run = resume.latest_run(db, self.model)
         if run is None or run.experiment_id in before or run.state != resume.FINISHED:
-            raise LoopError(f"the training of round {r.number} did not run to its end (run {run}).")
+            raise LoopError(
+                f"the training of round {r.number} did not run to its end (latest run: "
+                f"{getattr(run, 'experiment_id', None)}, {getattr(run, 'state', None)})."
+            )
         trained = getattr(db.load("LLM", self.model).adapter_id, "identifier", None)
         mine = {c["identifier"] for c in ckpts.list_checkpoints(db, self.model, run.experiment_id)}
         if trained not in mine:
@@ -292,6 +295,23 @@ class Loop(CDC):
 
         trainer = self.db.load("LLM", self.model).trainer
         return objectives.get(trainer.objective).columns(trainer.key)
+
+
+def fresh_copy(llm, trainer):
+    """``llm`` with ``trainer``, built anew as a user builds it (no version, no run marker).
+
+    superduper skips an apply equal to the stored row and sets up a stored copy before
+    comparing; the setup of an ``LLM`` with an interrupted run shows the run on it
+    (:func:`superduper_transformers.resume.show_interrupted_run`). A new object without
+    the marker differs, so the apply of a cut-off round's model trains (resumes) again.
+    """
+    from superduper.base.datatype import ComponentRef
+
+    fields = {f.name: getattr(llm, f.name) for f in dc.fields(llm) if f.name != "identifier"}
+    fields = {k: v.unpack() if isinstance(v, ComponentRef) else v for k, v in fields.items()}
+    fields["metric_values"] = {k: v for k, v in (llm.metric_values or {}).items() if k != "training_run"}
+    fields["trainer"] = trainer
+    return type(llm)(llm.identifier, **fields)
 
 
 def round_trainer(trainer, table, r: rounds.Round, alias: str, overrides: t.Mapping[str, t.Any]):

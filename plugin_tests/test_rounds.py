@@ -227,6 +227,38 @@ def test_bad_settings_are_named_with_the_fix_before_anything_is_written(served):
     assert "bad" not in db.show("Loop")
 
 
+def test_a_round_that_fails_is_abandoned_and_its_rows_count_again(served, monkeypatch):
+    """A round whose training raises: the insert that triggered it still succeeds, the round
+    is recorded abandoned with the error, its training run is marked abandoned, the model and
+    ``prod`` point where they did, and its rows are new again for the next round."""
+    from superduper import Table
+
+    from superduper_transformers.store import records
+
+    db = served
+    db.apply(Table("more", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    loop = Loop(
+        "failing",
+        model="tiny",
+        table="more",
+        validation_table="heldout",
+        metric=METRIC,
+        min_new_rows=2,
+        training_kwargs=dict(max_steps=4, save_steps=2),
+    )
+    db.apply(loop, force=True)
+    in_use = db.load("LLM", "tiny").adapter_id.identifier
+    prod = promote.promotions(db, "tiny").aliases["prod"]
+    fixtures.interrupt_at(monkeypatch, 1)
+    db["more"].insert([{"x": p, "y": c, "_fold": "train"} for p, c in NEW[:2]])  # does not raise
+    (r,) = rounds.rounds(db, "failing")
+    assert r.states == ["started", "abandoned"] and "interrupted at step 1" in r.detail
+    assert records.runs(db, "tiny")[-1].state == "abandoned" and not records.runs(db, "tiny", "running")
+    assert db.load("LLM", "tiny").adapter_id.identifier == in_use
+    assert promote.promotions(db, "tiny").aliases["prod"] == prod
+    assert rounds.used_sources(db, "failing") == set()  # the 2 rows are new again
+
+
 def test_a_round_in_another_process_blocks_a_second_one_and_resumes_after_a_kill(
     sqlite_db, tiny_model_dir, tmp_path
 ):

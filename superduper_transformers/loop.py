@@ -71,7 +71,9 @@ class Loop(CDC):
     :param training_kwargs: Training keywords of a round over the trainer's own (e.g. a
         shorter ``max_steps``); evaluation is off in a round.
     :param feedback: A feedback table to watch instead of ``table``: each trigger first
-        turns its new judgements into rows of ``table`` (needs ``listener``).
+        turns its new judgements into rows of ``table`` (needs ``listener``), whose columns
+        (``x``/``y``, ``prompt``/``chosen``/``rejected``...) feed the trainer's ``key`` columns
+        in that order.
     :param listener: The ``Listener`` whose outputs the feedback judges.
     :param keep_rejected: Rejected rounds whose checkpoints are kept for inspection.
     :param cdc_table: The watched table (set from ``feedback`` or ``table``).
@@ -174,11 +176,12 @@ class Loop(CDC):
         wanted = math.ceil(len(new) * f / (1 - f)) if f else 0
         replay = random.Random(number).sample(earlier, min(wanted, len(earlier)))
         r = rounds.Round(self.identifier, self.model, number, uuid.uuid4().hex[:12])
-        columns = self._columns()
-        _rows_table(db, self.rows_table, self.table, columns)
+        columns = self._columns()  # the trainer's, from the columns of `table` in the same order
+        source = list(feedback.OBJECTIVES[self._objective()]) if self.feedback else columns
+        _rows_table(db, self.rows_table, self.table, dict(zip(columns, source)))
         db[self.rows_table].insert(
             [
-                {**{c: row[c] for c in columns}, "round_id": r.round_id, "_fold": "train"}
+                {**{c: row[s] for c, s in zip(columns, source)}, "round_id": r.round_id, "_fold": "train"}
                 for row in new + replay
             ]
         )
@@ -355,17 +358,15 @@ def _training_rows(db, table: str) -> t.List[t.Dict[str, t.Any]]:
     return [{**r, "_id": str(r[pid])} for r in db[table].select().execute() if r.get("_fold") != "valid"]
 
 
-def _rows_table(db, name: str, source: str, columns: t.Sequence[str]) -> None:
+def _rows_table(db, name: str, source: str, columns: t.Mapping[str, str]) -> None:
+    """Create the loop's rows table: ``columns`` (trainer column -> column of ``source``,
+    whose type it takes), ``round_id`` and ``_fold``."""
     from superduper import Table
 
     if name not in db.show("Table"):
         fields = db.load("Table", source).fields
-        db.apply(
-            Table(
-                name, fields={**{c: fields.get(c, "str") for c in columns}, "round_id": "str", "_fold": "str"}
-            ),
-            force=True,
-        )
+        typed = {c: fields.get(s, "str") for c, s in columns.items()}
+        db.apply(Table(name, fields={**typed, "round_id": "str", "_fold": "str"}), force=True)
 
 
 def settings_issues(loop: Loop) -> t.List[str]:
@@ -435,6 +436,16 @@ def check_in_db(loop: Loop, db) -> None:
         issues.append(
             f"`table`={loop.table!r} is not a table in the database (tables: {_user_tables(tables)})."
         )
+    elif trainer is not None and hasattr(trainer, "objective"):
+        from superduper_transformers.hf import objectives
+
+        wanted = objectives.get(trainer.objective).columns(trainer.key)
+        missing = [c for c in wanted if c not in db.load("Table", loop.table).fields]
+        if missing:
+            issues.append(
+                f"`table`={loop.table!r} has no column(s) {missing}: a round trains `{loop.model}`'s "
+                f"trainer, whose `key` reads {wanted}."
+            )
     if loop.validation_table not in tables:
         issues.append(
             f"`validation_table`={loop.validation_table!r} is not a table in the database "

@@ -66,6 +66,7 @@ def test_stored_components_keep_their_import_paths():
     (and two paths for one class name in one db are refused). These paths are frozen."""
     from superduper_transformers.checkpoint import Checkpoint
     from superduper_transformers.listener import LLMListener
+    from superduper_transformers.loop import Loop
     from superduper_transformers.metric import ImportedMetric
     from superduper_transformers.model import LLM
     from superduper_transformers.promote import Promotions
@@ -82,6 +83,7 @@ def test_stored_components_keep_their_import_paths():
         LLMTrainer,
         ImportedMetric,
         DatabaseIdentity,
+        Loop,
     )
     stored = {f"{c.__module__}.{c.__name__}" for c in classes}
     assert stored == {
@@ -93,4 +95,5 @@ def test_stored_components_keep_their_import_paths():
         "superduper_transformers.trainer.LLMTrainer",
         "superduper_transformers.metric.ImportedMetric",
         "superduper_transformers.store.identity.DatabaseIdentity",
+        "superduper_transformers.loop.Loop",
     }

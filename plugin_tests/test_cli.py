@@ -133,3 +133,6 @@ def test_demo_teaches_smollm2_the_facts(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Learned 4/4 facts" in out.stdout
     assert "A: A snorkelbeast is bright teal." in out.stdout
+    # act 2: the corrections start a round whose candidate is promoted and answers as corrected
+    assert "round 1  promoted" in out.stdout and "2 new + 4 replayed rows" in out.stdout
+    assert out.stdout.rstrip().count("A: Quintara was founded by Mira Oskarsen.") == 1

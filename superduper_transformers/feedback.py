@@ -74,7 +74,7 @@ def training_rows(
     """
     if objective not in OBJECTIVES:
         raise FeedbackError(f"`objective` must be one of {sorted(OBJECTIVES)}, got {objective!r}.")
-    _training_table(db, table, objective)
+    training_table(db, table, objective)
     pid = db[feedback].primary_id.execute()
     done = {str(r["feedback"]) for r in db[table].select().execute()}
     new = [r for r in db[feedback].select().execute() if str(r[pid]) not in done]
@@ -90,7 +90,13 @@ def training_rows(
     return rows
 
 
-def _training_table(db, table: str, objective: str) -> None:
+def training_table(db, table: str, objective: str) -> None:
+    """Create ``table`` with the columns of ``objective``'s rows if it is missing.
+
+    :param db: The datalayer.
+    :param table: The table of training rows.
+    :param objective: ``"sft"``, ``"dpo"`` or ``"kto"``.
+    """
     from superduper import Table
 
     if table not in db.show("Table"):

@@ -3,7 +3,9 @@
 :func:`gate` compares the candidate checkpoint with the one an alias (``prod``) points at,
 on the same rows and metric (:func:`superduper_transformers.compare.compare`), and moves
 the alias to the candidate only when ``score(candidate) >= score(prod) - margin`` (a
-negative margin demands an improvement). Every decision is a row of the table ``rounds``:
+negative margin demands an improvement). Every decision is an entry of the model's
+promotion history (``promote``, or ``reject`` with the alias unmoved; both scores, the
+margin and the comparison with it) and a row of the table ``rounds``:
 the comparison, both checkpoints, both scores, the margin and ``promoted`` or ``rejected``;
 a rejected candidate stays stored for inspection (pruning may remove it later).
 """
@@ -70,8 +72,17 @@ def gate(
     result = compare(db, model, alias, candidate, table=table, key=key, target=target, metric=metric)
     s = result.summary
     promoted = not_worse(s["score_b"], s["score_a"], margin)
+    note = {
+        "score_candidate": s["score_b"],
+        "score_prod": s["score_a"],
+        "margin": float(margin),
+        "metric": metric,
+        "comparison": s["comparison"],
+    }
     if promoted:
-        promote.promote(db, model, s["checkpoint_b"], alias=alias, by=by)
+        promote.promote(db, model, s["checkpoint_b"], alias=alias, by=by, note=note)
+    else:
+        promote.record_rejection(db, model, s["checkpoint_b"], alias, by=by, note=note)
     row = {
         "model": model,
         "comparison": s["comparison"],

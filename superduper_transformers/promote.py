@@ -9,11 +9,13 @@ promoted and rolled back the same way, by name.
 
 Everything is recorded in one ``Promotions`` row per model (identifier = the model's):
 ``aliases`` (alias -> checkpoint identifier) and ``history``, one entry per change:
-``{"pointer": "in_use" | alias, "action": "promote" | "rollback" | "delete" | "apply" | "train",
-"from", "to", "by", "time"}`` (``delete``: a forced :func:`delete_checkpoint` removed the alias;
-``apply``: an apply of the model with another ``adapter_id``; ``train``: the first checkpoint of
-a training run, with ``"run"``: its id; the run's later checkpoints are its own rows). An apply
-without ``adapter_id`` keeps the stored pointer (``LLM.keep_stored_pointer``).
+``{"pointer": "in_use" | alias, "action": "promote" | "rollback" | "delete" | "apply" | "train" |
+"reject", "from", "to", "by", "time"}`` (``delete``: a forced :func:`delete_checkpoint` removed the
+alias; ``apply``: an apply of the model with another ``adapter_id``; ``train``: the first
+checkpoint of a training run, with ``"run"``: its id; the run's later checkpoints are its own
+rows; ``reject``: a gate refused a ``candidate`` for the alias, which did not move). An apply
+without ``adapter_id`` keeps the stored pointer (``LLM.keep_stored_pointer``). A gate's entries
+also hold its ``note`` (both scores, the margin, the comparison).
 A plain ``db.load`` user finds the ``prod`` checkpoint with
 ``db.load("Checkpoint", db.load("Promotions", model).aliases["prod"])``, or with
 :func:`resolve_alias` / :func:`load_model` here.
@@ -49,7 +51,7 @@ if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
 IN_USE = "in_use"
-PROMOTE, ROLLBACK, DELETE = "promote", "rollback", "delete"
+PROMOTE, ROLLBACK, DELETE, REJECT = "promote", "rollback", "delete", "reject"
 APPLY, TRAIN = "apply", "train"
 #: Attributes set on an ``LLM`` object (this object only, never stored).
 _RECORDED_BY_CALLER = "_sdt_pointer_recorded"  # its save moves the pointer; the caller records it
@@ -228,6 +230,7 @@ def promote(
     checkpoint: t.Union[str, int],
     alias: t.Optional[str] = None,
     by: t.Optional[str] = None,
+    note: t.Optional[t.Dict[str, t.Any]] = None,
 ) -> t.Dict[str, t.Any]:
     """Point ``model`` (or its ``alias``) at another of its stored checkpoints, and record it.
 
@@ -239,6 +242,7 @@ def promote(
     :param checkpoint: Identifier, alias or step of one of the model's checkpoints.
     :param alias: Move this alias instead of the in-use pointer (e.g. ``"prod"``).
     :param by: Who promotes (default: the login name of this process).
+    :param note: More fields of the history entry (a gate's scores).
     :return: the history entry written.
     :raises PromotionError: unknown model/checkpoint/alias name, a checkpoint of another model.
     :raises CheckpointError: the checkpoint's files are missing or altered.
@@ -250,7 +254,29 @@ def promote(
         )
     with artifacts.model_lock(db, model):
         target = ckpts.load_checkpoint(db, find_checkpoint(db, model, checkpoint))
-        return _move(db, model, target, alias or IN_USE, PROMOTE, by)
+        return _move(db, model, target, alias or IN_USE, PROMOTE, by, note)
+
+
+def record_rejection(
+    db: Datalayer, model: str, candidate: str, alias: str, by: t.Optional[str] = None, note=None
+) -> t.Dict[str, t.Any]:
+    """Record that ``candidate`` was refused for ``alias``, which stays where it is.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param candidate: The refused checkpoint's identifier.
+    :param alias: The alias it would have moved.
+    :param by: Who refused it.
+    :param note: More fields of the history entry (the scores).
+    :return: the history entry written.
+    """
+    with artifacts.model_lock(db, model):
+        record = promotions(db, model)
+        kept = record.aliases.get(alias)
+        entry = {"pointer": alias, "action": REJECT, "from": kept, "to": kept, "candidate": candidate}
+        record.history.append({**entry, "by": by or _user(), "time": time.time(), **(note or {})})
+        db.apply(record, force=True, jobs=False)
+        return record.history[-1]
 
 
 def rollback(db: Datalayer, model: str, alias: t.Optional[str] = None, by: t.Optional[str] = None):
@@ -290,7 +316,7 @@ def _exists(db: Datalayer, model: str, identifier: str) -> bool:
     return identifier in {r["identifier"] for r in ckpts.list_checkpoints(db, model)}
 
 
-def _move(db: Datalayer, model: str, target: ckpts.Checkpoint, pointer: str, action: str, by):
+def _move(db: Datalayer, model: str, target: ckpts.Checkpoint, pointer: str, action: str, by, note=None):
     """Point ``pointer`` at ``target`` and record it; the caller holds the model's lock."""
     record = promotions(db, model)
     llm = db.load("LLM", model) if pointer == IN_USE else None
@@ -309,6 +335,7 @@ def _move(db: Datalayer, model: str, target: ckpts.Checkpoint, pointer: str, act
         "to": target.identifier,
         "by": by or _user(),
         "time": time.time(),
+        **(note or {}),
     }
     record.history.append(entry)
     db.apply(record, force=True, jobs=False)

@@ -10,6 +10,7 @@
     superduper-transformers delete-checkpoint NAME CHECKPOINT [--force]
     superduper-transformers compare NAME A B --table T --key x [--target y --metric mod:fn]
     superduper-transformers shadow LISTENER [CANDIDATE] | side-by-side LISTENER SHADOW
+    superduper-transformers loop pause|resume NAME | loop rounds [NAME]
 
 ``--data`` is a folder holding ``demo.db`` and ``artifact_store/`` (the main job's
 layout, the default database); ``--db`` (or ``--uri``) and ``--artifact-store`` name
@@ -35,6 +36,7 @@ from superduper_transformers.cli import (  # noqa: E402
     compare_cmd,
     data,
     export_cmd,
+    loop_cmd,
     ops,
     query,
     shadow_cmd,
@@ -43,7 +45,7 @@ from superduper_transformers.cli import (  # noqa: E402
 from superduper_transformers.cli.common import CliError, version_line  # noqa: E402
 
 #: The command modules, in the order ``--help`` lists them. One line per module.
-COMMANDS = [train, data, cache, query, export_cmd, ops, compare_cmd, shadow_cmd]
+COMMANDS = [train, data, cache, query, export_cmd, ops, compare_cmd, shadow_cmd, loop_cmd]
 
 __all__ = ["COMMANDS", "CliError", "build_parser", "main", "version_line"]
 

@@ -12,6 +12,7 @@ import time
 import typing as t
 
 from superduper_transformers.cli.common import CliError, connect, load_llm
+from superduper_transformers.cli.loop_cmd import round_lines
 
 
 def register(sub) -> None:
@@ -133,6 +134,8 @@ def runs(args) -> int:
             f"{run.model}  run {run.experiment_id}  {run_state(run)}  started {fmt_time(run.started_at)}"
             f"{resumed}  {progress_line(run)}"
         )
+    for line in round_lines(db, args.model):  # the rounds of a `Loop` (each one a run above)
+        print(line)
     return 0
 
 
@@ -203,8 +206,20 @@ def status(args) -> int:
         state = run_state(run)
         print(f"{args.model}  run {run.experiment_id}  {state}  {progress_line(run)}", flush=True)
         if not args.watch or state != "running":
+            _round_status(db, args.model)
             return 0
         time.sleep(args.interval)
+
+
+def _round_status(db, model: str) -> None:
+    """The latest round of the model's loops, and whether its rounds are paused."""
+    from superduper_transformers import rounds
+
+    lines = round_lines(db, model)
+    if lines:
+        print(f"latest round: {lines[-1]}")
+    if rounds.paused(db, model):
+        print(f"rounds of {model} are paused (`loop resume {model}`)")
 
 
 def ask(args) -> int:

@@ -91,6 +91,20 @@ def model_lock(db: Datalayer, model: str) -> t.ContextManager[None]:
     return locks.file_lock(locks.lock_path(store_root(db), model_tag(db, model)), f"Model `{model}`")
 
 
+def round_lock(db: Datalayer, model: str, timeout: float) -> t.ContextManager[None]:
+    """The lock that lets one training round of ``model`` run at a time, across every
+    process sharing the artifact store; its own file, so that promotions of the model
+    (:func:`model_lock`) go on during a round.
+
+    :param timeout: Seconds to wait for another holder (0: fail at once with
+        :class:`~superduper_transformers.store.locks.LockTimeout`).
+    """
+    from superduper_transformers.store import locks
+
+    path = locks.lock_path(store_root(db), f"{model_tag(db, model)}-round")
+    return locks.file_lock(path, f"The training rounds of model `{model}`", timeout)
+
+
 def new_artifact_id(db: Datalayer, model: str) -> str:
     """A fresh artifact id for a checkpoint of ``model`` (random: never reused after a crash)."""
     return f"{model_tag(db, model)}-{uuid.uuid4().hex}"

@@ -1,0 +1,351 @@
+"""Training follows new rows: a ``Loop`` trains a round from ``prod`` after N new rows and
+promotes its candidate only when it is not worse.
+
+The story of the first test, on one mongomock datalayer: ``tiny`` is trained 2 steps
+(``prod``: it knows none of the 8 facts of ``heldout``); a ``Listener`` following ``prod``
+answers questions; people correct the answers (feedback); the 8th correction starts a
+round, whose candidate learned the facts and replaces ``prod``, so the next questions get
+the right answers. Wrong corrections then train a candidate that is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from plugin_tests import fixtures
+from superduper_transformers import LLM, Loop, feedback, promote, rounds
+from superduper_transformers.checkpoint import list_checkpoints
+from superduper_transformers.loop import LoopError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: What ``prod`` learns first (b = 0), and the 8 facts rounds learn (b = 1 or 3).
+FIRST = [(p, c) for p, c in fixtures.FACTS if p.endswith("+0=")][:2]
+NEW = fixtures.FACTS16[:8]
+METRIC = "plugin_tests.fixtures:exact_match"
+#: A round: 60 steps over 8-12 rows. Measured from prod's adapter (native and AVX2 kernels
+#: alike): the 8 facts answered 7/8 after 20 steps, 8/8 after 25.
+ROUND = dict(max_steps=60, save_steps=60)
+
+
+def _prod(db, model_dir: str, out: str) -> None:
+    """``tiny`` trained 2 steps on FIRST; ``prod`` points at its checkpoint."""
+    from superduper import Table
+
+    fixtures.insert_rows(db, facts=FIRST, valid=[])
+    llm = fixtures.make_llm(
+        db,
+        model_dir,
+        max_steps=2,
+        save_steps=2,
+        eval_strategy="no",
+        lora_modules_to_save=["lm_head"],
+        output_dir=out,
+    )
+    db.apply(llm, force=True)
+    promote.promote(db, "tiny", db.load("LLM", "tiny").adapter_id.identifier, alias="prod", by="tester")
+    db.apply(Table("heldout", fields={"x": "str", "y": "str"}), force=True)
+    db["heldout"].insert([{"x": p, "y": c} for p, c in NEW])
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir, tmp_path_factory):
+    """``tiny`` at ``prod``, a listener answering ``questions`` with ``prod``, a feedback table."""
+    from superduper import CFG, Listener, Table, superduper
+
+    data = tmp_path_factory.mktemp("rounds")
+    old = CFG.artifact_store
+    CFG.artifact_store = f"filesystem://{data / 'artifact_store'}"
+    try:
+        db = superduper(f"mongomock://rounds-{data.name}", force_apply=True)
+        _prod(db, tiny_model_dir, str(data / "out"))
+        db.apply(Table("questions", fields={"question": "str"}), force=True)
+        serving = LLM(
+            "tiny-prod",
+            model_name_or_path=tiny_model_dir,
+            alias="prod",
+            alias_model="tiny",
+            record_checkpoint=True,
+            predict_kwargs={"max_new_tokens": 4},
+        )
+        db.apply(
+            Listener("answers", model=serving, key="question", select=db["questions"].select()), force=True
+        )
+        feedback.feedback_table(db)
+        yield db
+        db.disconnect()
+    finally:
+        CFG.artifact_store = old
+
+
+def _ask(db, prompts):
+    """Insert questions; ``[(output id, answer, checkpoint)]`` of the listener for them."""
+    listener = db.load("Listener", "answers")
+    out = db[listener.outputs]
+    pid = out.primary_id.execute()
+    before = {str(o[pid]) for o in out.select().execute()}
+    db["questions"].insert([{"question": p} for p in prompts])
+    rows = [o for o in out.select().execute() if str(o[pid]) not in before]
+    src = {
+        str(s[db["questions"].primary_id.execute()]): s["question"]
+        for s in db["questions"].select().execute()
+    }
+    by_prompt = {src[str(o["_source"])]: o for o in rows}
+    return [
+        (
+            str(by_prompt[p][pid]),
+            by_prompt[p][listener.outputs]["answer"].strip(),
+            by_prompt[p][listener.outputs]["checkpoint"],
+        )
+        for p in prompts
+    ]
+
+
+def _correct(asked, targets) -> int:
+    return sum(a == c for (_, a, _), c in zip(asked, targets))
+
+
+def test_feedback_starts_a_round_that_promotes_a_better_candidate_and_rejects_a_worse_one(
+    served, capsys, monkeypatch
+):
+    from superduper_transformers import cli
+    from superduper_transformers.cli import query
+
+    db = served
+    prod0 = promote.promotions(db, "tiny").aliases["prod"]
+    loop = Loop(
+        "tiny-loop",
+        model="tiny",
+        table="fb_rows",
+        feedback="feedback",
+        listener="answers",
+        validation_table="heldout",
+        metric=METRIC,
+        min_new_rows=8,
+        replay_fraction=0.25,
+        margin=0.1,
+        training_kwargs=ROUND,
+    )
+    db.apply(loop, force=True)
+    asked = _ask(db, [p for p, _ in NEW])
+    answers = [c for _, c in NEW]
+    before = _correct(asked, answers)
+    assert {ckpt for *_, ckpt in asked} == {prod0}
+
+    # 7 corrections: no round; the 8th starts one, whose candidate learned the facts
+    db["feedback"].insert([{"output": i, "correction": c} for (i, _, _), c in zip(asked[:7], answers)])
+    assert rounds.rounds(db, "tiny-loop") == [] and len(db["fb_rows"].select().execute()) == 7
+    db["feedback"].insert([{"output": asked[7][0], "correction": answers[7]}])
+    (first,) = rounds.rounds(db, "tiny-loop")
+    assert first.states == ["started", "trained", "promoted"]
+    assert (first.new_rows, first.replay_rows, first.prod) == (8, 0, prod0)
+    assert first.score_candidate >= 0.75 and first.score_candidate >= first.score_prod + 0.5
+    record = promote.promotions(db, "tiny")
+    assert record.aliases["prod"] == first.candidate != prod0
+    entry = record.history[-1]
+    assert (entry["action"], entry["from"], entry["to"]) == ("promote", prod0, first.candidate)
+    assert (entry["by"], entry["score_candidate"], entry["score_prod"]) == (
+        "loop tiny-loop round 1",
+        first.score_candidate,
+        first.score_prod,
+    )
+
+    # new questions are answered by the candidate, with the facts it learned
+    asked = _ask(db, [p for p, _ in NEW])
+    assert {ckpt for *_, ckpt in asked} == {first.candidate}
+    after = _correct(asked, answers)
+    print(f"round 1: prod answered {before}/8, the promoted candidate {after}/8")
+    assert after >= 7 and after >= before + 4
+
+    # paused: 8 wrong corrections start no round; `runs` and `status` show the rounds
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)
+    monkeypatch.setattr(query, "connect", lambda args: db)
+    assert cli.main(["loop", "pause", "tiny", "--by", "tester"]) == 0
+    db["feedback"].insert([{"output": i, "correction": "9"} for i, _, _ in asked])
+    assert len(rounds.rounds(db, "tiny-loop")) == 1
+    capsys.readouterr()
+    assert cli.main(["runs", "tiny"]) == 0
+    assert f"loop tiny-loop  round 1  promoted  candidate {first.candidate} (" in capsys.readouterr().out
+    assert cli.main(["status", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "latest round: loop tiny-loop  round 1  promoted" in out and "rounds of tiny are paused" in out
+
+    # resumed: the next wrong correction starts round 2; its candidate is rejected
+    assert cli.main(["loop", "resume", "tiny"]) == 0
+    db["feedback"].insert([{"output": asked[0][0], "correction": "9"}])
+    second = rounds.rounds(db, "tiny-loop")[-1]
+    assert second.states == ["started", "trained", "rejected"]
+    assert (second.number, second.new_rows, second.replay_rows) == (2, 9, 3)
+    assert second.score_candidate < second.score_prod - 0.1
+    assert promote.promotions(db, "tiny").aliases["prod"] == first.candidate  # prod stays
+    assert db.load("LLM", "tiny").adapter_id.identifier == first.candidate  # so does the model in use
+    assert second.candidate in {c["identifier"] for c in list_checkpoints(db, "tiny")}  # kept
+    entry = [e for e in promote.promotions(db, "tiny").history if e["action"] == "reject"][-1]
+    assert (entry["candidate"], entry["to"], entry["score_candidate"]) == (
+        second.candidate,
+        first.candidate,
+        second.score_candidate,
+    )
+    trained_on = [r for r in db[loop.rows_table].select().execute() if r["round_id"] == second.round_id]
+    assert len(trained_on) == 12
+    assert sum(r["y"] != "9" for r in trained_on) == 3  # the replayed rows: right answers of round 1
+    assert cli.main(["loop", "rounds", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "round 1  promoted" in out and "round 2  rejected" in out and "9 new + 3 replayed rows" in out
+
+
+def test_bad_settings_are_named_with_the_fix_before_anything_is_written(served):
+    db = served
+    with pytest.raises(
+        LoopError,
+        match=r"(?s)`metric`='nope' must be 'module:function'.*`min_new_rows`=0 must be.*`replay_fraction`=1.0 must be in \[0, 1\)",
+    ):
+        Loop(
+            "bad",
+            model="tiny",
+            table="t",
+            validation_table="heldout",
+            metric="nope",
+            min_new_rows=0,
+            replay_fraction=1.0,
+        )
+    with pytest.raises(LoopError, match="`feedback`='feedback' and `listener`=None: set both"):
+        Loop("bad", model="tiny", table="t", validation_table="heldout", metric=METRIC, feedback="feedback")
+    common = dict(table="facts", validation_table="heldout", metric=METRIC)
+    with pytest.raises(LoopError, match=r"`model`='nope' is not an LLM in the database \(models: \["):
+        db.apply(Loop("bad", model="nope", **common), force=True)
+    with pytest.raises(LoopError, match=r"`alias`='beta' is not an alias of `tiny`.*alias='beta'"):
+        db.apply(Loop("bad", model="tiny", alias="beta", **common), force=True)
+    with pytest.raises(
+        LoopError, match=r"(?s)`validation_table`='gone' is not a table.*`metric`='x:y' does not import"
+    ):
+        db.apply(Loop("bad", model="tiny", table="facts", validation_table="gone", metric="x:y"), force=True)
+    with pytest.raises(
+        LoopError, match=r"`table`='questions' has no column\(s\) \['x', 'y'\]: a round trains"
+    ):
+        db.apply(
+            Loop("bad", model="tiny", table="questions", validation_table="heldout", metric=METRIC),
+            force=True,
+        )
+    assert "bad" not in db.show("Loop")
+
+
+def test_a_round_that_fails_is_abandoned_and_its_rows_count_again(served, monkeypatch):
+    """A round whose training raises: the insert that triggered it still succeeds, the round
+    is recorded abandoned with the error, its training run is marked abandoned, the model and
+    ``prod`` point where they did, and its rows are new again for the next round."""
+    from superduper import Table
+
+    from superduper_transformers.store import records
+
+    db = served
+    db.apply(Table("more", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    loop = Loop(
+        "failing",
+        model="tiny",
+        table="more",
+        validation_table="heldout",
+        metric=METRIC,
+        min_new_rows=2,
+        training_kwargs=dict(max_steps=4, save_steps=2),
+    )
+    db.apply(loop, force=True)
+    in_use = db.load("LLM", "tiny").adapter_id.identifier
+    prod = promote.promotions(db, "tiny").aliases["prod"]
+    fixtures.interrupt_at(monkeypatch, 1)
+    db["more"].insert([{"x": p, "y": c, "_fold": "train"} for p, c in NEW[:2]])  # does not raise
+    (r,) = rounds.rounds(db, "failing")
+    assert r.states == ["started", "abandoned"] and "interrupted at step 1" in r.detail
+    assert records.runs(db, "tiny")[-1].state == "abandoned" and not records.runs(db, "tiny", "running")
+    assert db.load("LLM", "tiny").adapter_id.identifier == in_use
+    assert promote.promotions(db, "tiny").aliases["prod"] == prod
+    assert rounds.used_sources(db, "failing") == set()  # the 2 rows are new again
+
+
+def test_a_round_in_another_process_blocks_a_second_one_and_resumes_after_a_kill(
+    sqlite_db, tiny_model_dir, tmp_path
+):
+    """A worker process inserts 8 rows into a table a loop watches: its trigger starts a
+    round. While that round trains (held at step 5), this process inserts 8 rows too: its
+    trigger starts no second round. The worker is then killed (SIGKILL) right after the
+    round's checkpoint of step 10 is recorded; the next trigger here finishes the round, its
+    training resumed from step 10, and the rows inserted during it wait for the next round."""
+    from superduper import CFG, Table
+
+    from superduper_transformers.store import records
+
+    db = sqlite_db
+    release = str(tmp_path / "release")
+    _prod(db, tiny_model_dir, str(tmp_path / "out"))
+    db.apply(Table("new_rows", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    loop = Loop(
+        "race",
+        model="tiny",
+        table="new_rows",
+        validation_table="heldout",
+        metric=METRIC,
+        training_kwargs=dict(max_steps=20, save_steps=10),
+    )
+    db.apply(loop, force=True)
+    # The worker connects after the loop is applied: superduper's local scheduler knows the
+    # watched tables of the moment it connected (an insert into a newer one raises KeyError).
+    args = dict(
+        uri=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        store=CFG.artifact_store.split("://", 1)[-1],
+        table="new_rows",
+        rows=[{"x": p, "y": c, "_fold": "train"} for p, c in NEW],
+        hold={"step": 5, "until": release},
+    )
+    log = str(tmp_path / "worker.log")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "plugin_tests.loop_worker", json.dumps(args)],
+        cwd=REPO,
+        env=dict(
+            os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", SD_TRANSFORMERS_TEST_KILL_AT="registered:10"
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait(worker, log, lambda: os.path.exists(f"{release}.holding"), "hold its round at step 5")
+        db["new_rows"].insert([{"x": p, "y": "9", "_fold": "train"} for p, _ in NEW])  # during the round
+        (running,) = rounds.rounds(db, "race")
+        assert running.state == "started"  # no second round
+        open(release, "w").close()
+        _wait(worker, log, lambda: worker.poll() is not None, "end")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
+    assert worker.returncode == -9  # killed in the round's training
+
+    (cut,) = rounds.rounds(db, "race")
+    assert (cut.number, cut.state, cut.new_rows) == (1, "started", 8)
+    assert [r.state for r in records.runs(db, "tiny")] == ["finished", "running"]  # its training, cut off
+    db["new_rows"].insert([{"x": "7+3=", "y": "10", "_fold": "train"}])  # the next trigger
+
+    (done,) = rounds.rounds(db, "race")  # finished; the 9 rows since wait for round 2
+    assert done.round_id == cut.round_id and done.states[:2] == ["started", "trained"]
+    assert done.state in ("promoted", "rejected") and len(done.states) == 3
+    run = db.load("TrainingRun", f"tiny-run-{done.experiment_id}")
+    assert run.state == "finished" and [x["step"] for x in run.resumes] == [10]
+    assert [c["step"] for c in list_checkpoints(db, "tiny", done.experiment_id)] == [10, 20]
+    assert records.runs(db, "tiny", "running") == []
+    trained_on = [r for r in db[loop.rows_table].select().execute() if r["round_id"] == done.round_id]
+    assert sorted((r["x"], r["y"]) for r in trained_on) == sorted(NEW)  # none of the rows inserted since
+    assert len(rounds.used_sources(db, "race")) == 8
+
+
+def _wait(worker, log: str, done, what: str, timeout: float = 300) -> None:
+    """Wait until ``done()``; fail with the worker's log when it failed (a kill is expected)."""
+    deadline = time.time() + timeout
+    while not done():
+        assert worker.poll() is None or (worker.poll() == -9 and what == "end"), open(log).read()[-3000:]
+        assert time.time() < deadline, f"the worker did not {what}"
+        time.sleep(0.05)

@@ -141,7 +141,9 @@ def _print_entry(entry: t.Dict[str, t.Any]) -> None:
         "%Y-%m-%d %H:%M:%S UTC"
     )
     run = f" (run {entry['run']})" if entry.get("run") else ""  # a training's first checkpoint
-    line = f"{when}  {entry['by']}  {entry['action']} {entry['pointer']}: {entry['from']} -> {entry['to']}{run}"
+    line = (
+        f"{when}  {entry['by']}  {entry['action']} {entry['pointer']}: {entry['from']} -> {entry['to']}{run}"
+    )
     if entry.get("candidate"):  # a gate's rejection: the alias stayed
         line = f"{when}  {entry['by']}  {entry['action']} {entry['pointer']}: kept {entry['from']}, refused {entry['candidate']}"
     if entry.get("score_candidate") is not None:

@@ -22,6 +22,7 @@ import math
 import os
 import time
 import typing as t
+import weakref
 
 from superduper import logging
 
@@ -40,6 +41,9 @@ _FIELDS = {
     "time": "float",
     "entries": "json",
 }
+
+#: Datalayers known to hold the table.
+_have_table: weakref.WeakSet[t.Any] = weakref.WeakSet()
 
 #: Eval keys that time the evaluation or count tokens rather than measure the model.
 TIMING_METRICS = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
@@ -134,11 +138,14 @@ def forget(db: Datalayer, model: str) -> None:
 
 
 def _ensure_table(db: Datalayer) -> None:
-    if TABLE in db.show("Table"):
+    # Once seen, a table stays (nothing here drops it): one listing per datalayer, not per save.
+    if db in _have_table:
         return
-    from superduper import Table
+    if TABLE not in db.show("Table"):
+        from superduper import Table
 
-    db.apply(Table(TABLE, fields=dict(_FIELDS)), force=True, jobs=False)
+        db.apply(Table(TABLE, fields=dict(_FIELDS)), force=True, jobs=False)
+    _have_table.add(db)
 
 
 def eval_metric_values(log_history: t.Iterable[t.Mapping]) -> t.Dict[str, t.List[float]]:

@@ -135,8 +135,7 @@ class LLMCallback(TrainerCallback):
         # pruning may delete the checkpoint the stored row pointed at until now (the
         # previous save, when an older one is the best), and a row that references a
         # deleted checkpoint can neither be loaded nor saved again.
-        self.llm.adapter_id = ckpt
-        self.llm.save()
+        promote.point_at(self.db, self.llm, ckpt)
         # What was logged since the previous save (or since the checkpoint resumed from).
         history.record_history(
             self.db, self.identifier, self.run_id, state.log_history, self._history_step, state.global_step

@@ -27,6 +27,7 @@ import weakref
 from superduper import logging
 
 from superduper_transformers import checkpoint as ckpts
+from superduper_transformers.store import sql_writes
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -102,7 +103,9 @@ def record_history(
         "time": time.time(),
         "entries": entries,
     }
-    db[TABLE].insert([row])
+    # One INSERT on SQLite (superduper-sql's insert builds a temporary table per row).
+    if sql_writes.insert_row(db, TABLE, row, json_columns=("entries",)) is None:
+        db[TABLE].insert([row])
     return len(entries)
 
 

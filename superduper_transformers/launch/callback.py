@@ -222,8 +222,7 @@ class LLMCallback(TrainerCallback):
         metric, greater = best_metric_name(args)
         best = ckpts.best_checkpoint(rows, metric, greater)
         chosen = best if args.load_best_model_at_end and best is not None else rows[-1]
-        self.llm.adapter_id = self.db.load("Checkpoint", chosen["identifier"])
-        self.llm.save()
+        promote.point_at(self.db, self.llm, self.db.load("Checkpoint", chosen["identifier"]))
         self._prune(args)
         which = "best" if args.load_best_model_at_end and best is not None else "last"
         logging.info(f"{self.identifier}: adapter set to the {which} checkpoint {chosen['identifier']}")

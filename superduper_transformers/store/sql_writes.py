@@ -12,8 +12,10 @@ returns None and the caller writes through superduper.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import typing as t
+import uuid
 
 from superduper_transformers.store.native_rows import sql_identifier
 
@@ -76,6 +78,31 @@ def update_column(
                 [value, *params],
             )
         return cursor.rowcount
+
+
+def insert_row(
+    db: Datalayer, table: str, row: t.Mapping[str, t.Any], json_columns: t.Sequence[str] = ()
+) -> t.Optional[str]:
+    """Insert ``row`` into the data table ``table`` as superduper-sql stores it: ``json``
+    columns as JSON text, a random ``id`` (its primary id). No change triggers run.
+
+    :param json_columns: The columns of type ``json``.
+    :return: the row's id; None on a backend this module does not write.
+    """
+    from superduper.components.table import DEFAULT_PRIMARY_ID
+
+    with _sqlite(db) as con:
+        if con is None or con.in_transaction:
+            return None
+        stored = {k: json.dumps(v) if k in json_columns else v for k, v in row.items()}
+        stored.setdefault(DEFAULT_PRIMARY_ID, str(uuid.uuid4()))
+        names = ", ".join(sql_identifier(k) for k in stored)
+        with _transaction(con):
+            con.execute(
+                f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({', '.join('?' for _ in stored)})",
+                list(stored.values()),
+            )
+        return stored[DEFAULT_PRIMARY_ID]
 
 
 def select_rows(

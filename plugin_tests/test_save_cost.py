@@ -107,6 +107,9 @@ def test_a_checkpoint_save_costs_at_most_100_sql_statements_on_sqlite(
     root = artifacts.store_root(sqlite_db)
     stored = sorted(n for n in os.listdir(root) if n.startswith(artifacts.CHECKPOINT_PREFIX))
     assert stored == sorted(r["artifact_id"] for r in rows)
+    relations = sqlite_db["ArtifactRelations"]
+    related = relations.filter(relations["component"] == "Checkpoint").select("identifier").execute()
+    assert {r["identifier"] for r in related} == {r["identifier"] for r in rows}
     run = rows[-1]["experiment_id"]
     assert [e["step"] for e in history.stored_history(sqlite_db, "tiny", run)] == [1, 2, 3, 4]
 

@@ -26,16 +26,20 @@ if t.TYPE_CHECKING:
 Rows = t.Tuple[str, t.Mapping[str, t.Any]]
 
 
-@contextlib.contextmanager
-def _sqlite(db: Datalayer) -> t.Iterator[t.Optional[sqlite3.Connection]]:
+def _sqlite(db: Datalayer) -> t.Optional[sqlite3.Connection]:
     """The datalayer's own ``sqlite3`` connection (this thread's), or None on another backend."""
     backend = getattr(db.databackend, "_backend", db.databackend)
     if not str(db.cfg.data_backend).startswith("sqlite://") or not hasattr(backend, "connection_manager"):
-        yield None
-        return
+        return None
     with backend.connection_manager.get_connection() as conn:
         con = getattr(conn, "con", None)
-        yield con if isinstance(con, sqlite3.Connection) else None
+    return con if isinstance(con, sqlite3.Connection) else None
+
+
+def _writable(db: Datalayer) -> t.Optional[sqlite3.Connection]:
+    """The connection, when no transaction is open on it (none of ours is nested in another)."""
+    con = _sqlite(db)
+    return None if con is None or con.in_transaction else con
 
 
 @contextlib.contextmanager
@@ -68,16 +72,15 @@ def update_column(
     :return: how many rows changed; None on a backend this module does not write (the
         caller writes through superduper then).
     """
-    with _sqlite(db) as con:
-        if con is None or con.in_transaction:
-            return None
-        where, params = _where(match)
-        with _transaction(con):
-            cursor = con.execute(
-                f"UPDATE {sql_identifier(table)} SET {sql_identifier(column)} = ? WHERE {where}",
-                [value, *params],
-            )
-        return cursor.rowcount
+    con = _writable(db)
+    if con is None:
+        return None
+    where, params = _where(match)
+    with _transaction(con):
+        cursor = con.execute(
+            f"UPDATE {sql_identifier(table)} SET {sql_identifier(column)} = ? WHERE {where}", [value, *params]
+        )
+    return cursor.rowcount
 
 
 def insert_row(
@@ -91,18 +94,16 @@ def insert_row(
     """
     from superduper.components.table import DEFAULT_PRIMARY_ID
 
-    with _sqlite(db) as con:
-        if con is None or con.in_transaction:
-            return None
-        stored = {k: json.dumps(v) if k in json_columns else v for k, v in row.items()}
-        stored.setdefault(DEFAULT_PRIMARY_ID, str(uuid.uuid4()))
-        names = ", ".join(sql_identifier(k) for k in stored)
-        with _transaction(con):
-            con.execute(
-                f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({', '.join('?' for _ in stored)})",
-                list(stored.values()),
-            )
-        return stored[DEFAULT_PRIMARY_ID]
+    con = _writable(db)
+    if con is None:
+        return None
+    stored = {k: json.dumps(v) if k in json_columns else v for k, v in row.items()}
+    stored.setdefault(DEFAULT_PRIMARY_ID, str(uuid.uuid4()))
+    names = ", ".join(sql_identifier(k) for k in stored)
+    marks = ", ".join("?" for _ in stored)
+    with _transaction(con):
+        con.execute(f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({marks})", list(stored.values()))
+    return stored[DEFAULT_PRIMARY_ID]
 
 
 def select_rows(
@@ -112,13 +113,13 @@ def select_rows(
 
     :return: the rows; None on a backend this module does not read.
     """
-    with _sqlite(db) as con:
-        if con is None:
-            return None
-        where, params = _where(match)
-        names = ", ".join(sql_identifier(c) for c in columns)
-        rows = con.execute(f"SELECT {names} FROM {sql_identifier(table)} WHERE {where}", params).fetchall()
-        return [dict(zip(columns, row)) for row in rows]
+    con = _sqlite(db)
+    if con is None:
+        return None
+    where, params = _where(match)
+    names = ", ".join(sql_identifier(c) for c in columns)
+    rows = con.execute(f"SELECT {names} FROM {sql_identifier(table)} WHERE {where}", params).fetchall()
+    return [dict(zip(columns, row)) for row in rows]
 
 
 def delete_rows(db: Datalayer, rows: t.Sequence[Rows]) -> t.Optional[int]:
@@ -128,16 +129,14 @@ def delete_rows(db: Datalayer, rows: t.Sequence[Rows]) -> t.Optional[int]:
     :param rows: ``(table, {column: value})`` groups; a table the database does not hold is skipped.
     :return: how many rows were deleted; None on a backend this module does not write.
     """
-    with _sqlite(db) as con:
-        if con is None or con.in_transaction:
-            return None
-        deleted = 0
-        with _transaction(con):
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            for table, match in rows:
-                if table in tables:
-                    where, params = _where(match)
-                    deleted += con.execute(
-                        f"DELETE FROM {sql_identifier(table)} WHERE {where}", params
-                    ).rowcount
-        return deleted
+    con = _writable(db)
+    if con is None:
+        return None
+    deleted = 0
+    with _transaction(con):
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, match in rows:
+            if table in tables:
+                where, params = _where(match)
+                deleted += con.execute(f"DELETE FROM {sql_identifier(table)} WHERE {where}", params).rowcount
+    return deleted

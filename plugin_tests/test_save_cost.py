@@ -114,6 +114,21 @@ def test_a_checkpoint_save_costs_at_most_100_sql_statements_on_sqlite(
     assert [e["step"] for e in history.stored_history(sqlite_db, "tiny", run)] == [1, 2, 3, 4]
 
 
+def test_a_removal_that_fails_halfway_deletes_nothing(sqlite_db):
+    """A pruned checkpoint's rows go in one transaction: when one delete fails, the rows
+    deleted before it are back, and the datalayer goes on working."""
+    import sqlite3
+
+    from superduper_transformers.store import sql_writes
+
+    before = len(sqlite_db["facts"].select().execute())
+    with pytest.raises(sqlite3.Error):  # a value sqlite cannot bind: the second delete fails
+        sql_writes.delete_rows(sqlite_db, [("facts", {"_fold": "train"}), ("facts", {"x": {"a": 1}})])
+    assert len(sqlite_db["facts"].select().execute()) == before
+    assert sql_writes.delete_rows(sqlite_db, [("facts", {"_fold": "valid"})]) > 0
+    assert len(sqlite_db["facts"].select().execute()) < before
+
+
 def test_progress_writes_take_at_most_their_share_of_the_training_time(monkeypatch):
     """A slow datalayer (each progress write 0.25 s) logging every 0.1 s of training: the
     writes are spaced so that they take at most 2% of the time, not one per second (which

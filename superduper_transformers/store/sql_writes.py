@@ -111,11 +111,14 @@ def select_rows(
 ) -> t.Optional[t.List[t.Dict[str, t.Any]]]:
     """The ``columns`` of the rows of ``table`` that ``match``, as stored (nothing decoded).
 
-    :return: the rows; None on a backend this module does not read.
+    :return: the rows (none when the table does not exist); None on a backend this module
+        does not read.
     """
     con = _sqlite(db)
     if con is None:
         return None
+    if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone():
+        return []
     where, params = _where(match)
     names = ", ".join(sql_identifier(c) for c in columns)
     rows = con.execute(f"SELECT {names} FROM {sql_identifier(table)} WHERE {where}", params).fetchall()

@@ -41,7 +41,13 @@ TEST_WORKERS ?= 2
 test: install lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test-slow: install
+# The slow tests include llama.cpp's own runtime (llama-cpp-python, built from source on the first
+# install: minutes). GGML_NATIVE=OFF: a build that runs on any x86-64 CPU, not only this one's.
+.venv/.installed-gguf-runtime: .venv/.installed
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PIP) install -q -e '.[gguf-runtime]'
+	touch $@
+
+test-slow: install .venv/.installed-gguf-runtime
 	$(PY) -m pytest -q -m slow
 
 test-gpu: install

@@ -12,8 +12,13 @@ resident set over the process's size just before ``db.apply`` (on a GPU, the pea
 disabled: no second copy of the weights, so the ratio is what DPO's two sequences per row
 add.
 
-Run: ``python benchmarks/preferences.py [step|memory|all] [--size tiny|small|wide|1b] [--steps N]``
-(``wide``: 205M parameters, few tokens per step: the weights dominate memory).
+Also at equal sequences a step (a DPO batch of B pairs is 2B sequences: SFT on 2B rows),
+with trl's ``precompute_ref_log_probs``, with B pairs an optimizer step in two halves
+(``gradient_accumulation_steps=2``), and with full fine-tuning (``--arms``, see
+:data:`MEMORY_ARMS`).
+
+Run: ``python benchmarks/preferences.py [step|memory|all] [--size tiny|small|wide|1b] [--steps N]
+[--arms dpo,sft,...]`` (``wide``: 205M parameters, few tokens per step: the weights dominate memory).
 """
 
 from __future__ import annotations
@@ -202,11 +207,40 @@ def step(args, gpu, model_dir, tmp):
     }
 
 
-def _peak_child(model_dir, objective, args, tmp):
-    """Run one plugin arm in a fresh process; its peak memory growth in MB."""
+#: The memory arms: name -> (objective, batch size as a multiple of the shape's, more
+#: trainer settings). A DPO batch of B pairs is 2B sequences (chosen and rejected), so
+#: ``sft_2x`` (SFT on 2B rows a step) is the arm at equal sequences per step;
+#: ``dpo_accum2`` takes B pairs per optimizer step in two halves.
+MEMORY_ARMS = {
+    "dpo": ("dpo", 1, {}),
+    "sft": ("sft", 1, {}),
+    "sft_2x": ("sft", 2, {}),
+    "dpo_precomputed_ref": ("dpo", 1, {"precompute_ref_log_probs": True}),
+    "dpo_accum2": ("dpo", 0.5, {"gradient_accumulation_steps": 2}),
+    # Full fine-tuning: trl loads the reference as a second copy of the weights, unless
+    # its log-probabilities are computed before training.
+    "dpo_full": ("dpo", 1, {"use_lora": False}),
+    "dpo_full_precomputed_ref": ("dpo", 1, {"use_lora": False, "precompute_ref_log_probs": True}),
+    "sft_full_2x": ("sft", 2, {"use_lora": False}),
+}
+LORA_ARMS = ("dpo", "sft", "sft_2x", "dpo_precomputed_ref", "dpo_accum2")
+#: Ratios reported when both arms ran: name -> (numerator, denominator).
+RATIOS = {
+    "dpo_over_sft_peak_memory (same rows a step)": ("dpo", "sft"),
+    "dpo_over_sft_2x_peak_memory (same sequences a step)": ("dpo", "sft_2x"),
+    "dpo_precomputed_ref_over_dpo": ("dpo_precomputed_ref", "dpo"),
+    "dpo_accum2_over_sft (same rows an optimizer step)": ("dpo_accum2", "sft"),
+    "dpo_full_over_sft_full_2x (same sequences a step)": ("dpo_full", "sft_full_2x"),
+    "dpo_full_precomputed_ref_over_sft_full_2x": ("dpo_full_precomputed_ref", "sft_full_2x"),
+    "dpo_full_precomputed_ref_over_dpo_full": ("dpo_full_precomputed_ref", "dpo_full"),
+}
+
+
+def _peak_child(model_dir, arm, args, tmp):
+    """Run one plugin arm (:data:`MEMORY_ARMS`) in a fresh process; its peak memory growth in MB."""
     code = (
         "import json, sys; from benchmarks.preferences import _measure_peak; "
-        f"print('PEAK', json.dumps(_measure_peak({model_dir!r}, {objective!r}, {args.size!r}, {args.steps}, {tmp!r})))"
+        f"print('PEAK', json.dumps(_measure_peak({model_dir!r}, {arm!r}, {args.size!r}, {args.steps}, {tmp!r})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -228,13 +262,14 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def _measure_peak(model_dir, objective, size, steps, tmp):
+def _measure_peak(model_dir, arm, size, steps, tmp):
     import torch
 
+    objective, factor, extra = MEMORY_ARMS[arm]
     gpu = torch.cuda.is_available()
     *_, seq, batch = sizes()[size]
-    rows = pairs(batch * 8, seq // 6)
-    config = settings(steps, batch, gpu)
+    rows = pairs(batch * 8, seq // 6)  # the same rows in every arm
+    config = {**settings(steps, int(batch * factor), gpu), **extra}
     import trl  # noqa: F401
 
     import superduper_transformers.trainer  # noqa: F401  (everything imported before measuring)
@@ -247,8 +282,8 @@ def _measure_peak(model_dir, objective, size, steps, tmp):
         rows,
         config,
         seq,
-        os.path.join(tmp, objective),
-        os.path.join(tmp, "store-" + objective),
+        os.path.join(tmp, arm),
+        os.path.join(tmp, "store-" + arm),
         objective,
         False,
     )
@@ -258,12 +293,10 @@ def _measure_peak(model_dir, objective, size, steps, tmp):
 
 
 def memory(args, gpu, model_dir, tmp):
-    dpo = _peak_child(model_dir, "dpo", args, tmp)
-    sft = _peak_child(model_dir, "sft", args, tmp)
+    peak = {arm: _peak_child(model_dir, arm, args, tmp) for arm in args.arms.split(",")}
     return {
-        "dpo_peak_mb": round(dpo, 1),
-        "sft_peak_mb": round(sft, 1),
-        "dpo_over_sft_peak_memory": round(dpo / sft, 3),
+        **{f"{arm}_peak_mb": round(mb, 1) for arm, mb in peak.items()},
+        **{name: round(peak[a] / peak[b], 3) for name, (a, b) in RATIOS.items() if a in peak and b in peak},
     }
 
 
@@ -273,6 +306,9 @@ def main():
     parser.add_argument("--size", default="small", choices=sorted(sizes()))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--arms", default=",".join(LORA_ARMS), help=f"memory arms, comma-separated, of {sorted(MEMORY_ARMS)}"
+    )
     args = parser.parse_args()
 
     import torch

@@ -65,6 +65,7 @@ def test_stored_components_keep_their_import_paths():
     there on `db.load`: a stored class that moves breaks every database written before
     (and two paths for one class name in one db are refused). These paths are frozen."""
     from superduper_transformers.checkpoint import Checkpoint
+    from superduper_transformers.listener import LLMListener
     from superduper_transformers.metric import ImportedMetric
     from superduper_transformers.model import LLM
     from superduper_transformers.promote import Promotions
@@ -72,11 +73,21 @@ def test_stored_components_keep_their_import_paths():
     from superduper_transformers.store.identity import DatabaseIdentity
     from superduper_transformers.trainer import LLMTrainer
 
-    classes = (Checkpoint, LLM, Promotions, TrainingRun, LLMTrainer, ImportedMetric, DatabaseIdentity)
+    classes = (
+        Checkpoint,
+        LLM,
+        LLMListener,
+        Promotions,
+        TrainingRun,
+        LLMTrainer,
+        ImportedMetric,
+        DatabaseIdentity,
+    )
     stored = {f"{c.__module__}.{c.__name__}" for c in classes}
     assert stored == {
         "superduper_transformers.checkpoint.Checkpoint",
         "superduper_transformers.model.LLM",
+        "superduper_transformers.listener.LLMListener",
         "superduper_transformers.promote.Promotions",
         "superduper_transformers.resume.TrainingRun",
         "superduper_transformers.trainer.LLMTrainer",

@@ -26,17 +26,21 @@ TWO_TURNS = [
 ]
 
 
+def with_template(tiny_model_dir: str, model_dir: str, template: str) -> str:
+    """A copy of the tiny model in ``model_dir``, its tokenizer given the chat ``template``."""
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_model_dir, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
 @pytest.fixture
 def chat_model_dir(tiny_model_dir, tmp_path):
     """The tiny model, its tokenizer given :data:`SHORT_TEMPLATE`."""
-    from transformers import AutoTokenizer
-
-    model_dir = str(tmp_path / "chat-model")
-    shutil.copytree(tiny_model_dir, model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = SHORT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
+    return with_template(tiny_model_dir, str(tmp_path / "chat-model"), SHORT_TEMPLATE)
 
 
 def _labeled_spans(labels):

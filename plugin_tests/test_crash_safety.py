@@ -69,6 +69,7 @@ class Workspace:
         settings: t.Dict,
         kill: t.Optional[str] = None,
         hold: t.Optional[t.Dict] = None,
+        table: str = "facts",
     ) -> subprocess.Popen:
         """Start a worker that applies (trains or resumes) the LLM ``identifier``.
 
@@ -80,7 +81,7 @@ class Workspace:
             store=self.store,
             model_dir=self.model_dir,
             identifier=identifier,
-            table="facts",
+            table=table,
             probe=self.probe(identifier),
             settings={**settings, "output_dir": os.path.join(self.root, "out", identifier)},
         )
@@ -107,8 +108,10 @@ class Workspace:
             tail = f.read()[-4000:]
         assert rc == expect, f"worker exited with {rc}, expected {expect}:\n{tail}"
 
-    def run(self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None) -> None:
-        self.wait(self.spawn(identifier, settings, kill), KILLED if kill else 0)
+    def run(
+        self, identifier: str, settings: t.Dict, kill: t.Optional[str] = None, table: str = "facts"
+    ) -> None:
+        self.wait(self.spawn(identifier, settings, kill, table=table), KILLED if kill else 0)
 
     def records(self, identifier: str, pid: t.Optional[int] = None) -> t.List[t.Dict]:
         """The probe's records (of one worker process if ``pid``)."""
@@ -230,6 +233,61 @@ def test_killed_training_resumes_from_its_last_checkpoint(ws, sdb, db):
     resumed = adapter_tensors(sdb, "tiny", STEPS)
     for name, tensor in adapter_tensors(db, "baseline", STEPS).items():
         assert (resumed[name] - tensor).abs().max().item() < 1e-4, name
+
+
+def test_a_killed_dpo_training_resumes_from_its_checkpoint_with_its_metrics(ws, sdb, monkeypatch):
+    """SIGKILLed in the middle of step 7 (checkpoint 5 stored), then applied again here:
+    the run goes on from step 5 to 10, one checkpoint per saved step, DPO's metrics on
+    each, and the metric history holds every logging step once."""
+    from superduper import Table
+    from transformers import TrainerCallback
+
+    from plugin_tests import preference_tasks as tasks
+    from plugin_tests.test_objectives import METRICS
+    from superduper_transformers.hf import train as hf_train
+    from superduper_transformers.history import metric_history
+
+    sdb.apply(
+        Table("prefs", fields={"prompt": "str", "chosen": "str", "rejected": "str", "_fold": "str"}),
+        force=True,
+    )
+    sdb["prefs"].insert(
+        [dict(prompt=p, chosen=c, rejected=r, _fold="train") for p, c, r in tasks.pairs(16, 1)]
+    )
+    settings = dict(
+        objective="dpo",
+        key=["prompt", "chosen", "rejected"],
+        beta=0.5,
+        max_steps=10,
+        save_steps=5,
+        logging_steps=5,
+        eval_strategy="no",
+    )
+    ws.run("pref", settings, kill="step:7", table="prefs")
+    assert intact_steps(sdb, "pref") == [5] and resume.is_interrupted(sdb, "pref")
+
+    begins = []  # the step each training of this process starts at
+
+    class Begin(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            begins.append(state.global_step)
+
+    run_job = hf_train.run_job
+    monkeypatch.setattr(
+        hf_train, "run_job", lambda job: run_job(dc.replace(job, callbacks=[*job.callbacks, Begin()]))
+    )
+    out = os.path.join(ws.root, "out", "pref")
+    sdb.apply(fixtures.make_llm(sdb, ws.model_dir, "pref", "prefs", output_dir=out, **settings), force=True)
+
+    assert begins == [5]
+    rows = list_checkpoints(sdb, "pref")
+    assert [r["step"] for r in rows] == [5, 10] and len({r["experiment_id"] for r in rows}) == 1
+    assert all(METRICS["dpo"] <= set(r["metrics"]) for r in rows), [sorted(r["metrics"]) for r in rows]
+    run = sdb.load("TrainingRun", resume.run_identifier("pref", rows[0]["experiment_id"]))
+    assert run.state == resume.FINISHED and [r["step"] for r in run.resumes] == [5]
+    assert run.settings["objective"] == "dpo"
+    assert metric_history(sdb, "pref").training("rewards/margins")[0] == [5, 10]
+    assert sdb.load("LLM", "pref").adapter_id.identifier == rows[-1]["identifier"]
 
 
 # -- integrity ---------------------------------------------------------------

@@ -20,7 +20,7 @@ from plugin_tests import fixtures
 from superduper_transformers import cli
 from superduper_transformers.checkpoint import verify_directory
 from superduper_transformers.export import MANIFEST, MODELFILE, ExportError, export_model
-from superduper_transformers.hf import gguf_file, ollama
+from superduper_transformers.hf import gguf_file, gguf_spm, ollama
 
 PROMPTS = [p for p, _ in fixtures.FACTS]
 
@@ -138,6 +138,87 @@ def test_f16_and_q8_0_answer_as_the_stored_model(trained, tmp_path):
     # ~0.4% of the block's largest weight): a prompt whose two best next tokens are that close
     # (the half-learned ones of this tiny model) may flip. Seen: 31-32 of 32; allowed: 3 flips.
     assert agreement["q8_0"] >= len(PROMPTS) - 3, agreement
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    """llama-cpp-python (llama.cpp built from source), or a skip saying how to install it
+    (module-scoped and named first, so that a skip comes before the training fixture)."""
+    return pytest.importorskip(
+        "llama_cpp",
+        reason="llama.cpp's runtime is not installed: `pip install '.[gguf-runtime]'` (`make test-slow` does)",
+    )
+
+
+def _runtime(llama_cpp, path, **kwargs):
+    # n_ctx=0: the model's own context length
+    return llama_cpp.Llama(model_path=path, n_ctx=0, n_batch=128, n_threads=1, verbose=False, **kwargs)
+
+
+@pytest.mark.slow
+def test_llama_cpp_answers_as_the_stored_model(llama_cpp, trained, tmp_path):
+    """llama.cpp's own runtime loads each file, formats the question with the chat template
+    stored in it, tokenizes and decodes greedily, and answers as ``llm.predict``."""
+    from transformers import AutoTokenizer
+
+    from superduper_transformers.hf.data import CHATML_TEMPLATE
+
+    db, _ = trained
+    expected = fixtures.answers(db.load("LLM", "chat"))
+    agreement = {}
+    for quantization in ("f16", "q8_0"):
+        out = export_model(db, "chat", tmp_path / quantization, format="gguf", quantization=quantization)
+        (name,) = [f for f in os.listdir(out) if f.endswith(".gguf")]
+        tokenizer = AutoTokenizer.from_pretrained(str(out), gguf_file=name)
+        runtime = _runtime(llama_cpp, os.path.join(out, name), chat_format="chat_template.default")
+        assert runtime.metadata["tokenizer.chat_template"] == CHATML_TEMPLATE
+        got = []
+        for prompt in PROMPTS:
+            turn = [{"role": "user", "content": prompt}]
+            text = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert runtime.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+            reply = runtime.create_chat_completion(turn, max_tokens=4, temperature=0.0, repeat_penalty=1.0)
+            got.append(reply["choices"][0]["message"]["content"].strip())
+        agreement[quantization] = sum(a == b for a, b in zip(got, expected))
+        runtime.close()
+    # the same margins as read back by transformers (see the test above)
+    assert agreement["f16"] == len(PROMPTS), agreement
+    assert agreement["q8_0"] >= len(PROMPTS) - 3, agreement
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_a_sentencepiece_vocabulary_as_transformers(llama_cpp, tmp_path):
+    """llama.cpp merges a SentencePiece vocabulary by the scores written (no merges in the
+    file): its tokens, logits and greedy continuations equal the transformers model's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = _sentencepiece_tokenizer(str(tmp_path / "sp"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config("llama", len(tokenizer))).eval().half().float()
+    path = str(tmp_path / "sp.gguf")
+    gguf_file.write_gguf(model, tokenizer, path, "f16", name="tiny-sp")
+    runtime = _runtime(llama_cpp, path, logits_all=True)
+    for text in SP_TEXTS:
+        ids = tokenizer(text)["input_ids"]
+        assert runtime.tokenize(text.encode(), add_bos=False) == ids, text
+        runtime.reset()
+        runtime.eval(ids)
+        with torch.no_grad():
+            reference = model(torch.tensor([ids])).logits[0].numpy()
+        error = abs(runtime.scores[: len(ids)] - reference).max() / abs(reference).max()
+        assert error < 0.01, (text, float(error))
+        runtime.reset()
+        continuation = []
+        for token in runtime.generate(ids, temp=0.0, repeat_penalty=1.0):
+            continuation.append(token)
+            if len(continuation) == 6:
+                break
+        with torch.no_grad():
+            greedy = model.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert continuation == greedy[0, len(ids) :].tolist(), text
+    runtime.close()  # (left to the garbage collector, llama-cpp-python errors at exit)
 
 
 def test_modelfile_and_how_to_run_it(trained, tmp_path):
@@ -302,8 +383,85 @@ def test_llama_family_round_trips_through_transformers(model_type, pre, tmp_path
         assert error < relative, (quantization, float(error))
 
 
-def test_unknown_pre_tokenizer_and_sentencepiece_are_refused():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def _sentencepiece_tokenizer(directory):
+    """A Llama 2-style SentencePiece BPE (byte fallback, no normalisation, a dummy prefix),
+    trained on a few lines, loaded as transformers loads TinyLlama's or Llama 2's."""
+    spm = pytest.importorskip("sentencepiece", reason="sentencepiece trains the tokenizer (the `test` extra)")
+    from transformers import LlamaTokenizer
+
+    os.makedirs(directory, exist_ok=True)
+    lines = [
+        SAMPLE,
+        "The capital of Zorblaxia is Quintara.",
+        "What is 5+1? It is 6.",
+        "spaces  and\nnewlines",
+    ]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 20),
+        model_prefix=os.path.join(directory, "tokenizer"),
+        model_type="bpe",
+        vocab_size=340,  # 3 specials + 256 bytes + the characters + ~40 merges
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        normalization_rule_name="identity",  # as Llama 2: llama.cpp normalises nothing
+        remove_extra_whitespaces=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    return LlamaTokenizer.from_pretrained(directory)
+
+
+#: Text without special tokens: transformers puts ``▁`` before the first word only, llama.cpp's
+#: SentencePiece vocabulary (and transformers reading the GGUF) also after each special token.
+SP_TEXTS = [
+    SAMPLE,
+    "The capital of Zorblaxia is",
+    "Quintara capital assistant Zorblaxia o'clock",  # (with equal scores llama.cpp splits these two otherwise)
+    "spaces  and\nnewlines \u00e9 \u00fc \U0001f600",
+    "5+1=",
+]
+
+
+def test_sentencepiece_tokenizer_is_written_as_llama_cpp_reads_it(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = _sentencepiece_tokenizer(str(tmp_path / "sp"))
+    torch.manual_seed(0)
+    # weights that f16 holds exactly: the file and the model then compute the same
+    model = AutoModelForCausalLM.from_config(_config("llama", len(tokenizer))).eval().half().float()
+    gguf_file.write_gguf(model, tokenizer, str(tmp_path / "sp.gguf"), "f16", name="tiny-sp")
+
+    meta, _ = _metadata(str(tmp_path / "sp.gguf"))
+    assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.add_space_prefix"] is True
+    assert "tokenizer.ggml.merges" not in meta  # llama.cpp merges by score, as for Llama 2
+    tokens, scores, types = (meta[f"tokenizer.ggml.{k}"] for k in ("tokens", "scores", "token_type"))
+    assert [types[i] for i in (0, 1, 2)] == [2, 3, 3]  # unknown, control (<s>, </s>)
+    assert tokens[13] == "<0x0A>" and types[13] == 6  # byte fallback for "\n"
+    merged = [scores[i] for i, tok in enumerate(tokens) if len(tok) > 1 and types[i] == 1]
+    assert merged == sorted(merged, reverse=True) and merged[0] == 0.0  # in merge order, as its scores
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="sp.gguf").eval()
+    read = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="sp.gguf")
+    for text in SP_TEXTS:
+        ids = tokenizer(text)["input_ids"]
+        assert read(text)["input_ids"] == ids, text
+        assert tokenizer.convert_ids_to_tokens(ids)[0].startswith("\u2581")  # the dummy prefix
+        assert read.decode(ids, skip_special_tokens=True) == text
+    with torch.no_grad():
+        for text in SP_TEXTS:
+            ids = tokenizer(text, return_tensors="pt")
+            expected = model.generate(**ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+            got = loaded.generate(**ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+            assert got.tolist() == expected.tolist(), text
+
+
+def test_unknown_pre_tokenizer_unigram_and_normalising_sentencepiece_are_refused():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import LlamaConfig, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")]))
@@ -312,7 +470,21 @@ def test_unknown_pre_tokenizer_and_sentencepiece_are_refused():
     issues = gguf_file.tokenizer_issues(whitespace)
     assert len(issues) == 1 and "is not one llama.cpp names: known are gpt-2" in issues[0]
     unigram = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.Unigram([("a", 0.0)])))
-    assert "is a `Unigram` model: only byte-level BPE" in gguf_file.tokenizer_issues(unigram)[0]
+    assert "is a `Unigram` model: only BPE tokenizers" in gguf_file.tokenizer_issues(unigram)[0]
+    # SentencePiece with Unicode normalisation (its default nmt_nfkc): llama.cpp normalises nothing
+    spm = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")], byte_fallback=True))
+    spm.normalizer, spm.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    issues = gguf_file.tokenizer_issues(PreTrainedTokenizerFast(tokenizer_object=spm))
+    assert (
+        "SentencePiece-style BPE (byte fallback) with normalizer NFKC, pre-tokenizer Metaspace" in issues[0]
+    )
+    # ... while TinyLlama's and Llama 2's older tokenizer.json form (the space prefix as a
+    # Prepend + Replace normaliser, no pre-tokenizer) is written, with llama.cpp's space prefix
+    spm.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    spm.pre_tokenizer = None
+    legacy = PreTrainedTokenizerFast(tokenizer_object=spm)
+    assert gguf_file.tokenizer_issues(legacy) == []
+    assert gguf_spm.space_prefix(json.loads(legacy.backend_tokenizer.to_str())) is True
     rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0}
     rope.update(high_freq_factor=4.0, original_max_position_embeddings=8192)
     scaled = LlamaConfig(rope_parameters=rope)

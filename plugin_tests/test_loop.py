@@ -10,7 +10,7 @@ import pytest
 
 from plugin_tests import fixtures
 from superduper_transformers import LLM, promote
-from superduper_transformers.checkpoint import list_checkpoints
+from superduper_transformers.checkpoint import list_checkpoints, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +277,105 @@ def test_outputs_and_feedback_rows_on_sqlite(sqlite_db, tiny_model_dir):
     rows = feedback.training_rows(db, listener, "sft", table="sft")
     assert [(r["x"], r["_fold"]) for r in rows] == [("1+1=", "train"), ("2+2=", "train")]
     assert rows[1]["y"] == "4" and len(db["sft"].select().execute()) == 2
+
+
+def test_a_listener_loads_the_weights_once_and_its_cost_does_not_grow_per_row(trained, monkeypatch):
+    """superduper rebuilds the listener and its model for every insert's job and, with
+    its own ``Listener``, hashes the whole listener for every output row."""
+    from superduper.components.component import Component
+
+    from superduper_transformers import LLMListener
+    from superduper_transformers.hf import loaded, loading
+
+    db, steps, model_dir = trained
+    questions_table(db, "counted")
+    loaded.forget()  # weights an earlier test loaded in this process
+    loads, hashes = [], []
+    load, tree = loading.load_causal_lm, Component.get_merkle_tree
+    monkeypatch.setattr(loading, "load_causal_lm", lambda kwargs: loads.append(1) or load(kwargs))
+    monkeypatch.setattr(
+        Component, "get_merkle_tree", lambda self, breaks: hashes.append(1) or tree(self, breaks)
+    )
+    serving = LLM(
+        "tiny-counted",
+        model_name_or_path=model_dir,
+        adapter_id=load_checkpoint(db, steps[4]),
+        record_checkpoint=True,
+        predict_kwargs={"max_new_tokens": 1},
+    )
+    listener = LLMListener("counted-answers", model=serving, key="question", select=db["counted"].select())
+    assert serving.uuid == Component.uuid.fget(serving)  # superduper's own version key
+    assert listener.uuid == Component.uuid.fget(listener)
+    db.apply(listener, force=True)
+
+    per_insert = []
+    for n in (1, 2, 12):
+        hashes.clear()
+        db["counted"].insert([{"question": f"{i}+{n}="} for i in range(n)])
+        per_insert.append(len(hashes))
+    assert len(loads) == 1  # one load for three inserts
+    assert per_insert[2] == per_insert[1]  # 12 rows hash as much as 2
+    outputs = stored_outputs(db, listener)
+    assert len(outputs) == 15 and {o["checkpoint"] for o in outputs.values()} == {steps[4]}
+
+
+def test_a_shadow_candidate_answers_every_new_row_beside_prod_and_is_not_served(trained, monkeypatch, capsys):
+    from superduper_transformers import LLMListener, cli
+    from superduper_transformers.compare import win_rate
+    from superduper_transformers.shadow import ShadowError, shadow, side_by_side
+
+    db, steps, model_dir = trained
+    promote.promote(db, "tiny", steps[2], alias="prod", by="tester")
+    promote.promote(db, "tiny", steps[4], alias="candidate", by="tester")
+    questions_table(db, "live")
+    serving = LLM(
+        "tiny-live",
+        model_name_or_path=model_dir,
+        alias="prod",
+        alias_model="tiny",
+        record_checkpoint=True,
+        predict_kwargs={"max_new_tokens": 2},
+    )
+    prod = LLMListener("live-answers", model=serving, key="question", select=db["live"].select())
+    db.apply(prod, force=True)
+    candidate = shadow(db, "live-answers", "candidate")
+    assert candidate.outputs != prod.outputs
+
+    db["live"].insert([{"question": f"{a}+1="} for a in range(3)])
+    served, shadowed = stored_outputs(db, prod), stored_outputs(db, candidate)
+    assert set(served) == set(shadowed) == {"0+1=", "1+1=", "2+1="}  # one answer per row each
+    assert {o["checkpoint"] for o in served.values()} == {steps[2]}
+    assert {o["checkpoint"] for o in shadowed.values()} == {steps[4]}
+    # What serving reads (the rows with the serving listener's outputs) holds prod's answers only.
+    read = db["live"].select().outputs(prod.predict_id).execute()
+    assert sorted(r[prod.outputs]["checkpoint"] for r in read) == [steps[2]] * 3
+
+    result = side_by_side(db, "live-answers", candidate)
+    assert sorted((r["prompt"], r["answer_a"], r["answer_b"]) for r in result.rows) == sorted(
+        (q, served[q]["answer"].strip(), shadowed[q]["answer"].strip()) for q in served
+    )
+    assert (result.summary["checkpoint_a"], result.summary["checkpoint_b"]) == (steps[2], steps[4])
+    pid = db["compare"].primary_id.execute()
+    votes = [r for r in db["compare"].select().execute() if r["comparison"] == result.summary["comparison"]]
+    db.apply(
+        __import__("superduper").Table("shadow-votes", fields={"output": "str", "preferred": "str"}),
+        force=True,
+    )
+    db["shadow-votes"].insert([{"output": str(votes[0][pid]), "preferred": "b"}])
+    assert win_rate(db, result.summary["comparison"], "shadow-votes") == {"a": 0.0, "b": 1.0, "judged": 1}
+
+    # The candidate alias moves: the shadow answers the next rows with it, unapplied.
+    promote.promote(db, "tiny", steps[2], alias="candidate", by="tester")
+    db["live"].insert([{"question": "9+9="}])
+    assert stored_outputs(db, candidate)["9+9="]["checkpoint"] == steps[2]
+
+    with pytest.raises(ShadowError, match=r"No listener `nope` in the datalayer; its listeners: \["):
+        shadow(db, "nope")
+
+    monkeypatch.setattr(cli.common, "connect", lambda args: db)
+    capsys.readouterr()
+    assert cli.main(["side-by-side", "live-answers", candidate.identifier]) == 0
+    out = capsys.readouterr().out
+    assert f"a: {steps[2]}" in out and "9+9=" in out
+    assert cli.main(["shadow", "nope", "candidate"]) == 2
+    assert "No listener `nope` in the datalayer" in capsys.readouterr().err

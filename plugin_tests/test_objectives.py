@@ -26,6 +26,17 @@ FIELDS = {
 }
 
 
+#: The metrics each objective's checkpoints carry (trl's names).
+METRICS = {
+    "dpo": {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"},
+    "kto": {"rewards/chosen", "rewards/rejected", "rewards/margins", "kl"},
+    "orpo": {"rewards/chosen", "rewards/rejected", "rewards/margins", "log_odds_ratio", "nll_loss"},
+    "grpo": {"reward", "reward_std", "rewards/digit_share/mean"},
+}
+#: GRPO's settings when a test only needs it to train (one reward function, short samples).
+GRPO = dict(reward_funcs=[f"{REWARDS}:digit_share"], num_generations=4, max_completion_length=4)
+
+
 def _rows(objective):
     if objective in ("dpo", "orpo"):
         return [dict(prompt=p, chosen=c, rejected=r) for p, c, r in TRAIN]
@@ -71,15 +82,8 @@ def _last_metrics(db, identifier="m"):
 
 
 # -- learning -------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "objective, steps, metrics",
-    [
-        ("dpo", 30, {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}),
-        ("kto", 30, {"rewards/chosen", "rewards/rejected", "rewards/margins", "kl"}),
-        ("orpo", 40, {"rewards/chosen", "rewards/rejected", "rewards/margins", "log_odds_ratio", "nll_loss"}),
-    ],
-)
-def test_preferences_generalise_to_held_out_pairs(db, tiny_model_dir, tmp_path, objective, steps, metrics):
+@pytest.mark.parametrize("objective, steps", [("dpo", 30), ("kto", 30), ("orpo", 40)])
+def test_preferences_generalise_to_held_out_pairs(db, tiny_model_dir, tmp_path, objective, steps):
     """The chosen answers follow a rule (digits after a prompt starting with `d`, letters
     after `l`): on pairs never trained on, the model comes to prefer the chosen answer."""
     _table(db, objective)
@@ -91,7 +95,7 @@ def test_preferences_generalise_to_held_out_pairs(db, tiny_model_dir, tmp_path, 
     after = tasks.preferred(trained, HELD_OUT)
     print(f"{objective}: held-out pairs preferred {before:.2f} -> {after:.2f}")
     assert before <= 0.7 and after >= 0.9, (before, after)
-    assert metrics <= set(_last_metrics(db)), sorted(_last_metrics(db))
+    assert METRICS[objective] <= set(_last_metrics(db)), sorted(_last_metrics(db))
     if objective == "dpo":  # and the greedy answers to held-out prompts follow the rule
         outs = trained.predict_batches([p for p, _, _ in HELD_OUT], max_new_tokens=3)
         kinds = [o[:1].isdigit() if p[0] == "d" else o[:1].isalpha() for o, (p, _, _) in zip(outs, HELD_OUT)]
@@ -125,6 +129,107 @@ def test_grpo_raises_the_mean_reward_on_held_out_prompts(db, tiny_model_dir, tmp
     assert after >= before + 0.25, (before, after)
     metrics = _last_metrics(db)
     assert {"reward", "reward_std", "rewards/digit_share/mean", "rewards/matches_answer/mean"} <= set(metrics)
+
+
+# -- every objective in every training mode ------------------------------------------
+MODES = {"qlora": dict(bits=4), "full": dict(use_lora=False, lora_modules_to_save=None)}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("objective", ["dpo", "kto", "orpo", "grpo"])
+def test_each_objective_trains_with_qlora_and_full_fine_tuning(db, tiny_model_dir, tmp_path, objective, mode):
+    """A few steps each (LoRA: the learning tests above): the checkpoint row carries the
+    objective's metrics, and the stored model predicts with exactly the weights trained:
+    all of them (full), or the adapter on the 4-bit base it was trained on (QLoRA)."""
+    from safetensors.torch import load_file
+
+    _table(db, objective, _rows(objective)[:16])
+    extra = GRPO if objective == "grpo" else {}
+    llm = _llm(db, tiny_model_dir, tmp_path, objective, max_steps=2, logging_steps=2, **extra, **MODES[mode])
+    db.apply(llm, force=True)
+
+    (row,) = list_checkpoints(db, "m")
+    assert row["step"] == 2 and METRICS[objective] <= set(row["metrics"]), sorted(row["metrics"])
+    stored = db.load("LLM", "m")
+    assert stored.adapter_id.identifier == row["identifier"]
+    folder = db.load("Checkpoint", row["identifier"]).local_path
+    model, _ = stored._get_pipeline()
+    if mode == "full":
+        loaded = model.state_dict()
+        saved, base = (
+            load_file(f"{folder}/model.safetensors"),
+            load_file(f"{tiny_model_dir}/model.safetensors"),
+        )
+        assert saved.keys() == base.keys() and not os.path.exists(f"{folder}/adapter_config.json")
+        assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+        assert not all(torch.equal(saved[k], base[k]) for k in saved)  # trained, not the base
+    else:
+        from peft import get_peft_model_state_dict
+
+        saved, live = _adapter(folder), get_peft_model_state_dict(model)
+        assert model.base_model.model.is_loaded_in_4bit
+        assert saved.keys() == live.keys() and all(
+            torch.equal(live[k].to(saved[k].dtype), saved[k]) for k in saved
+        )
+    outs = stored.predict_batches(["dxy:", "lxy:"], max_new_tokens=3)
+    assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
+
+
+# -- what users do with a trained preference model -----------------------------------------
+def test_a_dpo_model_has_its_history_plot_promotions_and_exports(db, tiny_model_dir, tmp_path):
+    """History and plot carry DPO's metrics by step; an alias, a promotion and its
+    rollback move between its checkpoints; the adapter and the merged export load with
+    plain transformers/peft and give the stored model's logits."""
+    import matplotlib.image
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from superduper_transformers import promote
+    from superduper_transformers.export import export_model
+    from superduper_transformers.history import metric_history
+    from superduper_transformers.plot import plot_history
+
+    _table(db, "dpo", _rows("dpo")[:16])
+    llm = _llm(db, tiny_model_dir, tmp_path, "dpo", max_steps=4, save_steps=2, logging_steps=2, beta=0.5)
+    db.apply(llm, force=True)
+    assert [r["step"] for r in list_checkpoints(db, "m")] == [2, 4]
+
+    history = metric_history(db, "m")
+    for metric in METRICS["dpo"]:
+        assert history.training(metric)[0] == [2, 4], metric
+    data = plot_history(db, "m", str(tmp_path / "dpo.png"), width=400, panel_height=100)
+    assert matplotlib.image.imread(data.path).shape[:2] == (100 * len(data.panels), 400)
+    assert METRICS["dpo"] <= set(data.panels) and data.panels["rewards/margins"]["train"][0] == [2, 4]
+
+    promote.promote(db, "m", 2, alias="prod")
+    assert promote.load_model(db, "m", alias="prod").adapter_id.step == 2
+    promote.promote(db, "m", 2)
+    assert db.load("LLM", "m").adapter_id.step == 2
+    promote.rollback(db, "m")
+    stored = db.load("LLM", "m")
+    assert stored.adapter_id.step == 4
+
+    model, tokenizer = stored._get_pipeline()
+    ids = tokenizer("dxy:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        adapter = export_model(db, "m", str(tmp_path / "adapter"))
+        assert "ref" not in os.listdir(adapter)  # trl's reference copy stays in the checkpoint
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+        merged = AutoModelForCausalLM.from_pretrained(
+            export_model(db, "m", str(tmp_path / "merged"), merge=True)
+        )
+        for exported in (peft, merged):
+            assert torch.allclose(exported(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_the_plot_of_each_objective_shows_its_metrics():
+    from superduper_transformers.history import History
+    from superduper_transformers.plot import history_panels
+
+    entries = [{"step": s, "loss": 1.0, "reward": 0.5, "kl": 0.1, "rewards/margins": 0.2} for s in (5, 10)]
+    panels = {o: set(history_panels(History("m", "run", entries, o))) for o in ("sft", "kto", "grpo")}
+    assert panels == {"sft": {"loss"}, "kto": {"loss", "kl", "rewards/margins"}, "grpo": {"loss", "reward"}}
 
 
 # -- from where the model stands ---------------------------------------------------

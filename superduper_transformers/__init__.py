@@ -3,6 +3,7 @@
 # First: filters dependencies' import-time noise before superduper and peft are imported.
 from superduper_transformers import _quiet  # noqa: F401
 from superduper_transformers.checkpoint import Checkpoint
+from superduper_transformers.listener import LLMListener
 from superduper_transformers.metric import ImportedMetric
 from superduper_transformers.model import LLM
 from superduper_transformers.promote import load_model, resolve_alias
@@ -11,4 +12,13 @@ from superduper_transformers.trainer import LLMTrainer
 
 __version__ = "0.11.0"
 
-__all__ = ["Checkpoint", "ImportedMetric", "LLM", "LLMTrainer", "delete_model", "load_model", "resolve_alias"]
+__all__ = [
+    "Checkpoint",
+    "ImportedMetric",
+    "LLM",
+    "LLMListener",
+    "LLMTrainer",
+    "delete_model",
+    "load_model",
+    "resolve_alias",
+]

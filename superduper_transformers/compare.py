@@ -118,11 +118,9 @@ def compare(
         llm.adapter_id = load_checkpoint(db, checkpoint)
         llm._pipeline = None  # the weights of the other checkpoint
         answers.append([x.strip() for x in llm.answers(prompts)])
-    comparison = uuid.uuid4().hex[:12]
     pid = db[table].primary_id.execute()
     side = [
         {
-            "comparison": comparison,
             "source": str(r[pid]),
             "prompt": p,
             "answer_a": x,
@@ -131,8 +129,34 @@ def compare(
         }
         for r, p, x, y in zip(rows, prompts, *answers)
     ]
+    return store(db, model, checkpoints, side, metric=metric, out=out)
+
+
+def store(
+    db,
+    model: str,
+    checkpoints: t.Sequence[str],
+    side: t.List[t.Dict[str, t.Any]],
+    metric: t.Optional[str] = None,
+    out: str = "compare",
+) -> Comparison:
+    """Store answers side by side in ``out`` and one summary row (with each side's score)
+    in ``comparisons``, under a new comparison id.
+
+    :param db: The datalayer.
+    :param model: Identifier of the ``LLM``.
+    :param checkpoints: What answered on each side (``a``, ``b``).
+    :param side: Rows with ``source``, ``prompt``, ``answer_a``, ``answer_b``, ``target``.
+    :param metric: ``"module:function"``, called as ``f(predictions, targets)``.
+    :param out: The side-by-side table (created when missing).
+    """
+    score = load_metric(metric) if metric else None
+    comparison = uuid.uuid4().hex[:12]
+    side = [{"comparison": comparison, **r} for r in side]
     _ensure_table(db, out, SIDE_BY_SIDE)
-    db[out].insert(side)
+    if side:
+        db[out].insert(side)
+    targets = [r["target"] for r in side]
     summary = {
         "comparison": comparison,
         "model": model,
@@ -141,8 +165,8 @@ def compare(
         "table": out,
         "rows": len(side),
         "score": metric or "",
-        "score_a": float(score(answers[0], [r["target"] for r in side])) if score else float("nan"),
-        "score_b": float(score(answers[1], [r["target"] for r in side])) if score else float("nan"),
+        "score_a": float(score([r["answer_a"] for r in side], targets)) if score else float("nan"),
+        "score_b": float(score([r["answer_b"] for r in side], targets)) if score else float("nan"),
         "time": time.time(),
     }
     _ensure_table(db, SUMMARY_TABLE, SUMMARY)

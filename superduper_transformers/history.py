@@ -184,11 +184,13 @@ class History:
     :param model: Identifier of the ``LLM``.
     :param experiment_id: The run.
     :param entries: Log entries in order, each with its ``step`` (see :func:`clean_log_history`).
+    :param objective: The run's training objective (``sft``, ``dpo``...): which metrics it logs.
     """
 
     model: str
     experiment_id: str
     entries: t.List[t.Dict[str, t.Any]]
+    objective: str = "sft"
 
     def training(self, metric: str = "loss") -> t.Tuple[t.List[int], t.List[float]]:
         """Steps and values of a training-log metric (``loss``, ``learning_rate``, ...)."""
@@ -278,7 +280,7 @@ def metric_history(db: Datalayer, model: str, experiment_id: t.Optional[str] = N
     entries = stored_history(db, model, run.experiment_id)
     if not entries:  # a run recorded before the history table existed
         entries = _history_of_latest_checkpoint(db, model, run.experiment_id)
-    return History(model, run.experiment_id, entries)
+    return History(model, run.experiment_id, entries, (run.settings or {}).get("objective") or "sft")
 
 
 def _history_of_latest_checkpoint(db: Datalayer, model: str, experiment_id: str) -> t.List[t.Dict]:

@@ -111,11 +111,19 @@ class DataFingerprint:
         max_seq_length,
         prompt_template,
         chat_format: bool,
+        sources: t.Optional[t.List[t.Dict[str, t.Any]]] = None,
     ) -> t.Dict[str, t.Any]:
-        """The fingerprint from hashes already made (eval rows hashed with their ``_set``)."""
+        """The fingerprint from hashes already made (eval rows hashed with their ``_set``).
+
+        :param sources: The sources of a mixed training set (each its query, weight, row
+            count and hash), recorded as ``sources``; None when the rows are one query's.
+        """
         fp = cls(query, max_seq_length, prompt_template, chat_format)
         fp.train, fp.eval = train, RowsHash.combine(evals.values())
-        return fp.result()
+        out = fp.result()
+        if sources:
+            out["sources"] = list(sources)
+        return out
 
     def result(self) -> t.Dict[str, t.Any]:
         """The fingerprint as a JSON dict."""

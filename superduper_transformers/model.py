@@ -13,8 +13,9 @@ from superduper.components.model import Model
 
 from superduper_transformers import resume
 from superduper_transformers.checkpoint import Checkpoint, CheckpointError
-from superduper_transformers.hf import loading
+from superduper_transformers.hf import loaded, loading
 from superduper_transformers.hf.data import build_prompt, chat_reply, is_conversation
+from superduper_transformers.store.versions import breaking_uuid
 
 DEFAULT_PREDICT_KWARGS = {"max_new_tokens": 64, "do_sample": False}
 
@@ -54,6 +55,12 @@ class LLM(Model):
         """One input per prediction (superduper reads ``**generate_kwargs`` as more inputs),
         as superduper's own LLMs declare: ``Listener(model=llm, key="question")`` works."""
         return "singleton"
+
+    @property
+    def uuid(self) -> str:
+        """superduper's version key, hashing only the ``breaks`` fields (the same value,
+        cheaper: a ``Listener`` reads it once per output row)."""
+        return breaking_uuid(self)
 
     def postinit(self):
         """Validate the fields and wrap an adapter path into a ``Checkpoint``."""
@@ -114,6 +121,8 @@ class LLM(Model):
 
         superduper calls ``setup`` on every save of the model (it reloads the stored
         copy to diff it), so loading weights here would cost a model load per checkpoint.
+        It also calls it before every job of a ``Listener`` (each insert): weights
+        already loaded are kept (:meth:`_get_pipeline` reloads only when they changed).
         """
         self._adapter_error = None
         self._drop_pickled_children()  # before superduper's `setup` unpickles every child's blobs
@@ -134,7 +143,6 @@ class LLM(Model):
 
                 self.adapter_id.object = checkpoint_without_files(self.db, self.adapter_id.identifier)
             logging.warn(str(self._adapter_error))
-        self._pipeline = None
         if self.trainer is not None:
             resume.show_interrupted_run(self)
         return self
@@ -286,22 +294,46 @@ class LLM(Model):
         return resolve_precision(loading.default_device(), tk.get("bf16"), tk.get("fp16"))
 
     def _get_pipeline(self):
-        if self._pipeline is None:
-            self._pipeline = self._load()
+        adapter = self._adapter_checkpoint()  # raises when its files went missing
+        key = self._weights_key(adapter)
+        if self._pipeline is None or getattr(self, "_pipeline_key", None) != key:
+            self._pipeline = None  # free the old weights before loading the new ones
+            self._pipeline = loaded.get_or_load(key, self._load)
+            self._pipeline_key = key
         return self._pipeline
 
+    def _weights_key(self, adapter: t.Optional[Checkpoint]) -> t.Tuple:
+        """What the loaded weights depend on: copies of the model with the same key share
+        them (:mod:`~superduper_transformers.hf.loaded`); a changed key loads them again."""
+        return (
+            self.model_name_or_path,
+            repr(sorted((self.model_kwargs or {}).items())),
+            repr(sorted((self.tokenizer_kwargs or {}).items())),
+            getattr(self.trainer, "bits", None),
+            self.precision().name if getattr(self.trainer, "bits", None) else None,
+            None if adapter is None else (adapter.identifier, adapter.uuid),
+        )
+
     # -- prediction -------------------------------------------------------
-    def predict(self, prompt: t.Union[str, t.List[t.Dict]], **generate_kwargs) -> t.Any:
+    def predict(
+        self,
+        prompt: t.Union[str, t.List[t.Dict]],
+        tools: t.Optional[t.List[t.Dict]] = None,
+        **generate_kwargs,
+    ) -> t.Any:
         """Generate the continuation of one prompt (the new text only).
 
         :param prompt: The input text; ``prompt_template`` is applied to it. Or a
             conversation (``[{"role": "user", "content": ...}, ...]``): it is rendered with
             the chat template and the assistant's reply is returned.
+        :param tools: Function schemas the conversation may call, rendered by the chat
+            template as in training on rows with a tools column; the reply is the
+            assistant's turn as the template writes it (a tool call included).
         :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
             ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
         :return: The text, or ``{"answer", "checkpoint"}`` with ``record_checkpoint``.
         """
-        return self.predict_batches([prompt], **generate_kwargs)[0]
+        return self.predict_batches([prompt], tools=tools, **generate_kwargs)[0]
 
     def generate_kwargs(self, **overrides) -> t.Dict[str, t.Any]:
         """Keyword arguments for ``generate``: the defaults, then ``predict_kwargs``, then ``overrides``.
@@ -311,7 +343,10 @@ class LLM(Model):
         return {**DEFAULT_PREDICT_KWARGS, **(self.predict_kwargs or {}), **overrides}
 
     def predict_batches(
-        self, prompts: t.Sequence[t.Union[str, t.List[t.Dict]]], **generate_kwargs
+        self,
+        prompts: t.Sequence[t.Union[str, t.List[t.Dict]]],
+        tools: t.Optional[t.List[t.Dict]] = None,
+        **generate_kwargs,
     ) -> t.List[t.Any]:
         """Generate continuations for several prompts, ``max_batch_size`` per ``generate`` call.
 
@@ -319,15 +354,19 @@ class LLM(Model):
         loaded when it moved), so a ``Listener`` answers with the promoted checkpoint.
 
         :param prompts: Input texts, or conversations (lists of messages; see :meth:`predict`).
+        :param tools: Function schemas every conversation may call (see :meth:`predict`).
         :param generate_kwargs: Generation settings for this call (``max_new_tokens``,
             ``do_sample``, ``num_beams``, ...); they win over ``predict_kwargs``.
         :return: Texts, or ``{"answer", "checkpoint"}`` dicts with ``record_checkpoint``.
         """
         self.follow_alias()
+        pipeline, precision = self._get_pipeline(), self.precision()  # once per call, not per batch
         size = self.max_batch_size
         texts = []
         for start in range(0, len(prompts), size):
-            texts += self._generate(prompts[start : start + size], **generate_kwargs)
+            texts += self._generate(
+                pipeline, precision, prompts[start : start + size], tools, **generate_kwargs
+            )
         if not self.record_checkpoint:
             return texts
         checkpoint = self.checkpoint_id()
@@ -370,13 +409,13 @@ class LLM(Model):
             self._adapter_error = None
             self._pipeline = None
 
-    def _generate(self, prompts, **generate_kwargs) -> t.List[str]:
-        """One left-padded ``generate`` call over ``prompts``."""
+    def _generate(self, pipeline, precision, prompts, tools=None, **generate_kwargs) -> t.List[str]:
+        """One left-padded ``generate`` call over ``prompts`` (conversations given ``tools``)."""
         import torch
 
-        model, tokenizer = self._get_pipeline()
+        model, tokenizer = pipeline
         chat = bool(getattr(self.trainer, "setup_chat_format", False))
-        texts = [build_prompt(tokenizer, p, self.prompt_template, chat) for p in prompts]
+        texts = [build_prompt(tokenizer, p, self.prompt_template, chat, tools) for p in prompts]
         tokenizer.padding_side = "left"
         # A chat template writes its own special tokens: a conversation gets none added.
         special = [not (chat or is_conversation(p)) for p in prompts]
@@ -388,7 +427,6 @@ class LLM(Model):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         kwargs = self.generate_kwargs(**generate_kwargs)
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-        precision = self.precision()
         autocast = torch.autocast(
             model.device.type, dtype=precision.torch_dtype, enabled=precision.name != "fp32"
         )

@@ -30,6 +30,7 @@ from superduper_transformers.hf import data, objectives
 from superduper_transformers.hf.loading import check_model_path
 from superduper_transformers.launch.dispatch import check_devices
 from superduper_transformers.settings import TrainSettings, best_metric, precision_of
+from superduper_transformers.store import mix as store_mix
 from superduper_transformers.store import rows as store_rows
 
 if t.TYPE_CHECKING:
@@ -60,6 +61,16 @@ class RowSet:
 
 
 @dc.dataclass(frozen=True)
+class MixPart(RowSet):
+    """The training rows of one source of a mix (``LLMTrainer(mix=...)``).
+
+    :param weight: Its weight, as given (the mix draws rows with the normalised weights).
+    """
+
+    weight: float = 1.0
+
+
+@dc.dataclass(frozen=True)
 class TrainingPlan:
     """A training of one ``LLM``, decided (see the module docstring).
 
@@ -78,6 +89,9 @@ class TrainingPlan:
     :param rows: The rows of each set by name (``FoldRows`` read in pages, or lists).
     :param start_from: The checkpoint training starts from (``{"checkpoint", "path"}``),
         None for the base model (:func:`starting_point`).
+    :param mix: The sources of a mix, in order (empty: the rows of ``select``); ``train``
+        is then all their rows together.
+    :param mix_strategy: When the mix ends (``datasets.interleave_datasets``).
     """
 
     model: str
@@ -94,6 +108,8 @@ class TrainingPlan:
     settings: t.Optional[TrainSettings] = dc.field(compare=False, repr=False, default=None)
     rows: t.Mapping[str, t.Any] = dc.field(compare=False, repr=False, default_factory=dict)
     start_from: t.Optional[t.Dict[str, str]] = None
+    mix: t.Tuple[MixPart, ...] = ()
+    mix_strategy: t.Optional[str] = None
 
     @property
     def output_dir(self) -> str:
@@ -149,6 +165,9 @@ def from_job(value: t.Any, model: t.Any, db: Datalayer) -> t.Optional[TrainingPl
     evals = tuple(RowSet(**e) for e in value["evals"])
     config = cfg.make_config(value["objective"], value["config_kwargs"], _one_gpu(trainer))
     rows = _fold_sets(trainer, db, value["columns"], {s.name for s in evals})
+    mix = tuple(MixPart(**m) for m in value.get("mix") or ())
+    for part, count in zip(getattr(rows["train"], "parts", ()), (m.count for m in mix)):
+        part.known_count(count)
     if model.validation is not None:
         rows.update(_dataset_rows(model, db, objectives.get(value["objective"]), value["columns"]))
     for s in (train, *evals):
@@ -169,6 +188,8 @@ def from_job(value: t.Any, model: t.Any, db: Datalayer) -> t.Optional[TrainingPl
         settings=TrainSettings.from_trainer(trainer, config),
         rows=rows,
         start_from=value.get("start_from"),
+        mix=mix,
+        mix_strategy=value.get("mix_strategy"),
     )
 
 
@@ -190,7 +211,7 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
     _check_lora_modules(trainer, model)
     columns = objective.columns(trainer.key)
     if train_rows is None:
-        if trainer.select is None:
+        if trainer.select is None and not trainer.mix:
             raise data.DataError("LLMTrainer needs a `select` query returning the training rows.")
         sets = _fold_sets(trainer, db, columns, {"valid"})
         _refuse_empty(trainer, db, sets["train"], columns)
@@ -206,19 +227,39 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
     for name, rows in (eval_rows or {}).items():
         sets.setdefault(name, rows)
     # One read of every set, page by page: checked, counted and hashed; nothing is held.
-    hashes = {name: scan(objective, rows, columns, name) for name, rows in sets.items()}
+    sources = mix_sources(trainer)
+    mixed = isinstance(sets["train"], store_rows.ChainedRows)
+    hashes = {
+        name: scan(objective, rows, columns, name)
+        for name, rows in sets.items()
+        if name != "train" or not mixed
+    }
+    mix = ()
+    if mixed:
+        parts = sets["train"].parts
+        part_hashes = [
+            scan(objective, rows, columns, "train", f"training rows of `mix[{i}]` ({s.label})")
+            for i, (s, rows) in enumerate(zip(sources, parts))
+        ]
+        for rows, digest in zip(parts, part_hashes):
+            rows.known_count(digest.count)
+        hashes["train"] = lineage.RowsHash.combine(part_hashes)
+        mix = tuple(MixPart(s.label, h.count, h.hexdigest(), s.weight) for s, h in zip(sources, part_hashes))
     for name, rows in sets.items():
         if hasattr(rows, "known_count"):
             rows.known_count(hashes[name].count)
     eval_names = [n for n in sets if n != "train"]
     start = starting_point(model, db)
     fingerprint = lineage.DataFingerprint.of_hashes(
-        str(trainer.select),
+        store_mix.describe(sources, trainer.mix_strategy) if mixed else str(trainer.select),
         hashes["train"],
         {n: hashes[n] for n in eval_names},
         trainer.max_seq_length,
         model.prompt_template,
         trainer.setup_chat_format,
+        sources=[_source_lineage(p, share) for p, share in zip(mix, store_mix.probabilities(sources))]
+        if mixed
+        else None,
     )
     if start is not None:  # lineage: each checkpoint names the one its run started from
         fingerprint["start_checkpoint"] = start["checkpoint"]
@@ -233,6 +274,8 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
     precision = precision_of(config)
     logging.info(f"Precision: {precision.name} on {precision.device} ({settings.precision.reason})")
     metric, greater = best_metric(config.metric_for_best_model, config.greater_is_better)
+    if mixed:  # the order of the mixed rows follows from the weights and this seed
+        fingerprint["mix"] = {"strategy": trainer.mix_strategy, "seed": config.seed}
     _check_optional(trainer, db)
     # What trl would only find at its first step (GRPO: call the reward functions once).
     objective.preflight(sets["train"], columns, settings, tokenization_of(model, trainer))
@@ -251,15 +294,21 @@ def build_plan(model: t.Any, db: Datalayer, train_rows=None, eval_rows=None) -> 
         settings=settings,
         rows=sets,
         start_from=start,
+        mix=mix,
+        mix_strategy=trainer.mix_strategy if mixed else None,
     )
 
 
-def scan(objective, rows, columns: t.Sequence[str], name: str):
+def scan(objective, rows, columns: t.Sequence[str], name: str, where: t.Optional[str] = None):
     """Read ``rows`` once, page by page: check each page with the objective's rules and
-    hash it (eval rows with their set's name); return the ``lineage.RowsHash``."""
-    where = "training rows" if name == "train" else f"evaluation rows '{name}'"
-    if name == "valid":
-        where = "validation rows (`_fold='valid'`)"
+    hash it (eval rows with their set's name); return the ``lineage.RowsHash``.
+
+    :param where: The rows as error messages name them (default: from ``name``).
+    """
+    if where is None:
+        where = "training rows" if name == "train" else f"evaluation rows '{name}'"
+        if name == "valid":
+            where = "validation rows (`_fold='valid'`)"
     digest = lineage.RowsHash()
     prefix = {} if name == "train" else {"_set": name}
     for page in data.pages(rows):
@@ -283,6 +332,24 @@ def _rowset(name: str, digest) -> RowSet:
     return RowSet(name, digest.count, digest.hexdigest())
 
 
+def _source_lineage(part: MixPart, share: float) -> t.Dict[str, t.Any]:
+    """One source of a mix in the data fingerprint."""
+    return {
+        "query": part.name,
+        "weight": part.weight,
+        "share": round(share, 6),
+        "train_rows": part.count,
+        "train_sha256": part.sha256,
+    }
+
+
+def mix_sources(trainer: t.Any) -> t.List[store_mix.MixSource]:
+    """The sources of the trainer's ``mix`` (validated when the trainer was built); empty
+    without one."""
+    sources, _ = store_mix.parse_mix(getattr(trainer, "mix", None), getattr(trainer, "mix_strategy", None))
+    return sources
+
+
 def _one_gpu(trainer) -> bool:
     return trainer.num_gpus == 1 and trainer.ray_configs is None
 
@@ -296,6 +363,14 @@ def _fold_sets(trainer, db: Datalayer, columns, evals) -> t.Dict[str, t.Any]:
 
 
 def _refuse_empty(trainer, db: Datalayer, train, columns) -> None:
+    if isinstance(train, store_rows.ChainedRows):
+        for i, (source, part) in enumerate(zip(mix_sources(trainer), train.parts)):
+            if not part:
+                raise data.DataError(
+                    f"`mix[{i}]` ({source.label}) has no rows with `_fold='train'`: a source of the "
+                    "mix needs training rows. Insert them, or remove the entry from `mix`."
+                )
+        return
     if train:
         return
     total = len(fold_rows(trainer, db, None, columns))
@@ -532,6 +607,11 @@ def fold_rows(trainer: t.Any, db: Datalayer, fold: t.Optional[str], columns=None
     if columns is None:
         columns = objectives.get(getattr(trainer, "objective", None)).columns(trainer.key)
     try:
+        sources = mix_sources(trainer)
+        if sources:  # the mix's sources, one after the other (mixed when tokenized)
+            return store_rows.ChainedRows(
+                [store_rows.fold_rows(db, s.select(db), fold, list(columns)) for s in sources]
+            )
         return store_rows.fold_rows(db, trainer.select, fold, list(columns))
     except store_rows.MissingTableError as e:
         raise data.DataError(str(e)) from e

@@ -1,7 +1,8 @@
 """Plot a training run from the db: training loss and every eval metric over steps.
 
 One panel for the loss (the training loss and each eval set's loss), then one panel per
-other eval metric with one line per eval set; the run's stored checkpoints are marked by
+metric of the run's objective (DPO's rewards, GRPO's reward...: the training log's line
+and each eval set's), then one per other eval metric with one line per eval set; the run's stored checkpoints are marked by
 vertical lines, the one the model uses and those with an alias are named. Everything is
 read from the db (:func:`superduper_transformers.history.metric_history`), so it works
 after the training folder is gone. Needs matplotlib (pip extra ``plot``).
@@ -45,17 +46,24 @@ class PlotData:
 
 
 def history_panels(history: hist.History) -> t.Dict[str, Series]:
-    """``{panel title: {line label: (steps, values)}}``: the loss first, then each eval metric.
+    """``{panel title: {line label: (steps, values)}}``: the loss first, then each metric
+    of the run's objective (trained on and evaluated), then each other eval metric.
 
     :param history: A run's log history.
     """
+    from superduper_transformers.hf import objectives
+
     evaluations = history.evaluations()
-    loss: Series = {}
-    steps, values = history.training("loss")
-    if steps:
-        loss["train"] = (steps, values)
-    loss.update({name: line for name, line in evaluations.pop("loss", {}).items()})
-    panels = {"loss": loss} if loss else {}
+    panels: t.Dict[str, Series] = {}
+    # The objective's metrics measure what it learns in training too (SFT's: the loss only).
+    for metric in dict.fromkeys(("loss", *objectives.get(history.objective).eval_metrics)):
+        lines: Series = {}
+        steps, values = history.training(metric)
+        if steps:
+            lines["train"] = (steps, values)
+        lines.update(evaluations.pop(metric, {}))
+        if lines:
+            panels[metric] = lines
     panels.update(evaluations)
     return panels
 

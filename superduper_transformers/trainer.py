@@ -18,10 +18,11 @@ from superduper.components.model import Trainer
 from superduper_transformers import evaluation, resume
 from superduper_transformers import trainer_args as cfg
 from superduper_transformers.checkpoint import Checkpoint
-from superduper_transformers.hf import objectives
+from superduper_transformers.hf import loaded, objectives
 from superduper_transformers.hf.callbacks import CallbackError, normalise_callbacks
 from superduper_transformers.hf.job import TrainJob
 from superduper_transformers.hf.loading import load_tokenizer
+from superduper_transformers.hf.mix import interleave
 from superduper_transformers.hf.rewards import RewardError, normalise_reward_funcs
 from superduper_transformers.launch.dispatch import launch
 from superduper_transformers.launch.ray_data import ray_row_source
@@ -35,8 +36,10 @@ from superduper_transformers.plan import (  # noqa: F401
     tokenization_of,
 )
 from superduper_transformers.store import artifacts
+from superduper_transformers.store import mix as store_mix
 from superduper_transformers.store.datalayer import migrate_component_tables
 from superduper_transformers.store.rows import FoldRows
+from superduper_transformers.store.versions import breaking_uuid
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -71,6 +74,8 @@ class _LLMTrainerFields(Trainer):
     record_generations: t.Optional[int] = None
     reward_funcs: t.Optional[t.List] = None
     start_from: t.Optional[str] = None
+    mix: t.Optional[t.List[t.Dict]] = None
+    mix_strategy: str = "first_exhausted"
 
 
 class LLMTrainer(_LLMTrainerFields):
@@ -135,6 +140,15 @@ class LLMTrainer(_LLMTrainerFields):
         reference model of DPO/KTO is that checkpoint), or a checkpoint identifier, alias
         or step of the model. None: ``"current"`` for ``dpo``/``kto``/``orpo``/``grpo``,
         ``"base"`` for ``sft``.
+    :param mix: Train on several selections mixed with weights instead of ``select``:
+        ``[{"select": db["domain"].select(), "weight": 0.7}, {"select": ..., "weight": 0.3}]``.
+        Each source's ``_fold='train'`` rows are drawn with probability weight / sum of
+        weights, in an order fixed by the training's ``seed``; the validation rows are those
+        of every source. ``select`` is then the first source's. Stored as JSON (see
+        docs/data.md#mixing-several-queries).
+    :param mix_strategy: When the mix ends: ``"first_exhausted"`` (a source has no rows
+        left), ``"all_exhausted"`` (every row drawn at least once, smaller sources repeated)
+        or ``"all_exhausted_without_replacement"``.
     """
 
     #: A change of any of these is a new version of the trainer, so the ``LLM`` that holds
@@ -145,9 +159,16 @@ class LLMTrainer(_LLMTrainerFields):
         "objective",
         "key",
         "select",
+        "mix",
+        "mix_strategy",
         "training_kwargs",
         *(name for name in RUN_FIELDS),
     )
+
+    @property
+    def uuid(self) -> str:
+        """superduper's version key, hashing only the ``breaks`` fields (the same value, cheaper)."""
+        return breaking_uuid(self)
 
     def __init__(self, identifier: str, *args, **kwargs):
         """Take ``TrainingArguments``/``SFTConfig`` keywords directly (into ``training_kwargs``).
@@ -182,8 +203,43 @@ class LLMTrainer(_LLMTrainerFields):
             self.ray_configs = plain_ray_configs(self.ray_configs)
         except RayConfigError as e:
             raise cfg.ConfigError(f"Invalid LLMTrainer settings:\n- {e}") from e
+        self._normalise_mix()
         cfg.validate_trainer(self)
         super().postinit()
+
+    def use_mix(self, mix: t.List[t.Dict]) -> None:
+        """Train on ``mix`` (see the ``mix`` field) instead of ``select``, checked as at
+        construction (the command line builds its queries once connected).
+
+        :param mix: ``[{"select": query, "weight": number}, ...]``.
+        :raises ConfigError: naming each bad entry, the value and the fix.
+        """
+        self.mix, self.select = mix, None
+        self._normalise_mix()
+
+    def _normalise_mix(self) -> None:
+        """``mix`` checked whole (every problem at once) and kept in its stored JSON form;
+        ``select`` set to its first source when not given."""
+        if self.mix_strategy is None:  # a trainer stored before mixing existed
+            self.mix_strategy = "first_exhausted"
+        sources, issues = store_mix.parse_mix(self.mix, self.mix_strategy)
+        if self.mix is not None and self.ray_configs is not None:
+            issues.append(
+                "`mix` is not supported with `ray_configs` yet (Ray Data reads one query): "
+                "train the mix locally, or give one `select`."
+            )
+        if sources and self.select is not None and str(self.select) not in {s.label for s in sources}:
+            issues.append(
+                f"`select` ({self.select}) and `mix` both give training rows: leave `select` unset "
+                "(the first source of the mix becomes it), or add it to `mix` with a weight."
+            )
+        if issues:
+            raise cfg.ConfigError("Invalid LLMTrainer settings:\n" + "\n".join(f"- {i}" for i in issues))
+        if sources:
+            first = self.mix[0]["select"]
+            if self.select is None and hasattr(first, "table"):
+                self.select = first
+            self.mix = [s.to_json() for s in sources]
 
     def create_jobs(self, context, event_type, ids=None, jobs=(), requires=None):
         """Bring the component tables up to date before the apply writes this trainer.
@@ -229,6 +285,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
     :param model: The ``LLM`` (a copy loaded by the fit job).
     :param db: The datalayer.
     """
+    loaded.forget()  # weights kept for prediction in this process: memory the training needs
     trainer = model.trainer
     objective = objectives.get(plan.objective)
     tokenizer = load_tokenizer(model.tokenizer_load_kwargs())
@@ -245,9 +302,7 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
             dict(X=X, y=y, **tokenization),
         )
     else:
-        train_ds = objective.build_dataset(
-            tokenizer, plan.rows["train"], plan.columns, tokenization, plan.train.data_hash, owner
-        )
+        train_ds = train_dataset(plan, tokenizer, tokenization, owner)
     eval_ds = {
         s.name: objective.build_dataset(
             tokenizer, plan.rows[s.name], plan.columns, tokenization, s.data_hash, owner
@@ -304,6 +359,28 @@ def run(plan: TrainingPlan, model: LLM, db: Datalayer):
             resume.finish_run(db, model.identifier, run_plan.experiment_id)
     # The job stores fit's return value as JSON: of a ray.train.Result, its metrics.
     return result.metrics if trainer.ray_configs is not None else result
+
+
+def train_dataset(plan: TrainingPlan, tokenizer, tokenization: t.Mapping, owner: t.Optional[str] = None):
+    """The training dataset of ``plan`` on this process: its rows tokenized (cached by
+    content), or the sources of a mix each tokenized (and cached) on its own and drawn by
+    weight in the order the training's ``seed`` fixes.
+
+    :param plan: The training's plan.
+    :param tokenizer: The model's tokenizer.
+    :param tokenization: :func:`tokenization_of` the model and trainer.
+    :param owner: The tag of the model trained on it (its cache entries go with it).
+    """
+    objective = objectives.get(plan.objective)
+    if not plan.mix:
+        return objective.build_dataset(
+            tokenizer, plan.rows["train"], plan.columns, tokenization, plan.train.data_hash, owner
+        )
+    parts = [
+        objective.build_dataset(tokenizer, rows, plan.columns, tokenization, part.data_hash, owner)
+        for rows, part in zip(plan.rows["train"].parts, plan.mix)
+    ]
+    return interleave(parts, [p.weight for p in plan.mix], plan.config.seed, plan.mix_strategy)
 
 
 def migrate_tables(db: Datalayer, *classes: type) -> t.Dict[str, t.List[str]]:

@@ -9,6 +9,7 @@
     superduper-transformers plot NAME --out run.png | promote NAME CHECKPOINT | rollback NAME
     superduper-transformers delete-checkpoint NAME CHECKPOINT [--force]
     superduper-transformers compare NAME A B --table T --key x [--target y --metric mod:fn]
+    superduper-transformers shadow LISTENER [CANDIDATE] | side-by-side LISTENER SHADOW
 
 ``--data`` is a folder holding ``demo.db`` and ``artifact_store/`` (the main job's
 layout, the default database); ``--db`` (or ``--uri``) and ``--artifact-store`` name
@@ -28,11 +29,21 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")
 
-from superduper_transformers.cli import cache, common, compare_cmd, data, export_cmd, ops, query, train  # noqa: E402
+from superduper_transformers.cli import (  # noqa: E402
+    cache,
+    common,
+    compare_cmd,
+    data,
+    export_cmd,
+    ops,
+    query,
+    shadow_cmd,
+    train,
+)
 from superduper_transformers.cli.common import CliError, version_line  # noqa: E402
 
 #: The command modules, in the order ``--help`` lists them. One line per module.
-COMMANDS = [train, data, cache, query, export_cmd, ops, compare_cmd]
+COMMANDS = [train, data, cache, query, export_cmd, ops, compare_cmd, shadow_cmd]
 
 __all__ = ["COMMANDS", "CliError", "build_parser", "main", "version_line"]
 

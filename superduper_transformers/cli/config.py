@@ -11,6 +11,8 @@
       key: [x, y]                       # (prompt, completion) columns, or one text column;
                                         # [prompt, chosen, rejected] for dpo/orpo, ...
       filter: {lang: en}                # optional: equality filters on other columns
+      # or, instead of table/filter, several selections mixed with weights:
+      # mix: [{table: domain, weight: 0.7}, {table: general, filter: {lang: en}, weight: 0.3}]
     trainer:                            # LLMTrainer fields + any field of the objective's trl config
       objective: sft                    # or dpo, kto, orpo, grpo (docs/objectives.md)
       lora_r: 16
@@ -82,19 +84,66 @@ class ModelSection:
 
 @dc.dataclass
 class DataSection:
-    """Where the rows are: a table, its columns, an optional filter. Rows need ``_fold``
-    (``train``/``valid``), as ``import-data`` writes it.
+    """Where the rows are: a table, its columns, an optional filter (or several tables
+    mixed with weights). Rows need ``_fold`` (``train``/``valid``), as ``import-data`` writes it.
 
-    :param table: The table of rows.
+    :param table: The table of rows (or give ``mix``).
     :param key: The columns the objective reads: (prompt, completion) or one column of whole
         texts (sft); (prompt, chosen, rejected) (dpo, orpo); (prompt, completion, label) (kto);
         the prompt column, then columns for the reward functions (grpo).
     :param filter: ``{column: value}``: train only on the rows with these values.
+    :param mix: Instead of ``table``: selections mixed with weights, each ``{table: NAME,
+        weight: NUMBER}`` with an optional ``filter`` (``LLMTrainer(mix=...)``; the
+        trainer's ``mix_strategy`` says when the mix ends).
     """
 
-    table: str
     key: t.Union[str, t.List[str]]
+    table: t.Optional[str] = None
     filter: t.Dict[str, t.Any] = dc.field(default_factory=dict)
+    mix: t.Optional[t.List[t.Dict[str, t.Any]]] = None
+
+    def selections(self) -> t.List[t.Tuple[str, t.Dict[str, t.Any], t.Optional[float]]]:
+        """``(table, filter, weight)`` of each selection (one, weight None, without ``mix``)."""
+        if self.mix is None:
+            return [(self.table, dict(self.filter), None)]
+        return [(e["table"], dict(e.get("filter") or {}), e["weight"]) for e in self.mix]
+
+
+def mix_issues(data: t.Mapping[str, t.Any]) -> t.List[str]:
+    """Problems of ``data.table`` / ``data.mix`` (the raw ``data:`` mapping): exactly one
+    given, each entry of the mix well formed."""
+    from superduper_transformers.store.mix import weight_issue
+
+    mix = data.get("mix")
+    if data.get("table") is None and mix is None:
+        return [f"`data.table` is required: {_help(DataSection, 'table')}"]
+    issues = []
+    if data.get("table") is not None and mix is not None:
+        issues.append("`data.table` and `data.mix` both give the rows: keep one.")
+    if not isinstance(mix, list):
+        return issues  # no mix, or not a list (the type check names it)
+    if data.get("filter"):
+        issues.append("`data.filter` filters `data.table`; with `data.mix` give each entry its own `filter`.")
+    if not mix:
+        issues.append(
+            "`data.mix` must list the tables to mix, e.g. "
+            "[{table: domain, weight: 0.7}, {table: general, weight: 0.3}]."
+        )
+    for i, entry in enumerate(mix):
+        where = f"data.mix[{i}]"
+        if not isinstance(entry, dict):
+            issues.append(f"`{where}` must be a mapping {{table: NAME, weight: NUMBER}}, got {entry!r}.")
+            continue
+        for key in sorted(set(entry) - {"table", "filter", "weight"}):
+            issues.append(unknown_key_issue(f"{where}.", str(key), ("table", "filter", "weight")))
+        if not isinstance(entry.get("table"), str):
+            issues.append(f"`{where}.table` must name a table, got {entry.get('table')!r}.")
+        if not isinstance(entry.get("filter", {}), dict):
+            issues.append(f"`{where}.filter` must be a mapping {{column: value}}, got {entry['filter']!r}.")
+        issue = weight_issue(f"`{where}.weight`", entry.get("weight"))
+        if issue:
+            issues.append(issue)
+    return issues
 
 
 @dc.dataclass
@@ -237,6 +286,8 @@ def load_config(
     if not isinstance(raw, dict):
         raise CliError(f"the config {path} must be a mapping (model:, data:, trainer:), got {raw!r}.")
     issues = apply_overrides(raw, overrides)
+    if isinstance(raw.get("data"), dict):
+        issues += mix_issues(raw["data"])
     config = check_section(TrainConfig, raw, "", issues)
     if config is not None and isinstance(config.data.key, list) and not config.data.key:
         issues.append(

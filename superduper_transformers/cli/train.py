@@ -17,7 +17,12 @@ from superduper_transformers.cli import config as schema
 from superduper_transformers.cli.common import PROG, CliError, connect, is_tty, shown_command
 
 #: LLMTrainer fields that a config sets elsewhere (or that are the component's own business).
-_NOT_IN_TRAINER = {"key": "data.key", "select": "data.table / data.filter", "training_kwargs": "trainer"}
+_NOT_IN_TRAINER = {
+    "key": "data.key",
+    "select": "data.table / data.filter",
+    "mix": "data.mix",
+    "training_kwargs": "trainer",
+}
 
 
 def register(sub) -> None:
@@ -121,27 +126,47 @@ def build_llm(config: schema.TrainConfig, output_root: str, issues: t.List[str])
     return llm if trainer is not None else None
 
 
-def select_rows(db, data: schema.DataSection):
-    """The query of the training rows: the table, filtered on ``data.filter``."""
-    tables = [name for name in db.show("Table") if not name[:1].isupper()]
-    if data.table not in tables:
+def select_rows(db, name: str, where: t.Dict[str, t.Any], setting: str = "data"):
+    """The query of the training rows: the table ``name``, filtered on ``where``.
+
+    :param setting: Where the config names them (``data``, ``data.mix[1]``), for messages.
+    """
+    tables = [n for n in db.show("Table") if not n[:1].isupper()]
+    if name not in tables:
         raise CliError(
-            f"`data.table`={data.table!r} is not a table in the database (tables: {sorted(tables) or 'none'}). "
-            f"Import rows first: `{PROG} import-data FILE.jsonl --table {data.table}`."
+            f"`{setting}.table`={name!r} is not a table in the database (tables: {sorted(tables) or 'none'}). "
+            f"Import rows first: `{PROG} import-data FILE.jsonl --table {name}`."
         )
-    fields = set(db.load("Table", data.table).fields)
-    unknown = [c for c in data.filter if c not in fields]
+    fields = set(db.load("Table", name).fields)
+    unknown = [c for c in where if c not in fields]
     if unknown:
         columns = sorted(f for f in fields if not f.startswith("_") or f == "_fold")
         raise CliError(
-            f"`data.filter` names column(s) {unknown} that the table `{data.table}` lacks; its "
+            f"`{setting}.filter` names column(s) {unknown} that the table `{name}` lacks; its "
             f"columns: {columns}."
         )
-    table = db[data.table]
+    table = db[name]
     query = table.select()
-    for column, value in data.filter.items():
+    for column, value in where.items():
         query = query.filter(table[column] == value)
     return query
+
+
+def set_rows(db, llm, data: schema.DataSection) -> None:
+    """Give the trainer its rows: ``select`` of ``data.table``, or the queries of ``data.mix``."""
+    from superduper_transformers.trainer_args import ConfigError
+
+    if data.mix is None:
+        llm.trainer.select = select_rows(db, data.table, data.filter)
+        return
+    mix = [
+        {"select": select_rows(db, name, where, f"data.mix[{i}]"), "weight": weight}
+        for i, (name, where, weight) in enumerate(data.selections())
+    ]
+    try:
+        llm.trainer.use_mix(mix)
+    except ConfigError as e:
+        raise CliError(str(e).replace("`mix[", "`data.mix[")) from e
 
 
 def _check(path: str, overrides: t.Sequence[str], output_root: str):
@@ -162,17 +187,19 @@ def train(args) -> int:
 
     config, llm = _check(args.config, args.overrides, os.path.join(os.path.abspath(args.data), "training"))
     db = connect(args, config.db, config.artifact_store)
-    llm.trainer.select = select_rows(db, config.data)
+    set_rows(db, llm, config.data)
     try:
         preflight(llm, db)
     except (ValueError, OSError, ImportError) as e:
         raise CliError(f"{args.config}: {e}") from e
     if args.check:
-        table = db[config.data.table]
-        count = {f: len(llm.trainer.select.filter(table["_fold"] == f).execute()) for f in ("train", "valid")}
+        from superduper_transformers.plan import fold_rows
+
+        count = {f: len(fold_rows(llm.trainer, db, f)) for f in ("train", "valid")}
+        tables = ", ".join(f"`{name}`" for name, _, _ in config.data.selections())
         print(
             f"{args.config}: the config and the data are fine: {count['train']} training rows, "
-            f"{count['valid']} validation rows in `{config.data.table}`."
+            f"{count['valid']} validation rows in {tables}."
         )
         return 0
     return _run(db, llm, args)

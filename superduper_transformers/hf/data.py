@@ -8,7 +8,10 @@ model sees the same token boundary when it generates.
 
 A row whose value is a list of messages (``[{"role": "user", "content": ...},
 {"role": "assistant", ...}]``, a *conversation*) is rendered with the tokenizer's chat
-template (ChatML when it has none) and only the assistant turns are learned.
+template (ChatML when it has none) and only the assistant turns are learned. With a
+second column of *tools* (function schemas, ``key=("messages", "tools")``) the template
+renders them too, and assistant turns may call them (``tool_calls``, learned like any
+reply) and ``tool`` messages return their results (not learned).
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ CHATML_TEMPLATE = (
 )
 
 
-#: The roles a message of a conversation may have.
-CHAT_ROLES = ("system", "user", "assistant")
+#: The roles a message of a conversation may have (``tool``: a tool call's result).
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 _EXAMPLE_MESSAGES = '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
 
 
@@ -63,22 +66,72 @@ def conversation_issue(value: t.Any, need_assistant: bool = True) -> t.Optional[
     for i, m in enumerate(value):
         if not isinstance(m, dict):
             return f"has message {i} that is a {type(m).__name__} ({m!r:.60}), not a dict"
-        missing = [k for k in ("role", "content") if k not in m]
+        calls = m.get("tool_calls")
+        needed = ("role",) if calls and m.get("role") == "assistant" else ("role", "content")
+        missing = [k for k in needed if k not in m]
         if missing:
             return f"has message {i} without {' and '.join(f'`{k}`' for k in missing)} ({m!r:.80})"
         if m["role"] not in CHAT_ROLES:
             return f"has message {i} with role {m['role']!r}, not one of {CHAT_ROLES}"
-        if not isinstance(m["content"], str):
+        if not isinstance(m.get("content"), str) and not (calls and m.get("content") is None):
             return f"has message {i} whose `content` is a {type(m['content']).__name__}, not text (str)"
+        issue = _tool_calls_issue(m) if "tool_calls" in m else None
+        if issue:
+            return f"has message {i} {issue}"
     if need_assistant and not any(m["role"] == "assistant" for m in value):
         return "has no assistant message: there is nothing to learn"
     return None
 
 
-def render_chat(tokenizer, messages: t.Sequence[t.Mapping], add_generation_prompt: bool = False) -> str:
-    """``messages`` as text through the tokenizer's chat template (ChatML when it has none)."""
+_EXAMPLE_CALL = '{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {...}}}]}'
+_EXAMPLE_TOOL = '{"type": "function", "function": {"name": "f", "description": "...", "parameters": {...}}}'
+
+
+def _tool_calls_issue(message: t.Mapping) -> t.Optional[str]:
+    """What is wrong with a message's ``tool_calls`` (transformers' chat format), or None."""
+    calls = message["tool_calls"]
+    if message["role"] != "assistant":
+        return f"with `tool_calls` and role {message['role']!r}: only an assistant calls tools"
+    if not isinstance(calls, (list, tuple)) or not calls:
+        return f"whose `tool_calls` is {calls!r:.60}, not a non-empty list of calls such as {_EXAMPLE_CALL}"
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return (
+                f"whose tool call {j} ({call!r:.60}) has no `function` with a `name`, as in {_EXAMPLE_CALL}"
+            )
+        if not isinstance(function.get("arguments", {}), (dict, str)):
+            return f"whose tool call {j} has `arguments` that are neither a dict nor JSON text"
+    return None
+
+
+def tools_issue(value: t.Any) -> t.Optional[str]:
+    """What is wrong with ``value`` as the tools of a conversation (function schemas), or
+    None when it is a list of them (or empty: a row without tools)."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        return f"is a {type(value).__name__} ({value!r:.60}), not a list of function schemas"
+    for j, tool in enumerate(value):
+        schema = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
+            return (
+                f"has tool {j} ({tool!r:.60}) without a function `name`: give schemas such as {_EXAMPLE_TOOL}"
+            )
+    return None
+
+
+def render_chat(
+    tokenizer,
+    messages: t.Sequence[t.Mapping],
+    add_generation_prompt: bool = False,
+    tools: t.Optional[t.Sequence[t.Mapping]] = None,
+) -> str:
+    """``messages`` as text through the tokenizer's chat template (ChatML when it has none),
+    with ``tools`` (function schemas) given to the template."""
     return tokenizer.apply_chat_template(
         list(messages),
+        tools=list(tools) if tools else None,
         chat_template=tokenizer.chat_template or CHATML_TEMPLATE,
         add_generation_prompt=add_generation_prompt,
         tokenize=False,
@@ -122,19 +175,33 @@ def chat_prompt(tokenizer, text: str) -> str:
     )
 
 
-def build_prompt(tokenizer, value: t.Any, prompt_template: str = "{input}", chat_format: bool = False) -> str:
+def build_prompt(
+    tokenizer,
+    value: t.Any,
+    prompt_template: str = "{input}",
+    chat_format: bool = False,
+    tools: t.Optional[t.Sequence[t.Mapping]] = None,
+) -> str:
     """The exact prompt text the model sees, in training and at prediction time.
 
-    A conversation (list of messages) is rendered with the chat template and the
-    assistant's generation prompt; ``prompt_template`` applies to text only.
+    A conversation (list of messages) is rendered with the chat template, ``tools`` and
+    the assistant's generation prompt; ``prompt_template`` applies to text only.
     """
+    issue = tools_issue(tools)
+    if issue:
+        raise DataError(f"`tools` {issue}.")
     if is_conversation(value):
         issue = conversation_issue(value, need_assistant=False)
         if issue:
             raise DataError(
                 f"The prompt {issue}. Give text, or a list of messages such as {_EXAMPLE_MESSAGES}."
             )
-        return render_chat(tokenizer, value, add_generation_prompt=True)
+        return render_chat(tokenizer, value, add_generation_prompt=True, tools=tools)
+    if tools:
+        raise DataError(
+            "`tools` are rendered by the chat template, and the prompt is text: give the prompt "
+            f"as a list of messages such as {_EXAMPLE_MESSAGES}."
+        )
     prompt = format_prompt(prompt_template, value)
     return chat_prompt(tokenizer, prompt) if chat_format else prompt
 
@@ -154,7 +221,8 @@ def tokenize(
     :param example: One row, a mapping from column name to text.
     :param X: The input (prompt) column.
     :param y: The output (completion) column. When given, the prompt tokens get label
-        -100 so only the completion is learned; when None the whole text is learned.
+        -100 so only the completion is learned; when None the whole text is learned. With
+        a conversation under ``X``: the column of its tools (function schemas), or None.
     :param max_length: At most this many tokens. A longer example loses the start of its
         prompt, so the completion and its EOS are kept whole; a completion (or whole
         text) that alone is longer is cut at the end.
@@ -179,7 +247,7 @@ def _encode(tokenizer, example, X, y, max_length, prompt_template, chat_format):
     return examples[0], statuses[0]
 
 
-def _encode_conversation(tokenizer, messages, max_length):
+def _encode_conversation(tokenizer, messages, max_length, tools=None):
     """A conversation tokenized once; labels only on the assistant turns.
 
     The span of assistant message ``i`` runs from the end of the conversation before it
@@ -189,15 +257,15 @@ def _encode_conversation(tokenizer, messages, max_length):
     must render each prefix of a conversation as a prefix of the whole.
     """
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    text = render_chat(tokenizer, messages)
+    text = render_chat(tokenizer, messages, tools=tools)
     input_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     labels = [IGNORE_INDEX] * len(input_ids)
     span = (0, 0)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render_chat(tokenizer, messages[: i + 1])
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = render_chat(tokenizer, messages[: i + 1], tools=tools)
         if not (text.startswith(before) and text.startswith(upto)):
             raise DataError(
                 "The chat template does not render the start of a conversation as the start of "
@@ -255,26 +323,43 @@ def check_rows(rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: s
 def _check_conversations(
     rows: t.Sequence[t.Mapping], X: str, y: t.Optional[str], where: str, start: int = 0
 ) -> None:
-    """Rows holding conversations: one column of lists of messages, each well formed."""
-    if y is not None:
+    """Rows holding conversations: one column of lists of messages, each well formed, and
+    optionally a second column of the tools they may call."""
+    if y is not None and any(isinstance(row.get(y), str) for row in rows):
         raise DataError(
             f"The {where} hold lists of messages, which train with a single `key` (the column of "
             f"the conversations), but the trainer's `key` is a pair ({X!r}, {y!r}). Set "
-            f"`key={X!r}` and put the answers in the conversations as assistant messages."
+            f"`key={X!r}` and put the answers in the conversations as assistant messages (a second "
+            f"column holds the tools the conversations may call: `{y}` holds text, not a list of "
+            "function schemas)."
         )
+    checks = [
+        (
+            X,
+            "",
+            conversation_issue,
+            f"A conversation is a list of messages, each with a `role` in {CHAT_ROLES} and a text "
+            f"`content`, and at least one assistant message (what is learned), e.g. {_EXAMPLE_MESSAGES}.",
+        )
+    ]
+    if y is not None:
+        hint = "The second column of conversation rows holds the tools they may call (a list of function schemas, or empty)."
+        checks.append((y, " (the tools)", tools_issue, hint))
     for i, row in enumerate(rows, start):
-        if X not in row:
-            raise DataError(
-                f"Key `{X}` is missing from row {i} of the {where}; the row has keys "
-                f"{sorted(c for c in row if not c.startswith('_'))}. Fix the trainer's `key` or the rows."
-            )
-        issue = conversation_issue(row[X])
-        if issue:
-            raise DataError(
-                f"Key `{X}` of row {i} of the {where} {issue}. A conversation is a list of messages, "
-                f"each with a `role` in {CHAT_ROLES} and a text `content`, and at least one "
-                f"assistant message (what is learned), e.g. {_EXAMPLE_MESSAGES}. Fix the row."
-            )
+        for column, what, issue_of, hint in checks:
+            if column not in row:
+                raise _missing(f"`{column}`{what}", i, where, row)
+            issue = issue_of(row[column])
+            if issue:
+                raise DataError(f"Key `{column}` of row {i} of the {where} {issue}. {hint} Fix the row.")
+
+
+def _missing(key: str, i: int, where: str, row: t.Mapping) -> DataError:
+    """The error of a row without a column of the trainer's ``key``."""
+    return DataError(
+        f"Key {key} is missing from row {i} of the {where}; the row has keys "
+        f"{sorted(c for c in row if not c.startswith('_'))}. Fix the trainer's `key` or the rows."
+    )
 
 
 def encode_batch(
@@ -313,16 +398,16 @@ def encode_table(
     """
     import pyarrow as pa
 
-    conv = [i for i, row in enumerate(rows) if y is None and is_conversation(row[X])]
+    conv = [i for i, row in enumerate(rows) if _is_chat_row(row, X, y)]
     if not conv:
         return _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
     if len(conv) == len(rows):
-        return _conversation_table(tokenizer, [row[X] for row in rows], max_length)
+        return _conversation_table(tokenizer, rows, X, y, max_length)
     conv_set = set(conv)
     text = [i for i in range(len(rows)) if i not in conv_set]
     parts = [
         _text_table(tokenizer, [rows[i] for i in text], X, y, max_length, prompt_template, chat_format),
-        _conversation_table(tokenizer, [rows[i][X] for i in conv], max_length),
+        _conversation_table(tokenizer, [rows[i] for i in conv], X, y, max_length),
     ]
     order = np.argsort(np.array(text + conv))
     return pa.concat_tables(parts).take(order)
@@ -364,21 +449,29 @@ def _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
     return _table(*tokens.assemble(prompt_ids, completion_ids, max_length, learn_prompt=y is None))
 
 
-def _conversation_table(tokenizer, conversations, max_length):
-    """Conversations as :func:`_encode_conversation` tokenizes them, in one tokenizer call."""
+def _is_chat_row(row, X, y) -> bool:
+    """A conversation (its tools in ``y``, if any), not text: validated by :func:`check_rows`."""
+    return is_conversation(row[X]) and (y is None or not isinstance(row.get(y), str))
+
+
+def _conversation_table(tokenizer, rows, X, y, max_length):
+    """Conversations (column ``X``, tools in ``y``) as :func:`_encode_conversation` tokenizes
+    them, in one tokenizer call."""
+    conversations = [row[X] for row in rows]
+    tools = [row[y] if y is not None else None for row in rows]
     # Each distinct text is tokenized once: the last reply's prefix is often the whole text.
     index: t.Dict[str, int] = {}
     rendered = []  # per conversation: the whole text's index, and each reply's (before, upto)
-    for messages in conversations:
-        text = render_chat(tokenizer, messages)
+    for messages, row_tools in zip(conversations, tools):
+        text = render_chat(tokenizer, messages, tools=row_tools)
         row_spans = []
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-            upto = render_chat(tokenizer, messages[: i + 1])
+            before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=row_tools)
+            upto = render_chat(tokenizer, messages[: i + 1], tools=row_tools)
             if not (text.startswith(before) and text.startswith(upto)):
-                _encode_conversation(tokenizer, messages, max_length)  # raises, naming the turn
+                _encode_conversation(tokenizer, messages, max_length, row_tools)  # raises, naming the turn
             row_spans.append((index.setdefault(before, len(index)), index.setdefault(upto, len(index))))
         rendered.append((index.setdefault(text, len(index)), row_spans))
     ids = _token_lists(tokenizer, list(index), add_special_tokens=False)
@@ -435,8 +528,8 @@ def encode_batch_reference(
     out: t.List[t.Any] = [None] * len(rows)
     text = []
     for i, row in enumerate(rows):
-        if y is None and is_conversation(row[X]):
-            out[i] = _encode_conversation(tokenizer, row[X], max_length)
+        if _is_chat_row(row, X, y):
+            out[i] = _encode_conversation(tokenizer, row[X], max_length, row[y] if y is not None else None)
         else:
             text.append(i)
     if text:

@@ -11,8 +11,10 @@ quantization), following ``convert_hf_to_gguf.py`` for the architectures listed 
   uses the halves (NeoX style) in llama.cpp too, so its weights are written as they are;
 - 1-D tensors (norms, biases) in f32, the matrices in the asked precision; a matrix whose
   rows do not split into q8_0 blocks of 32 falls back to f16, as in the converter;
-- the tokenizer as a byte-level BPE (``tokenizer.ggml.model = "gpt2"``) with its merges,
-  special token ids, ``add_bos``/``add_eos`` and the chat template.
+- the tokenizer as a byte-level BPE (``tokenizer.ggml.model = "gpt2"``) with its merges, or
+  a SentencePiece-style one (byte fallback: Llama 2, TinyLlama, Mistral v0.1) as llama.cpp's
+  ``llama`` vocabulary with scores (:mod:`gguf_spm`); special token ids, ``add_bos``/``add_eos``
+  and the chat template.
 
 Only transformers objects, numpy and ``gguf`` here: nothing of the datalayer.
 """
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import json
 import typing as t
+
+from superduper_transformers.hf import gguf_spm
 
 #: Precisions a GGUF export can be written in (llama.cpp's names).
 QUANTIZATIONS = ("f16", "bf16", "q8_0")
@@ -48,8 +52,6 @@ PRE_TOKENIZERS = {
     "llama-bpe": "Split(Llama 3 regex) + ByteLevel (Llama 3)",
     "qwen2": "Split(Qwen2 regex) + ByteLevel (Qwen2, Qwen2.5)",
 }
-#: ggml token types (``gguf.TokenType``), by name, so this module imports without ``gguf``.
-_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
 
 
 def model_type_issues(config) -> t.List[str]:
@@ -79,12 +81,23 @@ def model_type_issues(config) -> t.List[str]:
 def tokenizer_issues(tokenizer) -> t.List[str]:
     """What stops ``tokenizer`` from being written as GGUF (empty when nothing does)."""
     spec = _backend_spec(tokenizer)
+    if gguf_spm.is_sentencepiece(spec):
+        if gguf_spm.space_prefix(spec) is None:
+            return [
+                f"the tokenizer is a SentencePiece-style BPE (byte fallback) with {gguf_spm.describe(spec)}: "
+                "llama.cpp's `llama` vocabulary tokenizes only the Llama 2 / TinyLlama / Mistral way "
+                "(`Metaspace` without splitting, or the `Prepend`+`Replace` normaliser; no Unicode "
+                "normalisation). Export a Hugging Face folder (format `hf`) and convert it with "
+                "llama.cpp's convert_hf_to_gguf.py."
+            ]
+        return []
     if spec is None or spec.get("model", {}).get("type") != "BPE":
         kind = spec.get("model", {}).get("type") if spec else type(tokenizer).__name__
         return [
-            f"the tokenizer is a `{kind}` model: only byte-level BPE tokenizers (SmolLM2, Llama 3, "
-            "Qwen2, GPT-2) can be written as GGUF yet, not SentencePiece or Unigram ones. Export a "
-            "Hugging Face folder (format `hf`) and convert it with llama.cpp's convert_hf_to_gguf.py."
+            f"the tokenizer is a `{kind}` model: only BPE tokenizers, byte-level (SmolLM2, Llama 3, "
+            "Qwen2, GPT-2) or SentencePiece-style with byte fallback (Llama 2, TinyLlama, Mistral), "
+            "can be written as GGUF yet, not Unigram or WordPiece ones. Export a Hugging Face folder "
+            "(format `hf`) and convert it with llama.cpp's convert_hf_to_gguf.py."
         ]
     if pre_tokenizer_name(spec) is None:
         return [
@@ -150,7 +163,7 @@ def write_gguf(
     """Write ``model`` (weights in float32) and ``tokenizer`` to the GGUF file ``path``.
 
     :param model: A causal LM of one of :data:`ARCHITECTURES` (no peft wrapper).
-    :param tokenizer: Its (fast, byte-level BPE) tokenizer.
+    :param tokenizer: Its fast tokenizer (byte-level BPE, or SentencePiece-style BPE).
     :param path: The file to write.
     :param quantization: One of :data:`QUANTIZATIONS`.
     :param name: ``general.name`` (default: the config's name or path).
@@ -231,30 +244,24 @@ def _special_flags(tokenizer) -> t.Tuple[bool, bool]:
 
 
 def _vocabulary(writer, tokenizer, vocab_size: int, chat_template: t.Optional[str]) -> None:
-    """The tokenizer as llama.cpp's ``_set_vocab_gpt2`` writes it, padded to ``vocab_size``.
+    """The tokenizer as llama.cpp's converter writes it, padded to ``vocab_size``: a
+    SentencePiece-style one (byte fallback) as ``_set_vocab_sentencepiece`` does
+    (:mod:`gguf_spm`), a byte-level BPE as ``_set_vocab_gpt2`` does.
 
-    Rows of the embedding that no token uses are named ``[PAD<id>]`` (user-defined), as
-    the converter does, so that the vocabulary and the embedding have the same size.
+    Rows of the embedding that no token uses are named ``[PAD<id>]``, as the converter does,
+    so that the vocabulary and the embedding have the same size.
     """
     spec = _backend_spec(tokenizer)
-    by_id = {i: tok for tok, i in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(_USER_DEFINED)
-        elif i in added:
-            tokens.append(added[i].content)
-            types.append(_CONTROL if added[i].special else _USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(_NORMAL)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer_name(spec))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(_merges(spec))
+    if gguf_spm.is_sentencepiece(spec):
+        tokens, scores, types = gguf_spm.vocabulary(tokenizer, spec, vocab_size)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_add_space_prefix(gguf_spm.space_prefix(spec))
+    else:
+        _byte_level_vocabulary(writer, tokenizer, spec, vocab_size)
     for kind in ("bos", "eos", "unk", "pad"):
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
         if token_id is not None and token_id < vocab_size:
@@ -265,6 +272,28 @@ def _vocabulary(writer, tokenizer, vocab_size: int, chat_template: t.Optional[st
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if template:
         writer.add_chat_template(template)
+
+
+def _byte_level_vocabulary(writer, tokenizer, spec: t.Dict[str, t.Any], vocab_size: int) -> None:
+    """Tokens (unused rows ``[PAD<id>]``, user-defined), types and merges, as ``_set_vocab_gpt2``."""
+    by_id = {i: tok for tok, i in tokenizer.get_vocab().items()}
+    added = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf_spm.USER_DEFINED)
+        elif i in added:
+            tokens.append(added[i].content)
+            types.append(gguf_spm.CONTROL if added[i].special else gguf_spm.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf_spm.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre_tokenizer_name(spec))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(_merges(spec))
 
 
 def _permute(weights, n_head: int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import typing as t
 
 from superduper_transformers._optional import require
@@ -50,3 +51,29 @@ def device_map_for_quantized(local_rank: t.Optional[int] = None):
     if torch.cuda.is_available():
         return {"": local_rank if local_rank is not None else torch.cuda.current_device()}
     return {"": "cpu"}
+
+
+def is_quantized(model) -> bool:
+    """Whether ``model`` was loaded in 4 or 8 bits (bitsandbytes).
+
+    :param model: A ``PreTrainedModel`` or a peft model around one.
+    """
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+@contextlib.contextmanager
+def trainable_dtypes_kept(model):
+    """Give a quantized ``model``'s trainable weights back their dtype on leaving.
+
+    trl's trainers cast them to bf16 when built on a quantized model, whatever the
+    training precision (fp32 on a CPU without native bf16), and a module trained in full
+    (``lora_modules_to_save``) then no longer matches the activations outside autocast.
+
+    :param model: The model handed to the trainer (a peft model for QLoRA).
+    """
+    dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    yield
+    if is_quantized(model):
+        for name, param in model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])

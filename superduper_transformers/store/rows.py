@@ -132,6 +132,35 @@ class FoldRows:
         return f"FoldRows({self.query}, page_size={self.page_size})"
 
 
+class ChainedRows:
+    """The rows of several :class:`FoldRows` one after the other: the sources of a mix
+    (``LLMTrainer(mix=...)``), read, checked and counted together; :attr:`parts` apart.
+
+    :param parts: The rows of each source, in the mix's order.
+    """
+
+    def __init__(self, parts: t.Sequence[FoldRows]):
+        self.parts = list(parts)
+
+    def pages(self) -> t.Iterator[t.List[t.Dict[str, t.Any]]]:
+        """The pages of every part, in order."""
+        for part in self.parts:
+            yield from part.pages()
+
+    def __iter__(self) -> t.Iterator[t.Dict[str, t.Any]]:
+        for page in self.pages():
+            yield from page
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __bool__(self) -> bool:
+        return any(bool(p) for p in self.parts)
+
+    def __repr__(self) -> str:
+        return f"ChainedRows({self.parts})"
+
+
 def fold_rows(
     db: Datalayer,
     select,

@@ -87,3 +87,18 @@ class GRPO(Objective):
         from superduper_transformers.hf.rewards import build_reward_funcs
 
         return {"reward_funcs": build_reward_funcs(settings.reward_funcs if settings else ())}
+
+    def build_trainer(self, model, args, train_dataset, eval_dataset, tokenizer, callbacks, **kwargs):
+        """trl's ``GRPOTrainer``; a quantized model's trainable weights keep their dtype.
+
+        trl casts them to bf16 (its QLoRA recipe) whatever the training precision; a whole
+        module trained beside the adapter (``lora_modules_to_save=["lm_head"]``) then meets
+        fp32 activations when GRPO generates outside autocast, and fails ("expected m1 and
+        m2 to have the same dtype").
+        """
+        from superduper_transformers.hf.quantization import trainable_dtypes_kept
+
+        with trainable_dtypes_kept(model):
+            return super().build_trainer(
+                model, args, train_dataset, eval_dataset, tokenizer, callbacks, **kwargs
+            )

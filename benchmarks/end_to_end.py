@@ -13,11 +13,13 @@ Both train the same random Llama, LoRA settings, rows (all of one length, so pad
 padding-free batches compute the same), steps and save schedule. Reported: the total
 time of each (from opening the data to the trained model saved; the plugin's includes
 building the datalayer), each arm run ``--repeats`` times alternately, and the ratio of the
-fastest runs.
+fastest runs; also each arm's CPU time (this process's), which other jobs on a shared
+machine inflate less than the wall time.
 
 Part ``saves``: one ``db.apply`` of the tiny model saving at every step, N saves: the time
-of each ``LLMCallback.on_save`` by save index, and the datalayer reads per save
-(``Datalayer.load`` calls and query results' rows), to see whether a save costs more as
+of each ``LLMCallback.on_save`` by save index, the datalayer reads per save
+(``Datalayer.load`` calls) and the SQL statements of each save (sqlite3's trace: every
+statement, schema reads included), to see what a save costs and whether it grows as
 checkpoints accumulate.
 
 Run: ``python benchmarks/end_to_end.py ratio [--size tiny|small] [--steps N]`` and
@@ -52,6 +54,13 @@ def open_db(tmp: str, name: str):
     CFG.artifact_store = f"filesystem://{os.path.join(tmp, name, 'store')}"
     os.makedirs(os.path.join(tmp, name), exist_ok=True)
     return superduper(f"sqlite:///{os.path.join(tmp, name, 'db.sqlite')}", force_apply=True)
+
+
+def sqlite_connection(db):
+    """The datalayer's own ``sqlite3`` connection (superduper-sql, this thread's)."""
+    backend = getattr(db.databackend, "_backend", db.databackend)
+    with backend.connection_manager.get_connection() as conn:
+        return conn.con
 
 
 def fill(db, data) -> None:
@@ -123,19 +132,22 @@ def ratio(args) -> dict:
         plain_script(sqlite_file, model_dir, warm, seq, os.path.join(tmp, "warm"))  # first-call costs
         # Alternating arms, each `repeats` times; the fastest run of each is compared (on a
         # shared machine the slower runs measure the neighbours' load, not the arm).
-        plains, plugins = [], []
+        plains, plugins, plain_cpu, plugin_cpu = [], [], [], []
         for i in range(args.repeats):
+            cpu = time.process_time()
             plains.append(plain_script(sqlite_file, model_dir, settings, seq, os.path.join(tmp, f"plain{i}")))
+            plain_cpu.append(time.process_time() - cpu)
             # a fresh copy of the rows' database each time: building a datalayer loads
             # every component in it, and the earlier runs' would weigh on the later ones
             os.makedirs(os.path.join(tmp, f"run{i}"))
             shutil.copy(sqlite_file, os.path.join(tmp, f"run{i}", "db.sqlite"))
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             db = open_db(tmp, f"run{i}")
             open_s = time.perf_counter() - start
             apply_s = plugin_apply(db, model_dir, settings, seq, os.path.join(tmp, f"plug{i}"))
             db.disconnect()
             plugins.append(open_s + apply_s)
+            plugin_cpu.append(time.process_time() - cpu)
     plain, plugin = min(plains), min(plugins)
     return {
         "device": torch.cuda.get_device_name() if gpu else "cpu",
@@ -145,6 +157,9 @@ def ratio(args) -> dict:
         "plain_s": [round(x, 2) for x in plains],
         "plugin_s": [round(x, 2) for x in plugins],
         "plugin_over_plain": round(plugin / plain, 3),
+        "plain_cpu_s": [round(x, 2) for x in plain_cpu],
+        "plugin_cpu_s": [round(x, 2) for x in plugin_cpu],
+        "plugin_over_plain_cpu": round(min(plugin_cpu) / min(plain_cpu), 3),
         "plain_slowest_over_fastest": round(max(plains) / plain, 3),
     }
 
@@ -155,7 +170,7 @@ def saves(args) -> dict:
 
     from superduper_transformers.launch.callback import LLMCallback
 
-    seconds, loads, current = [], [], {"loads": 0}
+    seconds, loads, statements, current = [], [], [], {"loads": 0, "sql": 0}
     original_save, original_load = LLMCallback.on_save, Datalayer.load
 
     def counted_load(self, *a, **k):
@@ -163,11 +178,15 @@ def saves(args) -> dict:
         return original_load(self, *a, **k)
 
     def timed_save(self, *a, **k):
-        current["loads"] = 0
+        current.update(loads=0, sql=0)
         start = time.perf_counter()
         original_save(self, *a, **k)
         seconds.append(time.perf_counter() - start)
         loads.append(current["loads"])
+        statements.append(current["sql"])
+
+    def count_statement(_sql):
+        current["sql"] += 1
 
     settings = common_settings(args.saves, 1, 8, False)
     settings.update(save_total_limit=args.limit or None, logging_steps=args.saves)
@@ -178,7 +197,9 @@ def saves(args) -> dict:
             build_model(model_dir, "tiny")
             db = open_db(tmp, "data")
             fill(db, rows(64, 64))
+            sqlite_connection(db).set_trace_callback(count_statement)  # every statement, sqlite's trace
             plugin_apply(db, model_dir, settings, 64, os.path.join(tmp, "out"))
+            sqlite_connection(db).set_trace_callback(None)
             db.disconnect()
     finally:
         LLMCallback.on_save, Datalayer.load = original_save, original_load
@@ -191,6 +212,9 @@ def saves(args) -> dict:
         "last_saves_mean_s": round(sum(last) / len(last), 4),
         "last_over_first": round((sum(last) / len(last)) / (sum(first) / len(first)), 2),
         "loads_per_save_first_last": [loads[0], loads[-1]],
+        # the first save of a database also creates the checkpoint and history tables
+        "sql_statements_first_save": statements[0],
+        "sql_statements_per_save_after": [min(statements[1:]), max(statements[1:])],
         "seconds_by_save": [round(s, 4) for s in seconds],
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from plugin_tests import fixtures
@@ -52,6 +54,79 @@ def test_database_reads_per_save_do_not_grow_with_the_checkpoints(
     steady = reads[(limit or 0) + 1 :]
     assert len(set(steady)) == 1, reads
     assert len(checkpoint.list_checkpoints(db, "tiny")) == (limit or steps)
+
+
+def test_a_checkpoint_save_costs_at_most_100_sql_statements_on_sqlite(
+    sqlite_db, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Every SQL statement of each save on a SQLite file (sqlite3's trace), the saves that
+    prune included: register the checkpoint, move the pointer, append the history, prune.
+    (Before: ~280 a save, ~830 with a prune: superduper's apply of the whole model and
+    its teardown of a checkpoint reflected the schema of every table.) The first save of a
+    database also creates the checkpoint and history tables, once."""
+    from superduper_transformers import history, promote
+    from superduper_transformers.checkpoint import list_checkpoints
+    from superduper_transformers.launch.callback import LLMCallback
+    from superduper_transformers.store import artifacts
+
+    backend = getattr(sqlite_db.databackend, "_backend", sqlite_db.databackend)
+    with backend.connection_manager.get_connection() as conn:
+        connection = conn.con
+    statements, per_save = [], []
+    on_save = LLMCallback.on_save
+
+    def counted_save(self, *a, **k):
+        before = len(statements)
+        on_save(self, *a, **k)
+        per_save.append(len(statements) - before)
+
+    monkeypatch.setattr(LLMCallback, "on_save", counted_save)
+    llm = fixtures.make_llm(
+        sqlite_db,
+        tiny_model_dir,
+        max_steps=4,
+        save_steps=1,
+        save_total_limit=2,
+        logging_steps=1,
+        eval_strategy="no",
+        output_dir=str(tmp_path / "out"),
+    )
+    connection.set_trace_callback(statements.append)
+    try:
+        sqlite_db.apply(llm, force=True)
+    finally:
+        connection.set_trace_callback(None)
+    assert len(per_save) == 4
+    assert max(per_save[1:]) <= 100, per_save
+    # ... and the saves did their work: pruned to the last 2, rows and folders alike,
+    # the model pointing at the last, each save's history stored.
+    rows = list_checkpoints(sqlite_db, "tiny")
+    assert [r["step"] for r in rows] == [3, 4]
+    assert promote.stored_pointer(sqlite_db, "tiny") == rows[-1]["identifier"]
+    assert sqlite_db.load("LLM", "tiny").adapter_id.identifier == rows[-1]["identifier"]
+    root = artifacts.store_root(sqlite_db)
+    stored = sorted(n for n in os.listdir(root) if n.startswith(artifacts.CHECKPOINT_PREFIX))
+    assert stored == sorted(r["artifact_id"] for r in rows)
+    relations = sqlite_db["ArtifactRelations"]
+    related = relations.filter(relations["component"] == "Checkpoint").select("identifier").execute()
+    assert {r["identifier"] for r in related} == {r["identifier"] for r in rows}
+    run = rows[-1]["experiment_id"]
+    assert [e["step"] for e in history.stored_history(sqlite_db, "tiny", run)] == [1, 2, 3, 4]
+
+
+def test_a_removal_that_fails_halfway_deletes_nothing(sqlite_db):
+    """A pruned checkpoint's rows go in one transaction: when one delete fails, the rows
+    deleted before it are back, and the datalayer goes on working."""
+    import sqlite3
+
+    from superduper_transformers.store import sql_writes
+
+    before = len(sqlite_db["facts"].select().execute())
+    with pytest.raises(sqlite3.Error):  # a value sqlite cannot bind: the second delete fails
+        sql_writes.delete_rows(sqlite_db, [("facts", {"_fold": "train"}), ("facts", {"x": {"a": 1}})])
+    assert len(sqlite_db["facts"].select().execute()) == before
+    assert sql_writes.delete_rows(sqlite_db, [("facts", {"_fold": "valid"})]) > 0
+    assert len(sqlite_db["facts"].select().execute()) < before
 
 
 def test_progress_writes_take_at_most_their_share_of_the_training_time(monkeypatch):

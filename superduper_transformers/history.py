@@ -22,10 +22,12 @@ import math
 import os
 import time
 import typing as t
+import weakref
 
 from superduper import logging
 
 from superduper_transformers import checkpoint as ckpts
+from superduper_transformers.store import sql_writes
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -40,6 +42,9 @@ _FIELDS = {
     "time": "float",
     "entries": "json",
 }
+
+#: Datalayers known to hold the table.
+_have_table: weakref.WeakSet[t.Any] = weakref.WeakSet()
 
 #: Eval keys that time the evaluation or count tokens rather than measure the model.
 TIMING_METRICS = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
@@ -98,7 +103,9 @@ def record_history(
         "time": time.time(),
         "entries": entries,
     }
-    db[TABLE].insert([row])
+    # One INSERT on SQLite (superduper-sql's insert builds a temporary table per row).
+    if sql_writes.insert_row(db, TABLE, row, json_columns=("entries",)) is None:
+        db[TABLE].insert([row])
     return len(entries)
 
 
@@ -167,11 +174,14 @@ def forget(db: Datalayer, model: str) -> None:
 
 
 def _ensure_table(db: Datalayer) -> None:
-    if TABLE in db.show("Table"):
+    # Once seen, a table stays (nothing here drops it): one listing per datalayer, not per save.
+    if db in _have_table:
         return
-    from superduper import Table
+    if TABLE not in db.show("Table"):
+        from superduper import Table
 
-    db.apply(Table(TABLE, fields=dict(_FIELDS)), force=True, jobs=False)
+        db.apply(Table(TABLE, fields=dict(_FIELDS)), force=True, jobs=False)
+    _have_table.add(db)
 
 
 def eval_metric_values(log_history: t.Iterable[t.Mapping]) -> t.Dict[str, t.List[float]]:

@@ -142,8 +142,7 @@ class LLMCallback(TrainerCallback):
         # previous save, when an older one is the best), and a row that references a
         # deleted checkpoint can neither be loaded nor saved again.
         before = getattr(self.llm.adapter_id, "identifier", None)
-        self.llm.adapter_id = ckpt
-        self.llm.save()
+        promote.point_at(self.db, self.llm, ckpt)
         if not self._pointer_recorded:  # the run's later moves are its own checkpoint rows
             self._pointer_recorded = True
             promote.record_move(
@@ -235,8 +234,7 @@ class LLMCallback(TrainerCallback):
         metric, greater = best_metric_name(args)
         best = ckpts.best_checkpoint(rows, metric, greater)
         chosen = best if args.load_best_model_at_end and best is not None else rows[-1]
-        self.llm.adapter_id = self.db.load("Checkpoint", chosen["identifier"])
-        self.llm.save()
+        promote.point_at(self.db, self.llm, self.db.load("Checkpoint", chosen["identifier"]))
         self._prune(args)
         which = "best" if args.load_best_model_at_end and best is not None else "last"
         logging.info(f"{self.identifier}: adapter set to the {which} checkpoint {chosen['identifier']}")

@@ -84,6 +84,7 @@ def caplog_loguru():
 #: collected last would run alone at the end.
 LONG_FILES = (
     "test_ray.py",
+    "test_ray_restart.py",
     "test_crash_safety.py",
     "test_ray_objectives.py",
     "test_objectives.py",

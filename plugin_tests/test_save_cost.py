@@ -165,3 +165,61 @@ def test_progress_writes_take_at_most_their_share_of_the_training_time(monkeypat
     assert len(writes) >= 5 and writes[-1] == 1000  # still updated along the way, and at the end
     gaps = [b - a for a, b in zip(writes[2:-1], writes[3:-1])]
     assert gaps and min(gaps) >= 100  # >= 12.5 s apart (0.25 s / 2%), at 0.1 s per step
+
+
+def test_progress_writes_and_the_start_and_end_of_a_run_cost_few_sql_statements_on_sqlite(
+    sqlite_db, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Every SQL statement (sqlite3's trace) of each progress write and of recording the
+    start and the end of a run, on a SQLite file. (Before: a progress write was
+    superduper's apply of the whole ``TrainingRun``, ~145 statements; the end of a run two
+    full applies, of the run and of the model row, ~550.) What they wrote is then read back
+    as another process would: the run's progress and state, the model row's marker."""
+    from superduper_transformers import resume
+    from superduper_transformers.launch import progress
+
+    backend = getattr(sqlite_db.databackend, "_backend", sqlite_db.databackend)
+    with backend.connection_manager.get_connection() as conn:
+        connection = conn.con
+    statements: list = []
+    cost: dict = {"progress": [], "start": [], "finish": []}
+
+    def counted(name, function):
+        def wrapper(*a, **k):
+            before = len(statements)
+            try:
+                return function(*a, **k)
+            finally:
+                cost[name].append(len(statements) - before)
+
+        return wrapper
+
+    monkeypatch.setattr(progress.ProgressCallback, "_write", counted("progress", progress.ProgressCallback._write))
+    monkeypatch.setattr(resume, "start_run", counted("start", resume.start_run))
+    monkeypatch.setattr(resume, "finish_run", counted("finish", resume.finish_run))
+    llm = fixtures.make_llm(
+        sqlite_db,
+        tiny_model_dir,
+        max_steps=3,
+        save_steps=10,
+        logging_steps=1,
+        eval_strategy="no",
+        output_dir=str(tmp_path / "out"),
+    )
+    connection.set_trace_callback(statements.append)
+    try:
+        sqlite_db.apply(llm, force=True)
+    finally:
+        connection.set_trace_callback(None)
+    print("COST", cost)
+    assert len(cost["progress"]) >= 3 and len(cost["start"]) == len(cost["finish"]) == 1, cost
+    assert max(cost["progress"]) <= 10, cost
+    assert cost["finish"][0] <= 40, cost
+    assert cost["start"][0] <= 250, cost
+    # ... and they did their work, as a fresh read of the rows shows.
+    [run] = [sqlite_db.load("TrainingRun", i) for i in sqlite_db.show("TrainingRun")]
+    assert run.state == resume.FINISHED
+    assert run.progress["step"] == 3 and run.progress["phase"] == progress.ENDED
+    assert run.progress["loss"] is not None
+    marker = sqlite_db.load("LLM", "tiny").metric_values["training_run"]
+    assert marker == {"experiment_id": run.experiment_id, "state": resume.FINISHED}

@@ -577,6 +577,8 @@ def stored_pointer(db: Datalayer, model: str) -> t.Optional[str]:
             return reference[len(prefix) :].rsplit(":", 1)[0]
         if not reference:
             return None
+    elif rows is not None:  # SQLite, and no row of the model: nothing to load either
+        return None
     try:
         return getattr(db.load("LLM", model).adapter_id, "identifier", None)
     except exceptions.NotFound:

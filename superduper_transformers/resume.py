@@ -186,7 +186,7 @@ def is_interrupted(db: Datalayer, model: str) -> bool:
     :param db: The datalayer.
     :param model: Identifier of the ``LLM``.
     """
-    return bool(unfinished_runs(db, model))
+    return bool(records.run_identifiers(db, model, RUNNING))  # asked at every setup: no loads
 
 
 #: The attribute that marks an ``LLM`` object as the one a training records on.

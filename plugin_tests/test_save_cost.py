@@ -56,9 +56,66 @@ def test_database_reads_per_save_do_not_grow_with_the_checkpoints(
     assert len(checkpoint.list_checkpoints(db, "tiny")) == (limit or steps)
 
 
-def test_a_checkpoint_save_costs_at_most_100_sql_statements_on_sqlite(
-    sqlite_db, tiny_model_dir, tmp_path, monkeypatch
-):
+@pytest.fixture(scope="module")
+def traced_training(tiny_model_dir, tmp_path_factory):
+    """One training on a SQLite file (4 steps, a save and a log at every step, the last 2
+    checkpoints kept) with every SQL statement traced (sqlite3's trace, schema reads
+    included), counted per checkpoint save, per progress write and for recording the start
+    and the end of the run. Shared by the tests below: one training, not one each."""
+    from superduper import CFG, superduper
+
+    from superduper_transformers import resume
+    from superduper_transformers.launch import progress
+    from superduper_transformers.launch.callback import LLMCallback
+
+    tmp = tmp_path_factory.mktemp("traced")
+    old_store, CFG.artifact_store = CFG.artifact_store, f"filesystem://{tmp / 'artifact_store'}"
+    db = superduper(f"sqlite:///{tmp / 'db.sqlite'}", force_apply=True)
+    fixtures.insert_rows(db)
+    backend = getattr(db.databackend, "_backend", db.databackend)
+    with backend.connection_manager.get_connection() as conn:
+        connection = conn.con
+    statements: list = []
+    cost: dict = {"save": [], "progress": [], "start": [], "finish": []}
+
+    def counted(name, function):
+        def wrapper(*a, **k):
+            before = len(statements)
+            try:
+                return function(*a, **k)
+            finally:
+                cost[name].append(len(statements) - before)
+
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LLMCallback, "on_save", counted("save", LLMCallback.on_save))
+        patch.setattr(
+            progress.ProgressCallback, "_write", counted("progress", progress.ProgressCallback._write)
+        )
+        patch.setattr(resume, "start_run", counted("start", resume.start_run))
+        patch.setattr(resume, "finish_run", counted("finish", resume.finish_run))
+        llm = fixtures.make_llm(
+            db,
+            tiny_model_dir,
+            max_steps=4,
+            save_steps=1,
+            save_total_limit=2,
+            logging_steps=1,
+            eval_strategy="no",
+            output_dir=str(tmp / "out"),
+        )
+        connection.set_trace_callback(statements.append)
+        try:
+            db.apply(llm, force=True)
+        finally:
+            connection.set_trace_callback(None)
+    yield db, cost
+    db.disconnect()
+    CFG.artifact_store = old_store
+
+
+def test_a_checkpoint_save_costs_at_most_100_sql_statements_on_sqlite(traced_training):
     """Every SQL statement of each save on a SQLite file (sqlite3's trace), the saves that
     prune included: register the checkpoint, move the pointer, append the history, prune.
     (Before: ~280 a save, ~830 with a prune: superduper's apply of the whole model and
@@ -66,36 +123,10 @@ def test_a_checkpoint_save_costs_at_most_100_sql_statements_on_sqlite(
     database also creates the checkpoint and history tables, once."""
     from superduper_transformers import history, promote
     from superduper_transformers.checkpoint import list_checkpoints
-    from superduper_transformers.launch.callback import LLMCallback
     from superduper_transformers.store import artifacts
 
-    backend = getattr(sqlite_db.databackend, "_backend", sqlite_db.databackend)
-    with backend.connection_manager.get_connection() as conn:
-        connection = conn.con
-    statements, per_save = [], []
-    on_save = LLMCallback.on_save
-
-    def counted_save(self, *a, **k):
-        before = len(statements)
-        on_save(self, *a, **k)
-        per_save.append(len(statements) - before)
-
-    monkeypatch.setattr(LLMCallback, "on_save", counted_save)
-    llm = fixtures.make_llm(
-        sqlite_db,
-        tiny_model_dir,
-        max_steps=4,
-        save_steps=1,
-        save_total_limit=2,
-        logging_steps=1,
-        eval_strategy="no",
-        output_dir=str(tmp_path / "out"),
-    )
-    connection.set_trace_callback(statements.append)
-    try:
-        sqlite_db.apply(llm, force=True)
-    finally:
-        connection.set_trace_callback(None)
+    sqlite_db, cost = traced_training
+    per_save = cost["save"]
     assert len(per_save) == 4
     assert max(per_save[1:]) <= 100, per_save
     # ... and the saves did their work: pruned to the last 2, rows and folders alike,
@@ -112,6 +143,29 @@ def test_a_checkpoint_save_costs_at_most_100_sql_statements_on_sqlite(
     assert {r["identifier"] for r in related} == {r["identifier"] for r in rows}
     run = rows[-1]["experiment_id"]
     assert [e["step"] for e in history.stored_history(sqlite_db, "tiny", run)] == [1, 2, 3, 4]
+
+
+def test_progress_writes_and_the_start_and_end_of_a_run_cost_few_sql_statements_on_sqlite(traced_training):
+    """The SQL statements of each progress write and of recording the start and the end of
+    the run, in the same training. (Before: a progress write was superduper's apply of the
+    whole ``TrainingRun``, ~145 statements; the end of the run two full applies, of the run
+    and of the model row; the start a new run's apply and the model row's.) What they
+    wrote is then read back as another process would: the run's progress and state, and
+    the model row's marker of the run."""
+    from superduper_transformers import resume
+    from superduper_transformers.launch import progress
+
+    sqlite_db, cost = traced_training
+    assert len(cost["progress"]) >= 4 and len(cost["start"]) == len(cost["finish"]) == 1, cost
+    assert max(cost["progress"]) <= 10, cost  # one UPDATE in its transaction
+    assert cost["finish"][0] <= 20, cost  # the run's state, the model row's marker
+    assert cost["start"][0] <= 150, cost  # the new run's row is still superduper's apply
+    [run] = [sqlite_db.load("TrainingRun", i) for i in sqlite_db.show("TrainingRun")]
+    assert run.state == resume.FINISHED
+    assert run.progress["step"] == 4 and run.progress["phase"] == progress.ENDED
+    assert run.progress["loss"] is not None
+    marker = sqlite_db.load("LLM", "tiny").metric_values["training_run"]
+    assert marker == {"experiment_id": run.experiment_id, "state": resume.FINISHED}
 
 
 def test_a_removal_that_fails_halfway_deletes_nothing(sqlite_db):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses as dc
+import json
 import os
 import re
 import shutil
@@ -39,7 +40,7 @@ from superduper import Component, logging
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers import data_cache, history, lineage, promote
 from superduper_transformers._private import private_dir
-from superduper_transformers.store import artifacts, records
+from superduper_transformers.store import artifacts, records, sql_writes
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -185,7 +186,7 @@ def is_interrupted(db: Datalayer, model: str) -> bool:
     :param db: The datalayer.
     :param model: Identifier of the ``LLM``.
     """
-    return bool(unfinished_runs(db, model))
+    return bool(records.run_identifiers(db, model, RUNNING))  # asked at every setup: no loads
 
 
 #: The attribute that marks an ``LLM`` object as the one a training records on.
@@ -365,8 +366,7 @@ def start_run(
                 "start afresh, or `'refuse'` to stop."
             )
     for stale in runs:
-        stale.state = ABANDONED
-        db.apply(stale, force=True, jobs=False)
+        update_run(db, stale.identifier, stale, state=ABANDONED)
     _remove_checkpoints_of_ended_runs(db, model.identifier, output_dir)
     if run is None:
         experiment_id = uuid.uuid4().hex[:8]
@@ -379,6 +379,7 @@ def start_run(
             data_fingerprint=data_fingerprint,
         )
         plan = RunPlan(experiment_id, output_dir=run_dir(output_dir, experiment_id))
+        db.apply(run, force=True, jobs=False)  # a new row: superduper creates it
     else:
         ckpt = latest_verified_checkpoint(db, model.identifier, run.experiment_id)
         folder = run_dir(output_dir, run.experiment_id)
@@ -390,11 +391,12 @@ def start_run(
         if changes:
             entry["data_changes"] = changes
         run.resumes.append(entry)
+        fields: t.Dict[str, t.Any] = {"resumes": run.resumes}
         if data_fingerprint:
-            run.data_fingerprint = data_fingerprint  # the data it goes on with
+            fields["data_fingerprint"] = data_fingerprint  # the data it goes on with
         logging.info(f"Resuming run {run.experiment_id} of {model.identifier} at step {plan.step}")
-    db.apply(run, force=True, jobs=False)
-    _mark_model(model, run)
+        update_run(db, run.identifier, run, **fields)
+    _mark_model(db, model, run)
     return plan
 
 
@@ -405,22 +407,80 @@ def finish_run(db: Datalayer, model: str, experiment_id: str) -> None:
     :param model: Identifier of the ``LLM``.
     :param experiment_id: The run.
     """
-    run = db.load("TrainingRun", run_identifier(model, experiment_id))
-    run.state = FINISHED
-    db.apply(run, force=True, jobs=False)
-    # Reloaded: Ray workers may have pointed the stored model at a new checkpoint.
-    _mark_model(mark_training(db.load("LLM", model)), run)
+    identifier = run_identifier(model, experiment_id)
+    update_run(db, identifier, state=FINISHED)
+    # The stored row, not this process's copy: Ray workers may have pointed it at a new checkpoint.
+    marker = {"experiment_id": experiment_id, "state": FINISHED}
+    if not _mark_stored_model(db, "LLM", {"identifier": model}, marker):
+        llm = mark_training(db.load("LLM", model))
+        llm.metric_values["training_run"] = marker
+        llm.save()
 
 
-def _mark_model(model: t.Any, run: TrainingRun) -> None:
+#: The ``TrainingRun`` fields superduper-sql stores as JSON text.
+_JSON_FIELDS = frozenset({"settings", "resumes", "data_fingerprint", "progress"})
+
+
+def update_run(db: Datalayer, identifier: str, run: t.Optional[TrainingRun] = None, **fields: t.Any) -> None:
+    """Set ``fields`` of the stored ``TrainingRun`` ``identifier`` (and of ``run``, its copy).
+
+    On SQLite one ``UPDATE`` of those columns (:func:`..store.sql_writes.update_columns`):
+    superduper's apply of the run would load, hash and re-serialize it, about 145 SQL
+    statements. Elsewhere, or when the row is not there, superduper's apply (loading the
+    run when no copy is given).
+
+    :param db: The datalayer.
+    :param identifier: The run's row (:func:`run_identifier`).
+    :param run: The run as loaded, when the caller holds it.
+    :param fields: ``{field: value}`` of :class:`TrainingRun`, e.g. ``state=FINISHED``.
+    """
+    values = {k: json.dumps(v) if k in _JSON_FIELDS else v for k, v in fields.items()}
+    written = sql_writes.update_columns(db, "TrainingRun", values, {"identifier": identifier})
+    if run is None and not written:
+        run = db.load("TrainingRun", identifier)
+    for name, value in fields.items():
+        if run is not None:
+            setattr(run, name, value)
+    if not written:
+        db.apply(run, force=True, jobs=False)
+
+
+def _mark_stored_model(
+    db: Datalayer, table: str, match: t.Mapping[str, t.Any], marker: t.Dict[str, t.Any]
+) -> bool:
+    """Set ``metric_values["training_run"]`` in a stored model row of ``table`` (the latest
+    version among the rows that ``match``) in one ``UPDATE``, the rest of the column as
+    stored. False where that is not possible (another backend, no such row): the caller
+    saves the model through superduper."""
+    rows = sql_writes.select_rows(db, table, ["uuid", "version", "metric_values"], match)
+    if not rows:
+        return False
+    row = max(rows, key=lambda r: r["version"] or 0)
+    try:
+        values = json.loads(row["metric_values"] or "{}")
+    except (TypeError, ValueError):
+        return False
+    if not isinstance(values, dict):
+        return False
+    values["training_run"] = marker
+    return (
+        sql_writes.update_column(db, table, "metric_values", json.dumps(values), {"uuid": row["uuid"]}) == 1
+    )
+
+
+def _mark_model(db: Datalayer, model: t.Any, run: TrainingRun) -> None:
     """Record the run on the model row too.
 
     Besides telling the user, this makes the stored row differ from a freshly built
     ``LLM``: superduper skips an apply whose component equals the stored one, so a
     model killed before its first checkpoint could otherwise never be trained again.
     """
-    model.metric_values["training_run"] = {"experiment_id": run.experiment_id, "state": run.state}
-    model.save()
+    marker = {"experiment_id": run.experiment_id, "state": run.state}
+    model.metric_values["training_run"] = marker
+    if not _mark_stored_model(
+        db, model.component, {"identifier": model.identifier, "uuid": model.uuid}, marker
+    ):
+        model.save()
 
 
 def show_interrupted_run(model: t.Any) -> None:
@@ -455,8 +515,7 @@ def abandon_runs_of_a_deleted_model(db: Datalayer, model: str) -> t.List[str]:
     """
     marked = []
     for run in unfinished_runs(db, model):
-        run.state = ABANDONED
-        db.apply(run, force=True, jobs=False)
+        update_run(db, run.identifier, run, state=ABANDONED)
         marked.append(run.experiment_id)
     if marked:
         logging.warn(f"{model}: runs {marked} belonged to a deleted model: not resuming them")

@@ -234,7 +234,10 @@ class LLMCallback(TrainerCallback):
         metric, greater = best_metric_name(args)
         best = ckpts.best_checkpoint(rows, metric, greater)
         chosen = best if args.load_best_model_at_end and best is not None else rows[-1]
-        promote.point_at(self.db, self.llm, self.db.load("Checkpoint", chosen["identifier"]))
+        # Usually the last save already pointed the model (and its row) there: no load, no write.
+        held = getattr(self.llm.adapter_id, "identifier", None)
+        if held != chosen["identifier"] or promote.stored_pointer(self.db, self.identifier) != held:
+            promote.point_at(self.db, self.llm, self.db.load("Checkpoint", chosen["identifier"]))
         self._prune(args)
         which = "best" if args.load_best_model_at_end and best is not None else "last"
         logging.info(f"{self.identifier}: adapter set to the {which} checkpoint {chosen['identifier']}")

@@ -4,9 +4,9 @@ Any process that opens the database can then tell how far a training is
 (``superduper-transformers status MODEL``): step / max_steps, the latest loss,
 tokens per second and the time left. One write per logging step, on rank 0 only,
 at most one per ``min_interval_s``, and spaced so that writing takes at most
-``write_budget`` of the training's time: a write is a component apply in superduper
-(about 0.1-0.4 s on a SQLite datalayer), and one every second would cost a training
-10-40% of its speed.
+``write_budget`` of the training's time: on SQLite a write is one ``UPDATE`` of the
+run's ``progress`` column, elsewhere a component apply in superduper (about 0.1-0.4 s),
+and one of those every second would cost a training 10-40% of its speed.
 
 It is also where a training stops cleanly when asked (:func:`request_stop`, set by
 the command line's Ctrl-C handler): at the end of a step, never inside a checkpoint
@@ -129,9 +129,12 @@ class ProgressCallback(TrainerCallback):
             self.db = datalayer_from_config(self.cfg)
         self._written = now
         try:
-            run = self.db.load("TrainingRun", resume.run_identifier(self.model, self.experiment_id))
-            run.progress = self.snapshot(state, phase, now)
-            self.db.apply(run, force=True, jobs=False)
+            # One column of the run's row on SQLite; superduper's apply of the run elsewhere.
+            resume.update_run(
+                self.db,
+                resume.run_identifier(self.model, self.experiment_id),
+                progress=self.snapshot(state, phase, now),
+            )
         except Exception as e:  # progress is for people watching: never stop a training for it
             logging.warn(f"Could not record the progress of {self.model}: {type(e).__name__}: {e}")
         cost = time.time() - now

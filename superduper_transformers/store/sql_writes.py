@@ -28,8 +28,11 @@ Rows = t.Tuple[str, t.Mapping[str, t.Any]]
 
 def _sqlite(db: Datalayer) -> t.Optional[sqlite3.Connection]:
     """The datalayer's own ``sqlite3`` connection (this thread's), or None on another backend."""
+    cfg = getattr(db, "cfg", None)  # None: a stand-in for a datalayer (tests)
+    if cfg is None or not str(cfg.data_backend).startswith("sqlite://"):
+        return None
     backend = getattr(db.databackend, "_backend", db.databackend)
-    if not str(db.cfg.data_backend).startswith("sqlite://") or not hasattr(backend, "connection_manager"):
+    if not hasattr(backend, "connection_manager"):
         return None
     with backend.connection_manager.get_connection() as conn:
         con = getattr(conn, "con", None)
@@ -72,13 +75,28 @@ def update_column(
     :return: how many rows changed; None on a backend this module does not write (the
         caller writes through superduper then).
     """
+    return update_columns(db, table, {column: value}, match)
+
+
+def update_columns(
+    db: Datalayer, table: str, values: t.Mapping[str, t.Any], match: t.Mapping[str, t.Any]
+) -> t.Optional[int]:
+    """Set several columns of the rows of ``table`` that ``match``, in one statement.
+
+    :param db: The datalayer.
+    :param table: A table (or a component's metadata table, e.g. ``TrainingRun``).
+    :param values: ``{column: value}``, each stored as given (text, number).
+    :param match: ``{column: value}`` selecting the rows.
+    :return: how many rows changed; None on a backend this module does not write.
+    """
     con = _writable(db)
     if con is None:
         return None
     where, params = _where(match)
+    assignments = ", ".join(f"{sql_identifier(k)} = ?" for k in values)
     with _transaction(con):
         cursor = con.execute(
-            f"UPDATE {sql_identifier(table)} SET {sql_identifier(column)} = ? WHERE {where}", [value, *params]
+            f"UPDATE {sql_identifier(table)} SET {assignments} WHERE {where}", [*values.values(), *params]
         )
     return cursor.rowcount
 

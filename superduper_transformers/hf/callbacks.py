@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import typing as t
 
-from superduper_transformers._imports import import_object, looks_like_import_path
+from superduper_transformers._imports import checked_entry, import_object
 
 #: What ``LLMTrainer(callbacks=[...])`` accepts, in words (for error messages).
 ACCEPTED = (
@@ -62,23 +62,7 @@ def _normalise_one(i: int, entry: t.Any) -> t.Dict[str, t.Any]:
             f"pickled, so give {ACCEPTED} (e.g. {{'class': '{class_path(type(entry))}', "
             "'kwargs': {...}}), and it is built where training runs."
         )
-    unknown = set(entry) - {"class", "kwargs"}
-    path, kwargs = entry.get("class"), entry.get("kwargs") or {}
-    if (
-        unknown
-        or not isinstance(path, str)
-        or not looks_like_import_path(path)
-        or not isinstance(kwargs, dict)
-    ):
-        raise CallbackError(f"{where}={entry!r} is not {ACCEPTED}.")
-    try:
-        kwargs = json.loads(json.dumps(kwargs, allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise CallbackError(
-            f"{where}: its `kwargs` must be plain JSON (str, numbers, lists, dicts) as they are stored "
-            f"in the db, got {kwargs!r} ({e})."
-        ) from e
-    return {"class": path, "kwargs": kwargs}
+    return checked_entry(entry, "class", where, CallbackError, ACCEPTED)
 
 
 def load_callback_class(path: str) -> type:

@@ -15,7 +15,7 @@ import json
 import math
 import typing as t
 
-from superduper_transformers._imports import import_object, import_path_of, looks_like_import_path
+from superduper_transformers._imports import checked_entry, import_object, import_path_of
 
 #: What ``LLMTrainer(reward_funcs=[...])`` accepts, in words (for error messages).
 ACCEPTED = (
@@ -61,23 +61,7 @@ def _normalise_one(i: int, entry: t.Any) -> t.Dict[str, t.Any]:
         entry = {"function": entry, "kwargs": {}}
     elif not isinstance(entry, dict):
         raise RewardError(f"{where}={entry!r} is not {ACCEPTED}.")
-    unknown = set(entry) - {"function", "kwargs"}
-    path, kwargs = entry.get("function"), entry.get("kwargs") or {}
-    if (
-        unknown
-        or not isinstance(path, str)
-        or not looks_like_import_path(path)
-        or not isinstance(kwargs, dict)
-    ):
-        raise RewardError(f"{where}={entry!r} is not {ACCEPTED}.")
-    try:
-        kwargs = json.loads(json.dumps(kwargs, allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise RewardError(
-            f"{where}: its `kwargs` must be plain JSON (str, numbers, lists, dicts) as they are "
-            f"stored in the db, got {kwargs!r} ({e})."
-        ) from e
-    return {"function": path, "kwargs": kwargs}
+    return checked_entry(entry, "function", where, RewardError, ACCEPTED)
 
 
 def load_reward_func(path: str) -> t.Callable:

@@ -139,9 +139,9 @@ class LLM(Model):
 
         if self.adapter_id is not None or self.db is None or resume.in_training(self):
             return
-        if promote.clears_pointer(self) or self.identifier not in self.db.show("LLM"):
+        if promote.clears_pointer(self):
             return
-        stored = promote.stored_pointer(self.db, self.identifier)
+        stored = promote.stored_pointer(self.db, self.identifier)  # None for a new model
         if stored is None:
             return
         from superduper_transformers.checkpoint import checkpoint_without_files, load_checkpoint

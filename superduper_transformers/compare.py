@@ -22,6 +22,7 @@ import uuid
 
 from superduper_transformers import promote
 from superduper_transformers.checkpoint import load_checkpoint
+from superduper_transformers.store.datalayer import ensure_table
 
 SUMMARY_TABLE = "comparisons"
 SIDE_BY_SIDE = {
@@ -153,7 +154,7 @@ def store(
     score = load_metric(metric) if metric else None
     comparison = uuid.uuid4().hex[:12]
     side = [{"comparison": comparison, **r} for r in side]
-    _ensure_table(db, out, SIDE_BY_SIDE)
+    ensure_table(db, out, SIDE_BY_SIDE)
     if side:
         db[out].insert(side)
     targets = [r["target"] for r in side]
@@ -169,7 +170,7 @@ def store(
         "score_b": float(score([r["answer_b"] for r in side], targets)) if score else float("nan"),
         "time": time.time(),
     }
-    _ensure_table(db, SUMMARY_TABLE, SUMMARY)
+    ensure_table(db, SUMMARY_TABLE, SUMMARY)
     db[SUMMARY_TABLE].insert([summary])
     return Comparison(out=out, rows=side, summary=summary)
 
@@ -220,10 +221,3 @@ def format_table(result: Comparison, width: int = 24) -> str:
         text.append(f"{s['score']}: a {s['score_a']:.4g}  b {s['score_b']:.4g}  ({s['rows']} rows)")
     text.append(f"stored: table `{result.out}` (comparison {s['comparison']}), summary in `{SUMMARY_TABLE}`")
     return "\n".join(text)
-
-
-def _ensure_table(db, name: str, fields: t.Dict[str, str]) -> None:
-    from superduper import Table
-
-    if name not in db.show("Table"):
-        db.apply(Table(name, fields=dict(fields)), force=True)

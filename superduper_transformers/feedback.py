@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import typing as t
 
+from superduper_transformers.store.datalayer import ensure_table
+
 OBJECTIVES = {
     "sft": {"x": "str", "y": "str"},
     "dpo": {"prompt": "str", "chosen": "str", "rejected": "str"},
@@ -45,10 +47,7 @@ def feedback_table(db, name: str = "feedback") -> str:
     :param db: The datalayer.
     :param name: The table's name.
     """
-    from superduper import Table
-
-    if name not in db.show("Table"):
-        db.apply(Table(name, fields=dict(FEEDBACK_FIELDS)), force=True)
+    ensure_table(db, name, FEEDBACK_FIELDS)
     return name
 
 
@@ -97,11 +96,8 @@ def training_table(db, table: str, objective: str) -> None:
     :param table: The table of training rows.
     :param objective: ``"sft"``, ``"dpo"`` or ``"kto"``.
     """
-    from superduper import Table
-
-    if table not in db.show("Table"):
-        fields = {**OBJECTIVES[objective], "feedback": "str", "checkpoint": "str", "_fold": "str"}
-        db.apply(Table(table, fields=fields), force=True)
+    fields = {**OBJECTIVES[objective], "feedback": "str", "checkpoint": "str", "_fold": "str"}
+    ensure_table(db, table, fields)
 
 
 def _judged_outputs(db, listener, rows) -> t.Dict[str, t.Dict[str, t.Any]]:

@@ -17,6 +17,7 @@ import typing as t
 
 from superduper_transformers import promote
 from superduper_transformers.compare import compare
+from superduper_transformers.store.datalayer import ensure_table
 
 ROUNDS_TABLE = "rounds"
 ROUND_FIELDS = {
@@ -94,9 +95,6 @@ def gate(
         "decision": "promoted" if promoted else "rejected",
         "time": time.time(),
     }
-    from superduper import Table
-
-    if ROUNDS_TABLE not in db.show("Table"):
-        db.apply(Table(ROUNDS_TABLE, fields=dict(ROUND_FIELDS)), force=True)
+    ensure_table(db, ROUNDS_TABLE, ROUND_FIELDS)
     db[ROUNDS_TABLE].insert([row])
     return row

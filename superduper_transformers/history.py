@@ -28,6 +28,7 @@ from superduper import logging
 
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers.store import sql_writes
+from superduper_transformers.store.datalayer import ensure_table
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -177,10 +178,7 @@ def _ensure_table(db: Datalayer) -> None:
     # Once seen, a table stays (nothing here drops it): one listing per datalayer, not per save.
     if db in _have_table:
         return
-    if TABLE not in db.show("Table"):
-        from superduper import Table
-
-        db.apply(Table(TABLE, fields=dict(_FIELDS)), force=True, jobs=False)
+    ensure_table(db, TABLE, _FIELDS, jobs=False)
     _have_table.add(db)
 
 

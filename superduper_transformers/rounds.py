@@ -21,6 +21,8 @@ import math
 import time
 import typing as t
 
+from superduper_transformers.store.datalayer import ensure_table
+
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
 
@@ -108,12 +110,8 @@ def _known(x) -> bool:
 
 def ensure_tables(db: Datalayer) -> None:
     """Create the three tables where missing."""
-    from superduper import Table
-
-    tables = db.show("Table")
     for name, fields in ((EVENTS, EVENT_FIELDS), (LEDGER, LEDGER_FIELDS), (CONTROL, CONTROL_FIELDS)):
-        if name not in tables:
-            db.apply(Table(name, fields=dict(fields)), force=True)
+        ensure_table(db, name, fields)
 
 
 def _rows(db: Datalayer, table: str, **equal) -> t.List[t.Dict[str, t.Any]]:

@@ -224,3 +224,17 @@ def _add_column(backend, table: str, field: str, datatype: t.Any) -> None:
                 f"Add it by hand (`{statement}`), or restore write access to the database, "
                 "then open it again."
             ) from e
+
+
+def ensure_table(db, name: str, fields: t.Mapping[str, str], **apply_kwargs: t.Any) -> None:
+    """Create the table ``name`` with ``fields`` unless the db has it already.
+
+    :param db: The datalayer.
+    :param name: The table's name.
+    :param fields: Column name -> superduper type (``"str"``, ``"json"``, ...).
+    :param apply_kwargs: Further keywords of ``db.apply`` (``jobs=False``).
+    """
+    from superduper import Table
+
+    if name not in db.show("Table"):
+        db.apply(Table(name, fields=dict(fields)), force=True, **apply_kwargs)

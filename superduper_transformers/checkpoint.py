@@ -282,7 +282,7 @@ def register_checkpoint(
     """
     from superduper.base.datatype import FileItem
 
-    from superduper_transformers.store import artifacts
+    from superduper_transformers.store import artifacts, sql_components
 
     identifier = checkpoint_identifier(model, experiment_id, step)
     existing = _intact_checkpoint(db, identifier)
@@ -309,7 +309,8 @@ def register_checkpoint(
         artifact_id=artifact_id,
         data_fingerprint=dict(data_fingerprint or {}),
     )
-    db.apply(ckpt, force=True, jobs=False)
+    # A new row: one INSERT on SQLite (as superduper's apply writes it), else superduper's apply.
+    sql_components.apply_new(db, ckpt)
     # superduper's apply makes the (already present) folder 0o777 again.
     artifacts.restrict_permissions(os.path.dirname(stored))
     _faults.crash_point("registered", step)

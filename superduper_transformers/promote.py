@@ -45,7 +45,7 @@ import typing as t
 from superduper import Component, logging
 
 from superduper_transformers import checkpoint as ckpts
-from superduper_transformers.store import artifacts
+from superduper_transformers.store import artifacts, sql_components
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -415,7 +415,7 @@ def record_move(
     with artifacts.model_lock(db, model):
         record = promotions(db, model)
         record.history.append(entry)
-        db.apply(record, force=True, jobs=False)
+        sql_components.apply_new(db, record)  # the model's first: one INSERT on SQLite
     return entry
 
 

@@ -40,7 +40,7 @@ from superduper import Component, logging
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers import data_cache, history, lineage, promote
 from superduper_transformers._private import private_dir
-from superduper_transformers.store import artifacts, records, sql_writes
+from superduper_transformers.store import artifacts, records, sql_components, sql_writes
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -379,7 +379,7 @@ def start_run(
             data_fingerprint=data_fingerprint,
         )
         plan = RunPlan(experiment_id, output_dir=run_dir(output_dir, experiment_id))
-        db.apply(run, force=True, jobs=False)  # a new row: superduper creates it
+        sql_components.apply_new(db, run)  # a new row: one INSERT on SQLite
     else:
         ckpt = latest_verified_checkpoint(db, model.identifier, run.experiment_id)
         folder = run_dir(output_dir, run.experiment_id)

@@ -39,14 +39,14 @@ def _sqlite(db: Datalayer) -> t.Optional[sqlite3.Connection]:
     return con if isinstance(con, sqlite3.Connection) else None
 
 
-def _writable(db: Datalayer) -> t.Optional[sqlite3.Connection]:
+def writable_connection(db: Datalayer) -> t.Optional[sqlite3.Connection]:
     """The connection, when no transaction is open on it (none of ours is nested in another)."""
     con = _sqlite(db)
     return None if con is None or con.in_transaction else con
 
 
 @contextlib.contextmanager
-def _transaction(con: sqlite3.Connection) -> t.Iterator[sqlite3.Connection]:
+def transaction(con: sqlite3.Connection) -> t.Iterator[sqlite3.Connection]:
     # IMMEDIATE: the write lock is taken before the first read, so two processes
     # never interleave their statements (the second waits, up to the busy timeout).
     con.execute("BEGIN IMMEDIATE")
@@ -89,12 +89,12 @@ def update_columns(
     :param match: ``{column: value}`` selecting the rows.
     :return: how many rows changed; None on a backend this module does not write.
     """
-    con = _writable(db)
+    con = writable_connection(db)
     if con is None:
         return None
     where, params = _where(match)
     assignments = ", ".join(f"{sql_identifier(k)} = ?" for k in values)
-    with _transaction(con):
+    with transaction(con):
         cursor = con.execute(
             f"UPDATE {sql_identifier(table)} SET {assignments} WHERE {where}", [*values.values(), *params]
         )
@@ -112,14 +112,14 @@ def insert_row(
     """
     from superduper.components.table import DEFAULT_PRIMARY_ID
 
-    con = _writable(db)
+    con = writable_connection(db)
     if con is None:
         return None
     stored = {k: json.dumps(v) if k in json_columns else v for k, v in row.items()}
     stored.setdefault(DEFAULT_PRIMARY_ID, str(uuid.uuid4()))
     names = ", ".join(sql_identifier(k) for k in stored)
     marks = ", ".join("?" for _ in stored)
-    with _transaction(con):
+    with transaction(con):
         con.execute(f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({marks})", list(stored.values()))
     return stored[DEFAULT_PRIMARY_ID]
 
@@ -150,11 +150,11 @@ def delete_rows(db: Datalayer, rows: t.Sequence[Rows]) -> t.Optional[int]:
     :param rows: ``(table, {column: value})`` groups; a table the database does not hold is skipped.
     :return: how many rows were deleted; None on a backend this module does not write.
     """
-    con = _writable(db)
+    con = writable_connection(db)
     if con is None:
         return None
     deleted = 0
-    with _transaction(con):
+    with transaction(con):
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table, match in rows:
             if table in tables:

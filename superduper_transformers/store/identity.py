@@ -21,7 +21,7 @@ import weakref
 
 from superduper import Component
 
-from superduper_transformers.store import locks
+from superduper_transformers.store import locks, sql_components
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -71,11 +71,8 @@ def database_id(db: Datalayer, store_root: str, create: bool = True) -> t.Option
         with locks.file_lock(locks.lock_path(store_root, "database-identity"), "Creating the database id"):
             found = _stored(db)  # another process may have written it while we waited
             if found is None:
-                db.apply(
-                    DatabaseIdentity(IDENTIFIER, tag=uuid.uuid4().hex, created=time.time()),
-                    force=True,
-                    jobs=False,
-                )
+                identity = DatabaseIdentity(IDENTIFIER, tag=uuid.uuid4().hex, created=time.time())
+                sql_components.apply_new(db, identity)
                 found = _stored(db)
     if found:
         _cache[db] = found

@@ -10,11 +10,11 @@ superduper's own ``_save_artifact``, JSON fields encoded by the data backend's o
 encoder), status ``pending``, version 0, plus one ``ArtifactRelations`` row per artifact.
 :func:`insert_new` writes exactly that with two ``INSERT`` statements.
 
-It writes only what superduper's apply would merely insert: a component whose class
-superduper already registered (its table exists, under the same import path), with no
-row of that identifier, no child components, services, jobs or table events. Anything
-else (the first component of its class, a new version, another backend) returns False
-and the caller applies through superduper.
+It writes only what superduper's apply would merely insert: a component with no row of
+that identifier, no child components, services, jobs or table events. The first of its
+class has superduper create the class's table first (``db.metadata.create``, as its apply
+does). Anything else (a new version, a class registered under another import path,
+another backend) returns False and the caller applies through superduper.
 """
 
 from __future__ import annotations
@@ -61,12 +61,21 @@ def _holds_component(value: t.Any) -> bool:
     return False
 
 
-def _registered(con: sqlite3.Connection, component: Component) -> t.Optional[t.Tuple[t.Dict, t.List[str]]]:
+def _registered(
+    db: Datalayer, con: sqlite3.Connection, component: Component
+) -> t.Optional[t.Tuple[t.Dict, t.List[str]]]:
     """The class's fields (as superduper registered them) and its table's columns, or None
-    when superduper has not created the class's table under this import path."""
+    when superduper registered another class under this name.
+
+    The first component of its class has superduper create the class's table and its
+    ``Table`` row first (``metadata.create``, as its apply does before the first insert)."""
     cls = type(component)
+    query = 'SELECT path, fields FROM "Table" WHERE identifier = ?'
     try:
-        rows = con.execute('SELECT path, fields FROM "Table" WHERE identifier = ?', [cls.__name__]).fetchall()
+        rows = con.execute(query, [cls.__name__]).fetchall()
+        if not rows:
+            db.metadata.create(cls)
+            rows = con.execute(query, [cls.__name__]).fetchall()
         columns = [r[1] for r in con.execute(f"PRAGMA table_info({sql_identifier(cls.__name__)})")]
     except sqlite3.Error:
         return None
@@ -110,7 +119,7 @@ def insert_new(db: Datalayer, component: Component) -> bool:
     if con is None or component.version is not None or not _plain(component):
         return False
     name = type(component).__name__
-    registered = _registered(con, component)
+    registered = _registered(db, con, component)
     if registered is None or _exists(con, name, component.identifier):
         return False
     fields, columns = registered

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -31,6 +32,8 @@ if t.TYPE_CHECKING:
 _CHUNK = 1 << 20
 #: Plain columns of a checkpoint row: listing them never touches the artifact store.
 _ROW_COLUMNS = ("identifier", "step", "model", "experiment_id", "metrics", "manifest", "artifact_id")
+#: Those of them stored as JSON text.
+_JSON_COLUMNS = ("metrics", "manifest")
 
 
 class Checkpoint(Component):
@@ -322,9 +325,15 @@ def _intact_checkpoint(db: Datalayer, identifier: str) -> t.Optional[Checkpoint]
     """The registered checkpoint ``identifier`` if its stored files verify, else None."""
     from superduper.base import exceptions
 
-    table = db["Checkpoint"]
+    from superduper_transformers.store import sql_writes
+
     try:
-        if not table.filter(table["identifier"] == identifier).select("identifier").execute():
+        # Asked at every save: one SELECT on SQLite, superduper's query elsewhere.
+        found = sql_writes.select_rows(db, "Checkpoint", ["identifier"], {"identifier": identifier})
+        if found is None:
+            table = db["Checkpoint"]
+            found = table.filter(table["identifier"] == identifier).select("identifier").execute()
+        if not found:
             return None
         return load_checkpoint(db, identifier)
     except (exceptions.NotFound, CheckpointError):
@@ -396,10 +405,20 @@ def list_checkpoints(db: Datalayer, model: str, experiment_id: t.Optional[str] =
     """
     from superduper.base import exceptions
 
+    from superduper_transformers.store import sql_writes
+
+    match = {"model": model} if experiment_id is None else {"model": model, "experiment_id": experiment_id}
+    # A prune asks at every save: one SELECT on SQLite (JSON columns decoded as superduper
+    # decodes them), superduper's query elsewhere.
+    stored = sql_writes.select_rows(db, "Checkpoint", _ROW_COLUMNS, match)
+    if stored is not None:
+        rows = [
+            {k: json.loads(v) if k in _JSON_COLUMNS and isinstance(v, str) else v for k, v in r.items()}
+            for r in stored
+        ]
+        return sorted(rows, key=lambda r: (r["step"], r["identifier"]))
     table = db["Checkpoint"]
-    query = table.filter(table["model"] == model)
-    if experiment_id is not None:
-        query = query.filter(table["experiment_id"] == experiment_id)
+    query = table.filter(*(table[k] == v for k, v in match.items()))
     try:
         rows = [dict(r) for r in query.select(*_ROW_COLUMNS).execute()]
     except exceptions.NotFound:  # no checkpoint was ever registered in this db

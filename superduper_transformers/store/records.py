@@ -25,6 +25,13 @@ def run_identifiers(
     """
     from superduper.base import exceptions
 
+    from superduper_transformers.store import sql_writes
+
+    match = {k: v for k, v in (("model", model), ("state", state)) if v is not None}
+    # Asked at every setup of a model: one SELECT on SQLite, superduper's query elsewhere.
+    stored = sql_writes.select_rows(db, "TrainingRun", ["identifier"], match) if match else None
+    if stored is not None:
+        return sorted({r["identifier"] for r in stored})
     table = db["TrainingRun"]
     conditions = []
     if model is not None:

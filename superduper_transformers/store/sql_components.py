@@ -112,8 +112,9 @@ def insert_new(db: Datalayer, component: Component) -> bool:
     :param db: The datalayer.
     :param component: A component built in this process (never loaded: no version yet).
     :return: True when its rows are written; False when this cannot write it as
-        superduper would (another backend, the first of its class, its identifier
-        already stored, child components): the caller applies it through superduper.
+        superduper would (another backend, its identifier already stored, its class
+        registered under another import path, child components): no row is written
+        then, and the caller applies it through superduper.
     """
     con = sql_writes.writable_connection(db)
     if con is None or component.version is not None or not _plain(component):

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import typing as t
 
-from superduper_transformers.store.native_rows import sql_identifier
 from superduper_transformers.store import sql_writes
+from superduper_transformers.store.native_rows import sql_identifier
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer

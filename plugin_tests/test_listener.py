@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from plugin_tests import fixtures
 from superduper_transformers import LLM, LLMListener
+from superduper_transformers.store import listener_rows
 
 QUESTIONS = [f"{i}+{i % 3}=" for i in range(10)]
 
@@ -49,3 +50,10 @@ def test_llm_listener_stores_the_rows_listener_stores_without_superduper_reads_o
         }
     answers = {r["value"]["answer"] for r in fixtures.decoded_output_rows(db, pairs[0][1].outputs)}
     assert len(answers) > 1 and all(answers)  # generated answers, not placeholders
+
+    # Outputs of a type written nowhere else go through superduper's insert: the same rows.
+    monkeypatch.setattr(listener_rows, "write_outputs", lambda *args: None)
+    db["q"].insert([{"question": "7+7="}, {"question": "8+8="}])
+    assert {ours.outputs for _, ours in pairs} <= set(inserts)
+    for theirs, ours in pairs:
+        assert fixtures.raw_output_rows(db, ours.outputs) == fixtures.raw_output_rows(db, theirs.outputs)

@@ -63,7 +63,12 @@ class LLMListener(Listener):
         backend = self.db.databackend
         output_pid = self.db[self.outputs].primary_id.execute()
         rows = [
-            {backend.id_field: backend.random_id(), "_source": backend.to_id(i), output_pid: i, self.outputs: out}
+            {
+                backend.id_field: backend.random_id(),
+                "_source": backend.to_id(i),
+                output_pid: i,
+                self.outputs: out,
+            }
             for i, out in pairs
         ]
         return self.db[self.outputs].insert(rows)

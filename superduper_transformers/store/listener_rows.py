@@ -24,7 +24,7 @@ import json
 import typing as t
 
 from superduper_transformers.store import sql_writes
-from superduper_transformers.store.native_rows import sql_identifier
+from superduper_transformers.store.native_rows import native_backend, sql_identifier
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -39,16 +39,6 @@ _CHUNK = 500
 Pairs = t.List[t.Tuple[str, t.Any]]
 
 
-def _backend(db: Datalayer) -> t.Tuple[str, t.Any]:
-    uri = str(db.cfg.data_backend)
-    backend = getattr(db.databackend, "_backend", db.databackend)
-    if uri.startswith("sqlite://") and hasattr(backend, "connection_manager"):
-        return "sqlite", backend
-    if uri.startswith(("mongodb://", "mongodb+srv://", "mongomock://")) and hasattr(backend, "_database"):
-        return ("mongomock" if uri.startswith("mongomock://") else "mongodb"), backend
-    return "", None
-
-
 def read_inputs(db: Datalayer, select, key: t.Any, ids: t.Sequence[str]) -> t.Optional[Pairs]:
     """The ``key`` value of each row ``ids`` of ``select``'s table, in table order, or None.
 
@@ -61,7 +51,7 @@ def read_inputs(db: Datalayer, select, key: t.Any, ids: t.Sequence[str]) -> t.Op
     """
     if not isinstance(key, str) or select is None or str(select) != f"{select.table}.select()":
         return None
-    kind, backend = _backend(db)
+    kind, backend = native_backend(db)
     if backend is None:
         return None
     try:
@@ -130,7 +120,7 @@ def write_outputs(db: Datalayer, table: str, datatype: t.Any, outputs: Pairs) ->
     """
     if str(datatype) not in _TEXT + _JSON:
         return None
-    kind, backend = _backend(db)
+    kind, backend = native_backend(db)
     if kind == "sqlite":
         return _sqlite_write(db, table, str(datatype) in _JSON, outputs)
     if backend is not None:

@@ -60,14 +60,25 @@ def native_pages(db: Datalayer, select, fold: t.Optional[str], keys: t.Optional[
         return None
     if any(fields.get(k) not in _TEXT + _JSON for k in keys):
         return None  # a missing column or another type: superduper decodes (and the checks name it)
-    uri = str(db.cfg.data_backend)
-    backend = getattr(db.databackend, "_backend", db.databackend)
+    kind, backend = native_backend(db)
     json_keys = [k for k in keys if fields[k] in _JSON]
-    if uri.startswith("sqlite://") and hasattr(backend, "connection_manager"):
+    if kind == "sqlite":
         return lambda size: _sqlite_pages(backend, select.table, fold, list(keys), json_keys, size)
-    if uri.startswith(("mongodb://", "mongodb+srv://", "mongomock://")) and hasattr(backend, "_database"):
+    if kind in ("mongodb", "mongomock"):
         return lambda size: _mongo_pages(backend._database[select.table], fold, list(keys), size)
     return None
+
+
+def native_backend(db: Datalayer) -> t.Tuple[str, t.Any]:
+    """``("sqlite" | "mongodb" | "mongomock", backend)`` where this package reads natively
+    (superduper-sql's ``sqlite3`` connection, pymongo's database), else ``("", None)``."""
+    uri = str(db.cfg.data_backend)
+    backend = getattr(db.databackend, "_backend", db.databackend)
+    if uri.startswith("sqlite://") and hasattr(backend, "connection_manager"):
+        return "sqlite", backend
+    if uri.startswith(("mongodb://", "mongodb+srv://", "mongomock://")) and hasattr(backend, "_database"):
+        return ("mongomock" if uri.startswith("mongomock://") else "mongodb"), backend
+    return "", None
 
 
 def _sqlite_pages(backend, table, fold, keys, json_keys, size):

@@ -265,6 +265,62 @@ def test_a_round_that_fails_is_abandoned_and_its_rows_count_again(served, monkey
     assert rounds.used_sources(db, "failing") == set()  # the 2 rows are new again
 
 
+def test_rejected_rounds_beyond_keep_rejected_lose_their_checkpoints_and_nothing_else(served):
+    """``keep_rejected=1``: each rejected round deletes the checkpoints (rows and folders in
+    the artifact store) of the rejected rounds before it, unless something points at them:
+    round 1's candidate, given an alias by hand, stays; round 2's goes when round 3 is
+    rejected; round 3's, the newest, stays. Every checkpoint there before (``prod``'s,
+    promoted ones, other loops') stays, and ``prod`` and the model in use do not move."""
+    from superduper import Table
+
+    from superduper_transformers.store import artifacts
+
+    db = served
+    db.apply(Table("wrong", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    loop = Loop(
+        "pruning",
+        model="tiny",
+        table="wrong",
+        validation_table="heldout",
+        metric=METRIC,
+        min_new_rows=2,
+        margin=-2.0,  # a candidate must beat prod by 2 (scores are in [0, 1]): every round is rejected
+        keep_rejected=1,
+        training_kwargs=dict(max_steps=1, save_steps=1),
+    )
+    db.apply(loop, force=True)
+    root = artifacts.store_root(db)
+
+    def stored():
+        return {c["identifier"]: os.path.join(root, c["artifact_id"]) for c in list_checkpoints(db, "tiny")}
+
+    def reject_a_round(rows):
+        known = stored()
+        db["wrong"].insert([{"x": p, "y": "9", "_fold": "train"} for p, _ in rows])
+        r = rounds.rounds(db, "pruning")[-1]
+        assert r.state == "rejected"
+        return r, {k: v for k, v in stored().items() if k not in known}
+
+    before = stored()
+    prod = promote.promotions(db, "tiny").aliases["prod"]
+    in_use = db.load("LLM", "tiny").adapter_id.identifier
+    first, first_files = reject_a_round(NEW[:2])
+    promote.promote(db, "tiny", first.candidate, alias="staging", by="tester")  # someone looks at it
+    second, second_files = reject_a_round(NEW[2:4])
+    assert first.candidate in first_files and second.candidate in second_files
+    assert all(map(os.listdir, {**first_files, **second_files}.values()))  # both kept so far
+    third, third_files = reject_a_round(NEW[4:6])
+    after = stored()
+    assert third.number == 3 and list_checkpoints(db, "tiny", second.experiment_id) == []  # round 2's
+    assert not any(map(os.path.exists, second_files.values()))  # rows and bytes gone
+    assert first.candidate in after and all(map(os.listdir, first_files.values()))  # the alias keeps it
+    assert third.candidate in after and all(map(os.listdir, third_files.values()))  # the newest: kept
+    assert {k: v for k, v in after.items() if k in before} == before  # prod's, promoted, other loops'
+    assert all(map(os.listdir, before.values()))
+    assert promote.promotions(db, "tiny").aliases["prod"] == prod
+    assert db.load("LLM", "tiny").adapter_id.identifier == in_use
+
+
 def _own_connections(db) -> None:
     """Give ``db``, inherited through fork, database connections of this process (a SQLite
     connection must not cross a fork): those of a new backend. The datalayer keeps the rest,

@@ -321,6 +321,39 @@ def test_rejected_rounds_beyond_keep_rejected_lose_their_checkpoints_and_nothing
     assert db.load("LLM", "tiny").adapter_id.identifier == in_use
 
 
+def test_a_round_replays_rows_of_another_table(served):
+    """``replay_table``: a round's earlier rows are drawn from another table too (here the
+    rows ``tiny`` was first trained on), named in the ledger with that table's name; the
+    table and its columns are checked when the loop is applied."""
+    from superduper import Table
+
+    db = served
+    db.apply(Table("later", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    common = dict(model="tiny", table="later", validation_table="heldout", metric=METRIC)
+    with pytest.raises(LoopError, match=r"`replay_table`='gone' is not a table in the database \(tables: "):
+        db.apply(Loop("replaying", replay_table="gone", **common), force=True)
+    with pytest.raises(LoopError, match=r"`replay_table`='questions' has no column\(s\) \['x', 'y'\]"):
+        db.apply(Loop("replaying", replay_table="questions", **common), force=True)
+    assert "replaying" not in db.show("Loop")
+    loop = Loop(
+        "replaying",
+        replay_table="facts",
+        replay_fraction=0.5,  # as many earlier rows as new ones
+        min_new_rows=2,
+        training_kwargs=dict(max_steps=1, save_steps=1),
+        **common,
+    )
+    db.apply(loop, force=True)
+    db["later"].insert([{"x": p, "y": c, "_fold": "train"} for p, c in NEW[6:]])
+    (r,) = rounds.rounds(db, "replaying")
+    assert r.states[:2] == ["started", "trained"] and (r.new_rows, r.replay_rows) == (2, 2)
+    trained_on = sorted((x["x"], x["y"]) for x in db[loop.rows_table].select().execute())
+    assert trained_on == sorted(NEW[6:] + FIRST)  # the new rows and the first training rows
+    ledger = db["loop_ledger"].filter(db["loop_ledger"]["round_id"] == r.round_id).select().execute()
+    replayed = [e["source"] for e in ledger if e["kind"] == "replay"]
+    assert len(replayed) == 2 and all(s.startswith("facts:") for s in replayed)
+
+
 def _own_connections(db) -> None:
     """Give ``db``, inherited through fork, database connections of this process (a SQLite
     connection must not cross a fork): those of a new backend. The datalayer keeps the rest,

@@ -42,6 +42,7 @@ from superduper.components.cdc import CDC
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers import feedback, gate, promote, resume, rounds
 from superduper_transformers.store import artifacts, locks, records
+from superduper_transformers.store.datalayer import migrate_component_tables
 
 #: Training keywords a round sets (the gate evaluates; a round needs no eval set).
 ROUND_TRAINING = {"eval_strategy": "no", "load_best_model_at_end": False}
@@ -114,8 +115,12 @@ class Loop(CDC):
         return f"loop_rows__{self.identifier}"
 
     def create_jobs(self, context, event_type, ids=None, jobs=(), requires=None):
-        """Check the model, its alias and the tables before the apply writes anything."""
+        """Migrate an older ``Loop`` table, check the model, its alias and the tables, before
+        the apply writes anything."""
         if event_type == "apply":
+            # A Loop table written before a field existed (``replay_table``): superduper-sql
+            # would refuse the row.
+            migrate_component_tables(self.db, (Loop,))
             check_in_db(self, self.db)
         return super().create_jobs(
             context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires

@@ -24,7 +24,7 @@ import json
 import typing as t
 
 from superduper_transformers.store import sql_writes
-from superduper_transformers.store.native_rows import native_backend, sql_identifier
+from superduper_transformers.store.native_rows import _documents, native_backend, sql_identifier
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -100,7 +100,7 @@ def _mongo_read(collection, key, ids, ranged: bool) -> t.Optional[Pairs]:
     wanted = set(oids)
     query = {"$gte": min(oids), "$lte": max(oids)} if ranged else {"$in": oids}
     pairs = []
-    for doc in collection.find({"_id": query}, {key: 1}):
+    for doc in _documents(collection.find({"_id": query}, {key: 1})):  # mongomock: no n² copies
         if doc["_id"] in wanted:
             if key not in doc:
                 return None

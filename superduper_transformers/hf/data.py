@@ -27,7 +27,7 @@ from superduper import logging
 # The cache's folder and bookkeeping live in `data_cache` (also used by the command line).
 from superduper_transformers._private import private_dir
 from superduper_transformers.data_cache import _BUILDER, CACHE_ENV, data_cache_dir, mark_complete  # noqa: F401
-from superduper_transformers.hf import tokens
+from superduper_transformers.hf import chatml, tokens
 
 IGNORE_INDEX = -100
 
@@ -37,10 +37,7 @@ class DataError(ValueError):
 
 
 #: ChatML, used by ``setup_chat_format`` when the tokenizer has no chat template of its own.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHATML_TEMPLATE = chatml.TEMPLATE
 
 
 #: The roles a message of a conversation may have (``tool``: a tool call's result).
@@ -458,44 +455,58 @@ def _is_chat_row(row, X, y) -> bool:
 
 def _conversation_table(tokenizer, rows, X, y, max_length):
     """Conversations (column ``X``, tools in ``y``) as :func:`_encode_conversation` tokenizes
-    them, in one tokenizer call."""
-    conversations = [row[X] for row in rows]
-    tools = [row[y] if y is not None else None for row in rows]
-    # Each distinct text is tokenized once: the last reply's prefix is often the whole text.
+    them: each distinct text tokenized once, in one tokenizer call, labels on flat arrays.
+
+    With the ChatML fallback template a plain conversation is rendered once, in Python
+    (:func:`.chatml.render`), and its replies' prefixes are slices of that text; any other
+    template renders the conversation and each reply's two prefixes, as the reference does.
+    """
+    chatml_template = (tokenizer.chat_template or CHATML_TEMPLATE) == CHATML_TEMPLATE
     index: t.Dict[str, int] = {}
-    rendered = []  # per conversation: the whole text's index, and each reply's (before, upto)
-    for messages, row_tools in zip(conversations, tools):
-        text = render_chat(tokenizer, messages, tools=row_tools)
-        row_spans = []
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=row_tools)
-            upto = render_chat(tokenizer, messages[: i + 1], tools=row_tools)
-            if not (text.startswith(before) and text.startswith(upto)):
-                _encode_conversation(tokenizer, messages, max_length, row_tools)  # raises, naming the turn
-            row_spans.append((index.setdefault(before, len(index)), index.setdefault(upto, len(index))))
-        rendered.append((index.setdefault(text, len(index)), row_spans))
-    ids = _token_lists(tokenizer, list(index), add_special_tokens=False)
-    eos = tokenizer.eos_token_id
-    input_lists, label_lists, status = [], [], []
-    for messages, (whole, row_spans) in zip(conversations, rendered):
-        input_ids = ids[whole]
-        labels = [IGNORE_INDEX] * len(input_ids)
-        start = end = 0
-        for b, u in row_spans:
-            start, end = len(ids[b]), len(ids[u])
-            labels[start:end] = input_ids[start:end]
-        if messages[-1]["role"] == "assistant" and eos is not None and eos not in input_ids[start:end]:
-            input_ids, labels = input_ids + [eos], labels + [eos]
-        start, end, code = tokens.conversation_window(labels, max_length)
-        status.append(code)
-        input_ids, labels = input_ids[start:end], labels[start:end]
-        input_lists.append(input_ids)
-        label_lists.append(labels)
-    offsets, input_ids = tokens.flatten(input_lists)
-    _, labels = tokens.flatten(label_lists)
-    return _table(offsets, input_ids, labels, np.array(status, dtype=np.int8))
+    whole, reply_rows, before, upto, ends_with_reply = [], [], [], [], []
+    for r, row in enumerate(rows):
+        messages, row_tools = row[X], (row[y] if y is not None else None)
+        rendered = chatml.render(messages) if chatml_template and not row_tools else None
+        if rendered is None:
+            text, prefixes = _render_replies(tokenizer, messages, row_tools, max_length)
+        else:
+            text, prefixes = rendered[0], [(rendered[0][:b], rendered[0][:u]) for b, u in rendered[1]]
+        whole.append(index.setdefault(text, len(index)))
+        for b, u in prefixes:
+            reply_rows.append(r)
+            before.append(index.setdefault(b, len(index)))
+            upto.append(index.setdefault(u, len(index)))
+        ends_with_reply.append(messages[-1]["role"] == "assistant")
+    off, ids = _ids(tokenizer, list(index), add_special_tokens=False)
+    lengths, whole = np.diff(off), np.array(whole, dtype=np.int64)
+    whole_off = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths[whole], out=whole_off[1:])
+    whole_ids = ids[tokens._ranges(off[whole], lengths[whole])]
+    replies = (
+        np.array(reply_rows, dtype=np.int64),
+        lengths[np.array(before, dtype=np.int64)],
+        lengths[np.array(upto, dtype=np.int64)],
+    )
+    encoded = tokens.conversations(
+        (whole_off, whole_ids), replies, np.array(ends_with_reply), tokenizer.eos_token_id, max_length
+    )
+    return _table(*encoded)
+
+
+def _render_replies(tokenizer, messages, tools, max_length):
+    """The conversation through its chat template, and for each assistant message the
+    conversation before it (with the generation prompt) and up to it."""
+    text = render_chat(tokenizer, messages, tools=tools)
+    prefixes = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = render_chat(tokenizer, messages[: i + 1], tools=tools)
+        if not (text.startswith(before) and text.startswith(upto)):
+            _encode_conversation(tokenizer, messages, max_length, tools)  # raises, naming the turn
+        prefixes.append((before, upto))
+    return text, prefixes
 
 
 def _table(offsets, input_ids, labels, status):

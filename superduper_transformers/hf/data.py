@@ -397,7 +397,9 @@ def encode_table(
     """
     import pyarrow as pa
 
-    conv = [i for i, row in enumerate(rows) if _is_chat_row(row, X, y)]
+    # One cheap pass for the common page of text only; conversations are sorted out row by row.
+    maybe_conv = any(isinstance(row[X], (list, tuple)) for row in rows)
+    conv = [i for i, row in enumerate(rows) if _is_chat_row(row, X, y)] if maybe_conv else []
     if not conv:
         return _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
     if len(conv) == len(rows):
@@ -416,7 +418,12 @@ def _ids(tokenizer, texts, add_special_tokens):
     """``(offsets, ids)`` of ``texts`` (see :mod:`.tokens`), in one tokenizer call."""
     if not texts:  # the tokenizer refuses an empty batch
         return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
-    return tokens.flatten(_token_lists(tokenizer, texts, add_special_tokens))
+    index: t.Dict[str, int] = {}
+    at = [index.setdefault(text, len(index)) for text in texts]
+    if len(index) == len(texts):
+        return tokens.flatten(_token_lists(tokenizer, texts, add_special_tokens))
+    # Repeated texts (a page's few distinct answers, a shared system prompt) are tokenized once.
+    return tokens.gather(tokens.flatten(_token_lists(tokenizer, list(index), add_special_tokens)), at)
 
 
 def _token_lists(tokenizer, texts, add_special_tokens):
@@ -436,7 +443,7 @@ def _token_lists(tokenizer, texts, add_special_tokens):
 
 
 def _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format):
-    prompts = [build_prompt(tokenizer, row[X], prompt_template, chat_format) for row in rows]
+    prompts = _prompts(tokenizer, [row[X] for row in rows], prompt_template, chat_format)
     prompt_ids = _ids(tokenizer, prompts, add_special_tokens=not chat_format)
     if y is None:  # the whole text is learned: it goes where a completion would
         empty = (np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0, dtype=np.int32))
@@ -446,6 +453,16 @@ def _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
         completion_ids = _ids(tokenizer, texts, add_special_tokens=False)
     completion_ids = tokens.append_token(*completion_ids, tokenizer.eos_token_id)
     return _table(*tokens.assemble(prompt_ids, completion_ids, max_length, learn_prompt=y is None))
+
+
+def _prompts(tokenizer, values, prompt_template, chat_format):
+    """:func:`build_prompt` of each value; plain text with a plain template is formatted
+    here, without the per-row checks for conversations and tools."""
+    if chat_format or not all(type(v) is str for v in values):  # noqa: E721 (exactly text)
+        return [build_prompt(tokenizer, v, prompt_template, chat_format) for v in values]
+    if not prompt_template or prompt_template == "{input}":
+        return values
+    return [prompt_template.format(input=v) for v in values]
 
 
 def _is_chat_row(row, X, y) -> bool:
@@ -477,18 +494,15 @@ def _conversation_table(tokenizer, rows, X, y, max_length):
             before.append(index.setdefault(b, len(index)))
             upto.append(index.setdefault(u, len(index)))
         ends_with_reply.append(messages[-1]["role"] == "assistant")
-    off, ids = _ids(tokenizer, list(index), add_special_tokens=False)
-    lengths, whole = np.diff(off), np.array(whole, dtype=np.int64)
-    whole_off = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths[whole], out=whole_off[1:])
-    whole_ids = ids[tokens._ranges(off[whole], lengths[whole])]
+    unique = _ids(tokenizer, list(index), add_special_tokens=False)
+    lengths = np.diff(unique[0])
     replies = (
         np.array(reply_rows, dtype=np.int64),
         lengths[np.array(before, dtype=np.int64)],
         lengths[np.array(upto, dtype=np.int64)],
     )
     encoded = tokens.conversations(
-        (whole_off, whole_ids), replies, np.array(ends_with_reply), tokenizer.eos_token_id, max_length
+        tokens.gather(unique, whole), replies, np.array(ends_with_reply), tokenizer.eos_token_id, max_length
     )
     return _table(*encoded)
 

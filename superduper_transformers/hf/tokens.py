@@ -22,11 +22,21 @@ FITS, PROMPT_CUT, END_LOST = 0, 1, 2
 
 def flatten(lists: t.Sequence[t.Sequence[int]]) -> t.Tuple[np.ndarray, np.ndarray]:
     """Lists of token ids -> ``(offsets, ids)`` (int64 offsets of ``len(lists) + 1``, int32 ids)."""
-    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
     return offsets, ids
+
+
+def gather(rows: t.Tuple[np.ndarray, np.ndarray], at: t.Sequence[int]) -> t.Tuple[np.ndarray, np.ndarray]:
+    """``(offsets, ids)`` of the rows ``at`` (indices, repeats allowed) of ``rows``."""
+    offsets, ids = rows
+    at = np.asarray(at, dtype=np.int64)
+    lengths = np.diff(offsets)[at]
+    out = np.zeros(len(at) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out, ids[_ranges(offsets[at], lengths)]
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ reply) and ``tool`` messages return their results (not learned).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import typing as t
@@ -27,7 +28,7 @@ from superduper import logging
 # The cache's folder and bookkeeping live in `data_cache` (also used by the command line).
 from superduper_transformers._private import private_dir
 from superduper_transformers.data_cache import _BUILDER, CACHE_ENV, data_cache_dir, mark_complete  # noqa: F401
-from superduper_transformers.hf import chatml, tokens
+from superduper_transformers.hf import chatml, tokens, workers
 
 IGNORE_INDEX = -100
 
@@ -684,6 +685,7 @@ def build_dataset(
     fingerprint: t.Optional[str] = None,
     cache_dir: t.Optional[str] = None,
     owner: t.Optional[str] = None,
+    processes: t.Union[int, str, None] = None,
 ):
     """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``.
 
@@ -705,7 +707,11 @@ def build_dataset(
         rows' content (which reads them once more).
     :param cache_dir: The cache folder (default :func:`data_cache_dir`), made owner-only.
     :param owner: The tag of the model trained on it (its entry goes when the model is deleted).
+    :param processes: Pages tokenized in this many worker processes, in order (the same
+        dataset, byte for byte); ``"auto"``: one per available core. None: the environment
+        variable ``SD_TRANSFORMERS_TOKENIZE_PROCESSES``, else 1 (no worker).
     """
+    processes = workers.processes_setting(processes)
     if fingerprint is None:
         from superduper_transformers.lineage import RowsHash
 
@@ -714,8 +720,16 @@ def build_dataset(
         fingerprint = tokenization_key(tokenizer, data_hash, X, y, max_length, prompt_template, chat_format)
 
     def tables():
-        for page in pages(rows):
-            yield encode_table(tokenizer, page, X, y, max_length, prompt_template, chat_format)
+        encode = functools.partial(
+            encode_table,
+            tokenizer,
+            X=X,
+            y=y,
+            max_length=max_length,
+            prompt_template=prompt_template,
+            chat_format=chat_format,
+        )
+        return workers.ordered_map(encode, pages(rows), processes)
 
     cache_dir = private_dir(cache_dir or data_cache_dir())  # tokens are rows: owner only
     ds = _cached_dataset(os.path.join(cache_dir, _BUILDER), fingerprint, tables)

@@ -66,7 +66,7 @@ EOS_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
 )
 #: Contents ChatML must write verbatim: its own markers, Jinja syntax, newlines, nothing;
-#: a conversation that ends with a user turn; repeated texts within the page.
+#: a conversation that ends with a user turn; a reply past the limit; repeated texts.
 TRICKY = [
     {"m": [{"role": "user", "content": "<|im_end|>\n{{ 1 }}{% if %}"}, {"role": "assistant", "content": ""}]},
     {"m": [{"role": "user", "content": "é\n\n  "}, {"role": "assistant", "content": " 7\n"}]},
@@ -78,6 +78,9 @@ TRICKY = [
         ]
     },
     {"m": [{"role": "tool", "content": "{}"}, {"role": "assistant", "content": "ok"}]},
+    {
+        "m": [{"role": "user", "content": "7" * 70}, {"role": "assistant", "content": "8" * 12}]
+    },  # cut on the left
 ] * 2
 
 
@@ -106,7 +109,13 @@ def test_chatml_rows_it_cannot_write_go_through_the_template(tokenizer, monkeypa
     call = {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}
     rows = [
         {"m": CONVERSATIONS[0]["m"], "t": [tool]},  # tools: the template renders them
-        {"m": [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": None, "tool_calls": [call]}], "t": None},
+        {
+            "m": [
+                {"role": "user", "content": "1+1="},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+            ],
+            "t": None,
+        },
         {"m": CONVERSATIONS[1]["m"], "t": None},  # plain: ChatML in Python
     ]
     expected = data.encode_batch_reference(tokenizer, rows, "m", "t", 40)
@@ -142,7 +151,9 @@ def test_worker_processes_write_the_same_dataset(tokenizer, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
-def test_a_bad_number_of_processes_is_refused_before_anything_is_written(tokenizer, tmp_path, monkeypatch, value):
+def test_a_bad_number_of_processes_is_refused_before_anything_is_written(
+    tokenizer, tmp_path, monkeypatch, value
+):
     from superduper_transformers.hf import workers
 
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))

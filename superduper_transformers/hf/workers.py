@@ -49,7 +49,9 @@ def processes_setting(value: t.Union[int, str, None] = None) -> int:
     return number
 
 
-def ordered_map(work: t.Callable[[t.Any], t.Any], items: t.Iterable[t.Any], processes: int) -> t.Iterator[t.Any]:
+def ordered_map(
+    work: t.Callable[[t.Any], t.Any], items: t.Iterable[t.Any], processes: int
+) -> t.Iterator[t.Any]:
     """``map(work, items)`` in ``processes`` worker processes, results in the items' order.
 
     At most two items per process are in flight, so ``items`` is read as results are

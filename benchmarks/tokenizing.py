@@ -76,7 +76,7 @@ def rust_seconds(tokenizer, rows, y):
             texts += [row["x"], row[y]]
         elif isinstance(row["x"], list):  # ChatML: the whole text and each reply's prefix
             text, replies = chatml.render(row["x"])
-            texts += [text] + [text[:b] for b, u in replies if text[:u] != text]
+            texts += [text] + [text[:b] for b, _ in replies] + [text[:u] for _, u in replies if u < len(text)]
         else:
             texts.append(row["x"])
     backend = tokenizer.backend_tokenizer

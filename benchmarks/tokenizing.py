@@ -11,8 +11,8 @@ figure of merit is the ratio new/old of rows/s, per row format (pairs, whole tex
 chat rows), best of the runs. Rows/s are given per wall-clock second and per CPU second
 (this process and its worker processes): on a machine shared with other jobs the CPU
 figure is the one-core rate. The last column is the Rust tokenizer alone on the same
-texts: the most rows/s any path on one core can reach. ``--processes N`` runs the new
-path in N worker processes (``build_dataset(processes=N)``).
+texts: the most rows/s any path on one core can reach. ``--processes N`` adds the new
+path in N worker processes (``build_dataset(processes=N)``), in the same run.
 Run: ``PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/tokenizing.py --rows 50000``
 """
 
@@ -106,25 +106,31 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tempfile.mkdtemp(prefix="tok-bench-")))
     print(f"load average {os.getloadavg()[0]:.1f} at the start, {args.rows:,} rows per format, ", end="")
     print(f"new path with {args.processes} process(es)")
+    paths = [("old", old_path, {}), ("new", new_path, {})]
+    if args.processes > 1:
+        paths.append((f"new, {args.processes} processes", new_path, {"processes": args.processes}))
+    head = " | ".join(f"{name} rows/s" for name, _, _ in paths[1:])
     print(
-        "| format | old rows/s | new rows/s | new / old | old rows/CPU-s | new rows/CPU-s | new / old (CPU) "
-        "| Rust tokenizer alone, rows/CPU-s | load avg |\n|---|---|---|---|---|---|---|---|---|"
+        f"| format | old rows/s | {head} | old rows/CPU-s | new rows/CPU-s | new / old (CPU) "
+        f"| Rust tokenizer alone, rows/CPU-s | load avg |\n|{'---|' * (len(paths) + 6)}"
     )
     for fmt in args.formats:
         rows, y = rows_of(fmt, args.rows), "y" if fmt == "pairs" else None
         wall, cpu = {}, {}
         for _ in range(args.repeat):
-            for name, build in (("old", old_path), ("new", new_path)):
-                extra = {"processes": args.processes} if name == "new" else {}
+            for name, build, extra in paths:
                 start, start_cpu = time.perf_counter(), cpu_seconds()
-                ds = build(tokenizer, rows, y, tempfile.mkdtemp(prefix=f"tok-{name}-"), **extra)
+                ds = build(tokenizer, rows, y, tempfile.mkdtemp(prefix="tok-"), **extra)
                 seconds, cpu_s = time.perf_counter() - start, cpu_seconds() - start_cpu
                 assert len(ds) == len(rows)
                 wall[name] = max(wall.get(name, 0), len(rows) / seconds)
                 cpu[name] = max(cpu.get(name, 0), len(rows) / cpu_s)
         rust = len(rows) / min(rust_seconds(tokenizer, rows, y) for _ in range(args.repeat))
+        others = " | ".join(
+            f"{wall[name]:,.0f} ({wall[name] / wall['old']:.1f}x)" for name, _, _ in paths[1:]
+        )
         print(
-            f"| {fmt} | {wall['old']:,.0f} | {wall['new']:,.0f} | {wall['new'] / wall['old']:.1f}x "
+            f"| {fmt} | {wall['old']:,.0f} | {others} "
             f"| {cpu['old']:,.0f} | {cpu['new']:,.0f} | {cpu['new'] / cpu['old']:.1f}x | {rust:,.0f} "
             f"| {os.getloadavg()[0]:.1f} |",
             flush=True,

@@ -4,7 +4,8 @@
 writes each message as ``<|im_start|>{role}\\n{content}<|im_end|>\\n``, and the
 generation prompt as ``<|im_start|>assistant\\n``; :func:`render` writes the same text
 with string joins, so that tokenizing conversations does not pay transformers' chat
-template machinery (about 200 µs a render, three renders per reply) for a template
+template machinery (about 24 µs of CPU a render of a short conversation, against
+1 µs here, and three renders per reply) for a template
 known in advance. Only plain conversations (every role and content a ``str``, no
 tools) are rendered here; anything else goes through the template itself.
 """

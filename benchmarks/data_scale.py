@@ -11,11 +11,15 @@ its own fresh process, so that its peak RSS is its own:
   (``read_sql``), tokenized on the cluster and split across the workers (Ray).
 
 Reported per arm: seconds from the start of the process to the end of the first
-training step, the driver's peak RSS, and each Ray worker's peak RSS (rank 0 and 1).
+training step (wall time, and the CPU time of the process: on a shared machine the
+first is stretched by other jobs, the second much less), the driver's peak RSS, and each Ray worker's peak RSS (rank 0 and 1).
+With ``--again`` (local ``pages`` only) a second training on the same rows follows in the
+same process: seconds from its apply to its first step, and the rows it tokenized (0 when
+it reuses the tokenized cache of the first).
 The figure of merit is a ratio within one run: driver peak RSS at the largest size
 over that at the smallest (target: <= 1.3 for ``pages``).
 
-Run: ``PYTHONPATH=. python benchmarks/data_scale.py --sizes 10000 100000 1000000 [--ray]``
+Run: ``PYTHONPATH=. python benchmarks/data_scale.py --sizes 10000 100000 1000000 [--ray] [--again]``
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SUPERDUPER_LOG_LEVEL", "SUCCESS")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds this process has used (all its threads): less moved by other jobs than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -78,12 +88,17 @@ class FirstStep:
         rank = int(os.environ.get("RANK", "0"))
         with open(f"{self.out}.rank{rank}", "w") as f:
             json.dump(
-                {"first_step_s": time.time() - float(os.environ["BENCH_START"]), "rss_mb": peak_rss_mb()}, f
+                {
+                    "first_step_s": time.time() - float(os.environ["BENCH_START"]),
+                    "cpu_s": cpu_seconds() - float(os.environ.get("BENCH_CPU_START", "0")),
+                    "rss_mb": peak_rss_mb(),
+                },
+                f,
             )
         control.should_training_stop = True
 
 
-def arm(uri: str, store: str, model_dir: str, mode: str, workers: int, out: str) -> None:
+def arm(uri: str, store: str, model_dir: str, mode: str, workers: int, out: str, again: bool) -> None:
     """One measurement, in this (fresh) process."""
     import dataclasses as dc
 
@@ -120,8 +135,8 @@ def arm(uri: str, store: str, model_dir: str, mode: str, workers: int, out: str)
         ray_configs=ray_configs,
     )
     if mode == "pages":
-        run_job = hf_train.run_job
-        hf_train.run_job = lambda job: run_job(dc.replace(job, callbacks=[*job.callbacks, callback]))
+        run_job, current = hf_train.run_job, [callback]  # current: the callback of the running apply
+        hf_train.run_job = lambda job: run_job(dc.replace(job, callbacks=[*job.callbacks, current[0]]))
         if workers:  # the workers run in other processes: the callback travels with the job
             from superduper_transformers.launch import ray_train
 
@@ -132,10 +147,14 @@ def arm(uri: str, store: str, model_dir: str, mode: str, workers: int, out: str)
             import ray.cloudpickle
 
             ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        try:
-            db.apply(llm, force=True)
-        except Exception as e:  # noqa: BLE001 (stopped after the first step: nothing to register)
-            print(f"apply ended: {e!r:.200}", file=sys.stderr)
+        tokenized = _count_tokenized_rows() if again else []
+        _apply(db, llm)
+        if again:
+            first = sum(tokenized)
+            tokenized.clear()
+            _again(db, model_dir, out, current)
+            with open(f"{out}.again.tokenized", "w") as f:
+                json.dump({"first": first, "again": sum(tokenized)}, f)
     else:
         from superduper_transformers import trainer_args as cfg
         from superduper_transformers import training
@@ -168,6 +187,41 @@ def arm(uri: str, store: str, model_dir: str, mode: str, workers: int, out: str)
         json.dump({"rss_mb": peak_rss_mb()}, f)
 
 
+def _apply(db, llm) -> None:
+    try:
+        db.apply(llm, force=True)
+    except Exception as e:  # noqa: BLE001 (stopped after the first step: nothing to register)
+        print(f"apply ended: {e!r:.200}", file=sys.stderr)
+
+
+def _count_tokenized_rows() -> list:
+    """A list that gets the number of rows of each batch tokenized from now on."""
+    from superduper_transformers.hf import data
+
+    tokenized, encode_table = [], data.encode_table
+    data.encode_table = lambda tok, rows, *a, **k: (
+        tokenized.append(len(rows)) or encode_table(tok, rows, *a, **k)
+    )
+    return tokenized
+
+
+def _again(db, model_dir: str, out: str, current: list) -> None:
+    """A second training on the same rows, timed to its first step."""
+    from transformers import TrainerCallback
+
+    from plugin_tests import fixtures
+
+    class Callback(FirstStep, TrainerCallback):
+        pass
+
+    current[0] = Callback(f"{out}.again")
+    os.environ["BENCH_START"], os.environ["BENCH_CPU_START"] = str(time.time()), str(cpu_seconds())
+    llm = fixtures.make_llm(
+        db, model_dir, identifier="again", max_steps=2, save_steps=100, eval_strategy="no", log_to_db=False
+    )
+    _apply(db, llm)
+
+
 def _from_list(tokenizer, rows):
     """The old ``build_dataset``: one row at a time, then ``Dataset.from_list``."""
     from datasets import Dataset
@@ -177,7 +231,7 @@ def _from_list(tokenizer, rows):
     return Dataset.from_list([data.tokenize(tokenizer, r, "x", "y", 512) for r in rows])
 
 
-def measure(size: int, mode: str, workers: int, model_dir: str) -> dict:
+def measure(size: int, mode: str, workers: int, model_dir: str, again: bool = False) -> dict:
     folder = tempfile.mkdtemp(prefix=f"data-scale-{size}-")
     uri = make_db(folder, size)
     out = os.path.join(folder, "result")
@@ -194,10 +248,11 @@ def measure(size: int, mode: str, workers: int, model_dir: str) -> dict:
         mode,
         str(workers),
         out,
+        str(int(again)),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     result = {"rows": size, "mode": mode, "workers": workers}
-    for name in ("driver", "rank0", "rank1"):
+    for name in ("driver", "rank0", "rank1", "again.rank0", "again.tokenized"):
         path = f"{out}.{name}"
         if os.path.exists(path):
             with open(path) as f:
@@ -213,11 +268,14 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true", help="also on a 2-worker local Ray")
     parser.add_argument("--ray-only", action="store_true", help="only on a 2-worker local Ray")
     parser.add_argument("--modes", nargs="+", default=["lists", "pages"], choices=["lists", "pages"])
-    parser.add_argument("--arm", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--again", action="store_true", help="a second training on the same rows (local pages): cache reuse"
+    )
+    parser.add_argument("--arm", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        uri, store, model_dir, mode, workers, out = args.arm
-        arm(uri, store, model_dir, mode, int(workers), out)
+        uri, store, model_dir, mode, workers, out, again = args.arm
+        arm(uri, store, model_dir, mode, int(workers), out, again == "1")
         return
 
     from plugin_tests.fixtures import build_tiny_model
@@ -227,21 +285,32 @@ def main() -> None:
     for workers in [2] if args.ray_only else [0, 2] if args.ray else [0]:
         for size in args.sizes:
             for mode in args.modes:
-                r = measure(size, mode, workers, model_dir)
+                r = measure(size, mode, workers, model_dir, args.again and mode == "pages" and not workers)
                 results.append(r)
                 print(json.dumps(r), flush=True)
     print(
-        "\n| launcher | rows | path | first step (s) | driver peak RSS (MB) | rank 0 / rank 1 peak RSS (MB) |"
+        "\n| launcher | rows | path | first step (s) | CPU s (rank 0) | driver peak RSS (MB) "
+        "| rank 0 / rank 1 peak RSS (MB) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         where = f"Ray, {r['workers']} workers" if r["workers"] else "local"
         first = r.get("rank0", {}).get("first_step_s", float("nan"))
+        cpu = r.get("rank0", {}).get("cpu_s", float("nan"))
         ranks = (
             " / ".join(f"{r[k]['rss_mb']:.0f}" for k in ("rank0", "rank1") if k in r) if r["workers"] else "-"
         )
         driver = r.get("driver", r.get("rank0", {})).get("rss_mb", float("nan"))
-        print(f"| {where} | {r['rows']:,} | {r['mode']} | {first:.1f} | {driver:.0f} | {ranks} |")
+        print(f"| {where} | {r['rows']:,} | {r['mode']} | {first:.1f} | {cpu:.1f} | {driver:.0f} | {ranks} |")
+    for r in results:
+        if "again.rank0" in r:
+            print(
+                f"second training on the same {r['rows']:,} rows: first step "
+                f"{r['again.rank0']['first_step_s']:.1f} s after its apply "
+                f"({r['again.rank0'].get('cpu_s', float('nan')):.1f} CPU s), "
+                f"rows tokenized: {r.get('again.tokenized', {}).get('first', 'n/a')} by the first training, "
+                f"{r.get('again.tokenized', {}).get('again', 'n/a')} by the second"
+            )
     for workers in sorted({r["workers"] for r in results}):
         for mode in ("lists", "pages"):
             arm_results = [

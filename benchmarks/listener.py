@@ -7,7 +7,8 @@ A listener arm inserts the rows into a table (mongomock, or a SQLite file) under
 listener of an ``LLM`` with ``record_checkpoint``, weights already loaded: superduper
 reads the new rows, the ``LLM`` generates ``max_batch_size`` at a time and superduper
 stores the outputs. Arms: superduper's ``Listener`` and ``LLMListener`` (its outputs
-named once per run). The plain arm tokenizes and calls ``model.generate`` per batch.
+named once per run, the key column read and the outputs written through the backend's
+driver). ``benchmarks/listener_profile.py`` splits one insert's CPU time by function. The plain arm tokenizes and calls ``model.generate`` per batch.
 The figure of merit is rows/s of a listener over rows/s of the plain loop (target: >= 0.9).
 
 Run: ``PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/listener.py --rows 1000 --batch 8``

@@ -3,7 +3,8 @@
 ``FoldRows(native=False)`` pages through superduper's query (``limit``/``offset``, each
 row decoded into a ``Document``); ``FoldRows(native=True)`` reads the same fold through
 the backend's own cursor (``store/native_rows.py``). Both in this process, one after the
-other, on an embedded SQLite file and on mongomock, repeated (best of).
+other, on an embedded SQLite file and on mongomock, repeated (best of); both must give
+the same rows in the same order.
 Run: ``PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/reading.py --rows 100000``
 """
 
@@ -56,15 +57,16 @@ def main() -> None:
     print("| backend | superduper rows/s | native rows/s | native / superduper |\n|---|---|---|---|")
     for backend in args.backends:
         db = make_db(backend, args.rows)
-        select, best = db["facts"].select(), {}
+        select, best, read = db["facts"].select(), {}, {}
         for _ in range(args.repeat):
             for native in (False, True):
                 rows = FoldRows(db, select, "train", ["x", "y"], native=native)
                 start = time.perf_counter()
-                count = sum(len(page) for page in rows.pages())
+                read[native] = [row for page in rows.pages() for row in page]
                 seconds = time.perf_counter() - start
-                assert count == args.rows - (args.rows + 9) // 10
-                best[native] = max(best.get(native, 0), count / seconds)
+                assert len(read[native]) == args.rows - (args.rows + 9) // 10
+                best[native] = max(best.get(native, 0), len(read[native]) / seconds)
+        assert read[True] == read[False], "the native read gave other rows or another order"
         print(
             f"| {backend} | {best[False]:,.0f} | {best[True]:,.0f} | {best[True] / best[False]:.1f}x |",
             flush=True,

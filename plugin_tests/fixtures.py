@@ -212,3 +212,43 @@ class HoldAt(TrainerCallback):
 def exact_match(predictions: t.Sequence[str], targets: t.Sequence[str]) -> float:
     """Share of generations that are exactly the target (an ``ImportedMetric``'s function)."""
     return sum(str(p).strip() == str(y).strip() for p, y in zip(predictions, targets)) / max(len(targets), 1)
+
+
+def raw_output_rows(db, table: str) -> t.List[t.Dict[str, t.Any]]:
+    """A listener's outputs ``table`` as the backend holds it (nothing decoded), sorted, the
+    output column named ``value``, each value with its type's name: an id stored as str
+    where superduper stores an ObjectId, or a dict where it stores JSON text, differs."""
+    backend = getattr(db.databackend, "_backend", db.databackend)
+    if str(db.cfg.data_backend).startswith("sqlite://"):
+        with backend.connection_manager.get_connection() as conn:
+            cursor = conn.con.execute(f'SELECT * FROM "{table}"')
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, r)) for r in cursor.fetchall()]
+    else:
+        rows = list(backend._database[table].find())
+    renamed = [{("value" if k == table else k): (type(v).__name__, v) for k, v in r.items()} for r in rows]
+    return sorted(renamed, key=repr)
+
+
+def decoded_output_rows(db, table: str) -> t.List[t.Dict[str, t.Any]]:
+    """superduper's own reading of a listener's outputs ``table``, the output column named ``value``."""
+    rows = [{("value" if k == table else k): v for k, v in r.items()} for r in db[table].select().execute()]
+    return sorted(rows, key=repr)
+
+
+def superduper_reads_and_writes(monkeypatch) -> t.Tuple[t.List[str], t.List[str]]:
+    """Two lists that fill with the tables superduper's ``select.subset`` (how its
+    ``Listener`` reads new rows) and its ``insert`` are called on from now on."""
+    from superduper.base import query
+
+    subsets: t.List[str] = []
+    inserts: t.List[str] = []
+    subset, insert = query.Query.subset, query.insert
+    monkeypatch.setattr(
+        query.Query, "subset", lambda self, ids: subsets.append(self.table) or subset(self, ids)
+    )
+    # Queries bind the module's ``insert`` when they are made.
+    monkeypatch.setattr(
+        query, "insert", lambda self, docs, raw=False: inserts.append(self.table) or insert(self, docs, raw)
+    )
+    return subsets, inserts

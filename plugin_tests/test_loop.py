@@ -252,11 +252,13 @@ def test_the_gate_promotes_a_candidate_not_worse_by_the_margin_and_records_each_
     assert rejected["score_candidate"] == promoted["score_candidate"]
 
 
-def test_outputs_and_feedback_rows_on_sqlite(sqlite_db, tiny_model_dir):
-    """The CLI's datalayer (superduper-sql): JSON outputs, feedback rows with unset columns."""
+def test_outputs_and_feedback_rows_on_sqlite(sqlite_db, tiny_model_dir, monkeypatch):
+    """The CLI's datalayer (superduper-sql): JSON outputs, feedback rows with unset columns;
+    an ``LLMListener`` beside the ``Listener`` stores the same rows without superduper's
+    reads and writes."""
     from superduper import Listener
 
-    from superduper_transformers import feedback
+    from superduper_transformers import LLMListener, feedback
 
     db = sqlite_db
     questions_table(db, "q")
@@ -268,7 +270,16 @@ def test_outputs_and_feedback_rows_on_sqlite(sqlite_db, tiny_model_dir):
     )
     listener = Listener("sql-answers", model=llm, key="question", select=db["q"].select())
     db.apply(listener, force=True)
+    ours = LLMListener("sql-answers-ours", model=llm, key="question", select=db["q"].select())
+    db.apply(ours, force=True)
+    subsets, inserts = fixtures.superduper_reads_and_writes(monkeypatch)
     db["q"].insert([{"question": "1+1="}, {"question": "2+2="}])
+    assert subsets == ["q"] and ours.outputs not in inserts  # the `Listener`'s read, not ours
+    assert len(fixtures.raw_output_rows(db, ours.outputs)) == 2
+    assert fixtures.raw_output_rows(db, ours.outputs) == fixtures.raw_output_rows(db, listener.outputs)
+    assert fixtures.decoded_output_rows(db, ours.outputs) == fixtures.decoded_output_rows(
+        db, listener.outputs
+    )
     out = db[listener.outputs]
     ids = [str(o[out.primary_id.execute()]) for o in out.select().execute()]
     assert [o[listener.outputs]["checkpoint"] for o in out.select().execute()] == [None, None]

@@ -175,3 +175,33 @@ def test_the_migration_adds_only_what_is_missing_and_is_idempotent(old_db_path):
 
 def test_the_migration_does_nothing_on_mongomock(db):
     assert migrate_component_tables(db, CLASSES) == {}
+
+
+def test_applying_a_loop_adds_the_fields_an_older_loop_table_lacks(tmp_path, artifact_store):
+    """A SQLite file with a ``Loop`` table from before ``replay_table``: the next apply of a
+    Loop migrates it first (superduper-sql would refuse the row), even one refused later."""
+    from superduper_transformers.loop import Loop, LoopError
+
+    path = tmp_path / "loops.db"
+    db = _open(path)
+    db.metadata.create(Loop)
+    db.disconnect()
+    con = sqlite3.connect(path)
+    con.execute('ALTER TABLE "Loop" DROP COLUMN "replay_table"')
+    (uuid, fields) = con.execute(
+        'SELECT uuid, fields FROM "Table" WHERE identifier = ?', ("Loop",)
+    ).fetchone()
+    fields = {k: v for k, v in json.loads(fields).items() if k != "replay_table"}
+    con.execute('UPDATE "Table" SET fields = ? WHERE uuid = ?', (json.dumps(fields), uuid))
+    con.commit()
+    con.close()
+
+    db = _open(path)
+    loop = Loop("l", model="nobody", table="facts", validation_table="facts", metric="m:f")
+    with pytest.raises(LoopError, match="nobody"):
+        db.apply(loop, force=True)
+    con = sqlite3.connect(path)
+    columns = [r[1] for r in con.execute('PRAGMA table_info("Loop")')]
+    (fields,) = con.execute('SELECT fields FROM "Table" WHERE identifier = ?', ("Loop",)).fetchone()
+    con.close()
+    assert "replay_table" in columns and "replay_table" in json.loads(fields)

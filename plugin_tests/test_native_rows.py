@@ -49,3 +49,30 @@ def test_a_filtered_query_is_read_by_superduper(table_db):
     select = table_db["docs"].select().filter(table_db["docs"]["x"] == "1+1=")
     assert native_rows.native_pages(table_db, select, "train", ["x", "y"]) is None
     assert _read(table_db, select, "train", ["x", "y"], native=True) == [{"x": "1+1=", "y": "2"}]
+
+
+def test_mongomock_rows_are_read_in_one_pass(tmp_path, artifact_store, monkeypatch):
+    """mongomock's ``Cursor.__next__`` copies the remaining results on each call (n rows:
+    n²/2 copies, 2.8k rows/s at 40k rows); the native read takes its result list once."""
+    import mongomock
+    from superduper import Table, superduper
+
+    db = superduper(f"mongomock://linear{id(tmp_path)}", force_apply=True)
+    db.apply(Table("docs", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    db.databackend._backend._database["docs"].insert_many(
+        [{"x": f"{i}+1=", "y": str(i + 1), "_fold": "train"} for i in range(300)]
+    )
+    nexts = []
+    original = mongomock.collection.Cursor.__next__
+
+    def counted(cursor):
+        nexts.append(cursor.collection.name)
+        return original(cursor)
+
+    monkeypatch.setattr(mongomock.collection.Cursor, "__next__", counted)
+    rows = [
+        r for p in FoldRows(db, db["docs"].select(), "train", ["x", "y"], page_size=64).pages() for r in p
+    ]
+    assert rows == [{"x": f"{i}+1=", "y": str(i + 1)} for i in range(300)]  # every row, inserted order
+    # (superduper's own reads of its metadata still go through it)
+    assert nexts.count("docs") == 0, f"{nexts.count('docs')} calls of Cursor.__next__ on the rows"

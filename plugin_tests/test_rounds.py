@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -267,20 +265,168 @@ def test_a_round_that_fails_is_abandoned_and_its_rows_count_again(served, monkey
     assert rounds.used_sources(db, "failing") == set()  # the 2 rows are new again
 
 
-def test_a_round_in_another_process_blocks_a_second_one_and_resumes_after_a_kill(
+def test_rejected_rounds_beyond_keep_rejected_lose_their_checkpoints_and_nothing_else(served):
+    """``keep_rejected=1``: each rejected round deletes the checkpoints (rows and folders in
+    the artifact store) of the rejected rounds before it, unless something points at them:
+    round 1's candidate, given an alias by hand, stays; round 2's goes when round 3 is
+    rejected; round 3's, the newest, stays. Every checkpoint there before (``prod``'s,
+    promoted ones, other loops') stays, and ``prod`` and the model in use do not move."""
+    from superduper import Table
+
+    from superduper_transformers.store import artifacts
+
+    db = served
+    db.apply(Table("wrong", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    loop = Loop(
+        "pruning",
+        model="tiny",
+        table="wrong",
+        validation_table="heldout",
+        metric=METRIC,
+        min_new_rows=2,
+        margin=-2.0,  # a candidate must beat prod by 2 (scores are in [0, 1]): every round is rejected
+        keep_rejected=1,
+        training_kwargs=dict(max_steps=1, save_steps=1),
+    )
+    db.apply(loop, force=True)
+    root = artifacts.store_root(db)
+
+    def stored():
+        return {c["identifier"]: os.path.join(root, c["artifact_id"]) for c in list_checkpoints(db, "tiny")}
+
+    def reject_a_round(rows):
+        known = stored()
+        db["wrong"].insert([{"x": p, "y": "9", "_fold": "train"} for p, _ in rows])
+        r = rounds.rounds(db, "pruning")[-1]
+        assert r.state == "rejected"
+        return r, {k: v for k, v in stored().items() if k not in known}
+
+    before = stored()
+    prod = promote.promotions(db, "tiny").aliases["prod"]
+    in_use = db.load("LLM", "tiny").adapter_id.identifier
+    first, first_files = reject_a_round(NEW[:2])
+    promote.promote(db, "tiny", first.candidate, alias="staging", by="tester")  # someone looks at it
+    second, second_files = reject_a_round(NEW[2:4])
+    assert first.candidate in first_files and second.candidate in second_files
+    assert all(map(os.listdir, {**first_files, **second_files}.values()))  # both kept so far
+    third, third_files = reject_a_round(NEW[4:6])
+    after = stored()
+    assert third.number == 3 and list_checkpoints(db, "tiny", second.experiment_id) == []  # round 2's
+    assert not any(map(os.path.exists, second_files.values()))  # rows and bytes gone
+    assert first.candidate in after and all(map(os.listdir, first_files.values()))  # the alias keeps it
+    assert third.candidate in after and all(map(os.listdir, third_files.values()))  # the newest: kept
+    assert {k: v for k, v in after.items() if k in before} == before  # prod's, promoted, other loops'
+    assert all(map(os.listdir, before.values()))
+    assert promote.promotions(db, "tiny").aliases["prod"] == prod
+    assert db.load("LLM", "tiny").adapter_id.identifier == in_use
+
+
+def test_a_round_replays_rows_of_another_table(served):
+    """``replay_table``: a round's earlier rows are drawn from another table too (here the
+    rows ``tiny`` was first trained on), named in the ledger with that table's name; the
+    table and its columns are checked when the loop is applied."""
+    from superduper import Table
+
+    db = served
+    db.apply(Table("later", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
+    common = dict(model="tiny", table="later", validation_table="heldout", metric=METRIC)
+    with pytest.raises(LoopError, match=r"`replay_table`='gone' is not a table in the database \(tables: "):
+        db.apply(Loop("replaying", replay_table="gone", **common), force=True)
+    with pytest.raises(LoopError, match=r"`replay_table`='questions' has no column\(s\) \['x', 'y'\]"):
+        db.apply(Loop("replaying", replay_table="questions", **common), force=True)
+    assert "replaying" not in db.show("Loop")
+    loop = Loop(
+        "replaying",
+        replay_table="facts",
+        replay_fraction=0.5,  # as many earlier rows as new ones
+        min_new_rows=2,
+        training_kwargs=dict(max_steps=1, save_steps=1),
+        **common,
+    )
+    db.apply(loop, force=True)
+    db["later"].insert([{"x": p, "y": c, "_fold": "train"} for p, c in NEW[6:]])
+    (r,) = rounds.rounds(db, "replaying")
+    assert r.states[:2] == ["started", "trained"] and (r.new_rows, r.replay_rows) == (2, 2)
+    trained_on = sorted((x["x"], x["y"]) for x in db[loop.rows_table].select().execute())
+    assert trained_on == sorted(NEW[6:] + FIRST)  # the new rows and the first training rows
+    ledger = db["loop_ledger"].filter(db["loop_ledger"]["round_id"] == r.round_id).select().execute()
+    replayed = [e["source"] for e in ledger if e["kind"] == "replay"]
+    assert len(replayed) == 2 and all(s.startswith("facts:") for s in replayed)
+
+
+def _own_connections(db) -> None:
+    """Give ``db``, inherited through fork, database connections of this process (a SQLite
+    connection must not cross a fork): those of a new backend. The datalayer keeps the rest,
+    its scheduler included, which knows the loop's trigger (a new datalayer would load every
+    component of the db first: ~10 s)."""
+    backend = db.databackend._backend
+    fresh = type(backend)(backend.uri, backend.plugin, backend.flavour)
+    for name in ("connection_manager", "alchemy_engine", "sm"):
+        _INHERITED.append(getattr(backend, name))  # never used, nor closed (SQLite's locks)
+        setattr(backend, name, getattr(fresh, name))
+
+
+_INHERITED: list = []
+
+
+def _hold_trainings(step: int, until: str) -> None:
+    """Make the trainings of this process wait after ``step`` until the file ``until`` exists
+    (:class:`plugin_tests.fixtures.HoldAt`: ``<until>.holding`` says it waits)."""
+    import dataclasses as dc
+
+    from plugin_tests.fixtures import HoldAt
+    from superduper_transformers.hf import train as hf_train
+
+    run_job = hf_train.run_job
+    hf_train.run_job = lambda job: run_job(dc.replace(job, callbacks=[*job.callbacks, HoldAt(step, until)]))
+
+
+def _insert_at_once(db, barrier, rows, release: str, result: str) -> None:
+    """One of two forked processes: wait for the other at ``barrier``, then insert ``rows``
+    into ``new_rows`` at the same instant. A round it starts holds at step 5 until
+    ``release`` exists and dies (SIGKILL) once its checkpoint of step 10 is recorded.
+    Writes to ``result`` whether its trigger found a round running in another process."""
+    from loguru import logger
+
+    from superduper_transformers import _faults
+
+    _own_connections(db)
+    _hold_trainings(5, release)
+    os.environ[_faults.ENV] = "registered:10"
+    said: list = []
+    logger.add(lambda m: said.append(str(m)), level="INFO", format="{message}")
+    barrier.wait(timeout=120)
+    db["new_rows"].insert(rows)
+    with open(result, "w") as f:
+        json.dump({"busy": any("runs in another process" in m for m in said)}, f)
+
+
+def _raced(children, release) -> bool:
+    """Whether the race is decided: one round holds and the other insert returned, or both
+    hold a round (no lock), or both inserts returned."""
+    holding = [os.path.exists(f"{r}.holding") for r in release]
+    returned = [not c.is_alive() for c in children]
+    return all(holding) or all(returned) or sorted(zip(holding, returned)) == [(False, True), (True, False)]
+
+
+def test_two_processes_inserting_at_once_start_one_round_which_resumes_after_a_kill(
     sqlite_db, tiny_model_dir, tmp_path
 ):
-    """A worker process inserts 8 rows into a table a loop watches: its trigger starts a
-    round. While that round trains (held at step 5), this process inserts 8 rows too: its
-    trigger starts no second round. The worker is then killed (SIGKILL) right after the
-    round's checkpoint of step 10 is recorded; the next trigger here finishes the round, its
-    training resumed from step 10, and the rows inserted during it wait for the next round."""
-    from superduper import CFG, Table
+    """Two processes, forked from this one, insert 8 rows each into a table a loop watches
+    at the same instant (a barrier): each trigger alone sees ``min_new_rows``. One trigger
+    takes the round lock and trains (held at step 5); the other returns at once, busy: one
+    round, not two. While the round trains, this process inserts 8 rows too: no second round
+    either. The round's process is then killed (SIGKILL) right after the round's checkpoint
+    of step 10 is recorded; the next trigger here finishes the round, its training resumed
+    from step 10. Every row is in that round or counts toward the next one, none in both."""
+    import multiprocessing
+    import threading
+
+    from superduper import Table
 
     from superduper_transformers.store import records
 
     db = sqlite_db
-    release = str(tmp_path / "release")
     _prod(db, tiny_model_dir, str(tmp_path / "out"))
     db.apply(Table("new_rows", fields={"x": "str", "y": "str", "_fold": "str"}), force=True)
     loop = Loop(
@@ -289,63 +435,75 @@ def test_a_round_in_another_process_blocks_a_second_one_and_resumes_after_a_kill
         table="new_rows",
         validation_table="heldout",
         metric=METRIC,
+        min_new_rows=8,
         training_kwargs=dict(max_steps=20, save_steps=10),
     )
     db.apply(loop, force=True)
-    # The worker connects after the loop is applied: superduper's local scheduler knows the
-    # watched tables of the moment it connected (an insert into a newer one raises KeyError).
-    args = dict(
-        uri=f"sqlite:///{tmp_path / 'db.sqlite'}",
-        store=CFG.artifact_store.split("://", 1)[-1],
-        table="new_rows",
-        rows=[{"x": p, "y": c, "_fold": "train"} for p, c in NEW],
-        hold={"step": 5, "until": release},
-    )
-    log = str(tmp_path / "worker.log")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "plugin_tests.loop_worker", json.dumps(args)],
-        cwd=REPO,
-        env=dict(
-            os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", SD_TRANSFORMERS_TEST_KILL_AT="registered:10"
-        ),
-        stdin=subprocess.DEVNULL,
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-    )
+    # fork copies this process's memory, not its threads: a lock another thread holds stays
+    # held in the children. tqdm's monitor thread takes tqdm's write lock, which superduper's
+    # logging writes through, every 10 s: stop it (a bar started later restarts it).
+    for th in threading.enumerate():
+        if th.name == "tqdm_monitor":
+            th.exit()
+    # No other Python thread (OMP_NUM_THREADS=1, no Ray). Not listed: a pytest-xdist worker's
+    # receiver (execnet's raw thread, blocked on its pipe; the children never use it).
+    assert threading.enumerate() == [threading.main_thread()]
+    rows = [[{"x": p, "y": c, "_fold": "train"} for p, c in facts] for facts in (NEW, fixtures.FACTS16[8:])]
+    release = [str(tmp_path / f"release-{i}") for i in range(2)]
+    result = [str(tmp_path / f"result-{i}.json") for i in range(2)]
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    children = [
+        ctx.Process(target=_insert_at_once, args=(db, barrier, rows[i], release[i], result[i]))
+        for i in range(2)
+    ]
+    for c in children:
+        c.start()
     try:
-        _wait(worker, log, lambda: os.path.exists(f"{release}.holding"), "hold its round at step 5")
+        deadline = time.time() + 300
+        while not _raced(children, release):
+            assert time.time() < deadline, "the two inserts neither returned nor held a round"
+            time.sleep(0.05)
+        holding = [os.path.exists(f"{r}.holding") for r in release]
+        assert sorted(holding) == [False, True], f"rounds held in {holding.count(True)} processes"
+        winner = holding.index(True)
+        loser = children[1 - winner]
+        loser.join()
+        assert loser.exitcode == 0 and json.load(open(result[1 - winner])) == {"busy": True}
+        (running,) = rounds.rounds(db, "race")  # one round, not two
+        assert running.state == "started" and running.new_rows in (8, 16)
         db["new_rows"].insert([{"x": p, "y": "9", "_fold": "train"} for p, _ in NEW])  # during the round
-        (running,) = rounds.rounds(db, "race")
-        assert running.state == "started"  # no second round
-        open(release, "w").close()
-        _wait(worker, log, lambda: worker.poll() is not None, "end")
+        assert [r.round_id for r in rounds.rounds(db, "race")] == [running.round_id]
     finally:
-        if worker.poll() is None:
-            worker.kill()
-        worker.wait()
-    assert worker.returncode == -9  # killed in the round's training
+        for r in release:
+            open(r, "w").close()
+        for c in children:
+            c.join(timeout=300)
+            if c.is_alive():
+                c.kill()
+    assert children[winner].exitcode == -9  # killed in the round's training
 
     (cut,) = rounds.rounds(db, "race")
-    assert (cut.number, cut.state, cut.new_rows) == (1, "started", 8)
+    assert (cut.number, cut.state, cut.new_rows) == (1, "started", running.new_rows)
     assert [r.state for r in records.runs(db, "tiny")] == ["finished", "running"]  # its training, cut off
-    db["new_rows"].insert([{"x": "7+3=", "y": "10", "_fold": "train"}])  # the next trigger
+    db["new_rows"].insert([{"x": "7+2=", "y": "9", "_fold": "train"}])  # the next trigger
 
-    (done,) = rounds.rounds(db, "race")  # finished; the 9 rows since wait for round 2
+    (done,) = rounds.rounds(db, "race")  # finished; the rows since wait for round 2
     assert done.round_id == cut.round_id and done.states[:2] == ["started", "trained"]
     assert done.state in ("promoted", "rejected") and len(done.states) == 3
     run = db.load("TrainingRun", f"tiny-run-{done.experiment_id}")
     assert run.state == "finished" and [x["step"] for x in run.resumes] == [10]
     assert [c["step"] for c in list_checkpoints(db, "tiny", done.experiment_id)] == [10, 20]
     assert records.runs(db, "tiny", "running") == []
-    trained_on = [r for r in db[loop.rows_table].select().execute() if r["round_id"] == done.round_id]
-    assert sorted((r["x"], r["y"]) for r in trained_on) == sorted(NEW)  # none of the rows inserted since
-    assert len(rounds.used_sources(db, "race")) == 8
-
-
-def _wait(worker, log: str, done, what: str, timeout: float = 300) -> None:
-    """Wait until ``done()``; fail with the worker's log when it failed (a kill is expected)."""
-    deadline = time.time() + timeout
-    while not done():
-        assert worker.poll() is None or (worker.poll() == -9 and what == "end"), open(log).read()[-3000:]
-        assert time.time() < deadline, f"the worker did not {what}"
-        time.sleep(0.05)
+    # nothing half-written: the loop's rows are the round's, the winner's rows among them
+    trained_on = db[loop.rows_table].select().execute()
+    assert {r["round_id"] for r in trained_on} == {done.round_id} and len(trained_on) == done.new_rows
+    taken = sorted((r["x"], r["y"]) for r in trained_on)
+    assert set(taken) >= {(r["x"], r["y"]) for r in rows[winner]}
+    since = {(p, "9") for p, _ in NEW} | {("7+2=", "9")}
+    assert not since & set(taken)  # none of the rows inserted during the round or after it
+    pid = db["new_rows"].primary_id.execute()
+    ids = {str(r[pid]) for r in db["new_rows"].select().execute()}
+    used = rounds.used_sources(db, "race")
+    assert len(ids) == 25 and used <= ids and len(used) == done.new_rows  # the rest: the next round's
+    print(f"the round took {done.new_rows} rows; {len(ids - used)} count toward the next round")

@@ -60,15 +60,67 @@ SHORT_TEMPLATE = (
 )
 
 
+#: A template that ends each reply with the EOS token itself (no EOS appended after it).
+EOS_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% if m['role'] == 'assistant' %}</s>"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+)
+#: Contents ChatML must write verbatim: its own markers, Jinja syntax, newlines, nothing;
+#: a conversation that ends with a user turn; a reply past the limit; repeated texts.
+TRICKY = [
+    {"m": [{"role": "user", "content": "<|im_end|>\n{{ 1 }}{% if %}"}, {"role": "assistant", "content": ""}]},
+    {"m": [{"role": "user", "content": "é\n\n  "}, {"role": "assistant", "content": " 7\n"}]},
+    {
+        "m": [
+            {"role": "user", "content": "1+1="},
+            {"role": "assistant", "content": "2"},
+            {"role": "user", "content": "and?"},
+        ]
+    },
+    {"m": [{"role": "tool", "content": "{}"}, {"role": "assistant", "content": "ok"}]},
+    {
+        "m": [{"role": "user", "content": "7" * 70}, {"role": "assistant", "content": "8" * 12}]
+    },  # cut on the left
+] * 2
+
+
 @pytest.mark.parametrize("max_length", [None, 20, 60])
-@pytest.mark.parametrize("template", [None, SHORT_TEMPLATE])
-def test_conversations_are_tokenized_as_one_example_at_a_time(tokenizer, template, max_length):
+@pytest.mark.parametrize("template", [None, SHORT_TEMPLATE, EOS_TEMPLATE])
+def test_conversations_are_tokenized_as_one_example_at_a_time(tokenizer, template, max_length, monkeypatch):
+    rendered = []  # conversations rendered through the template (not ChatML in Python)
+    render_replies = data._render_replies
+    monkeypatch.setattr(data, "_render_replies", lambda *a: rendered.append(a) or render_replies(*a))
     tokenizer.chat_template = template  # None: ChatML
     try:
-        expected = data.encode_batch_reference(tokenizer, CONVERSATIONS, "m", None, max_length)
-        assert data.encode_batch(tokenizer, CONVERSATIONS, "m", None, max_length) == expected
+        rows = CONVERSATIONS + TRICKY
+        expected = data.encode_batch_reference(tokenizer, rows, "m", None, max_length)
+        assert data.encode_batch(tokenizer, rows, "m", None, max_length) == expected
     finally:
         tokenizer.chat_template = None
+    # ChatML is written in Python; another template renders each conversation itself.
+    assert len(rendered) == (0 if template is None else len(rows))
+
+
+def test_chatml_rows_it_cannot_write_go_through_the_template(tokenizer, monkeypatch):
+    rendered = []
+    render_replies = data._render_replies
+    monkeypatch.setattr(data, "_render_replies", lambda *a: rendered.append(a) or render_replies(*a))
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}
+    rows = [
+        {"m": CONVERSATIONS[0]["m"], "t": [tool]},  # tools: the template renders them
+        {
+            "m": [
+                {"role": "user", "content": "1+1="},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+            ],
+            "t": None,
+        },
+        {"m": CONVERSATIONS[1]["m"], "t": None},  # plain: ChatML in Python
+    ]
+    expected = data.encode_batch_reference(tokenizer, rows, "m", "t", 40)
+    assert data.encode_batch(tokenizer, rows, "m", "t", 40) == expected
+    assert [a[1] for a in rendered] == [rows[0]["m"], rows[1]["m"]]
 
 
 def test_mixed_rows_keep_their_order(tokenizer):
@@ -84,3 +136,30 @@ def test_an_empty_page_and_the_cached_dataset(tokenizer, tmp_path, monkeypatch):
     expected, _ = data.encode_batch_reference(tokenizer, PAIRS, "x", "y", 12)
     assert ds.to_list() == expected
     assert data.build_dataset(tokenizer, PAIRS, "x", "y", 12).cache_files == ds.cache_files  # reused
+
+
+def test_worker_processes_write_the_same_dataset(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(data, "BATCH_SIZE", 7)  # many pages, handed out to the workers
+    rows = PAIRS + [{"x": r["m"], "y": None} for r in CONVERSATIONS + TRICKY]
+    expected, _ = data.encode_batch_reference(tokenizer, rows, "x", None, 12)
+    one = data.build_dataset(tokenizer, rows, "x", None, 12, fingerprint="one")
+    two = data.build_dataset(tokenizer, rows, "x", None, 12, fingerprint="two", processes=2)
+    assert two.to_list() == one.to_list() == expected
+    with open(one.cache_files[0]["filename"], "rb") as a, open(two.cache_files[0]["filename"], "rb") as b:
+        assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_number_of_processes_is_refused_before_anything_is_written(
+    tokenizer, tmp_path, monkeypatch, value
+):
+    from superduper_transformers.hf import workers
+
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(workers.PROCESSES_ENV, value)
+    with pytest.raises(ValueError, match=f"{workers.PROCESSES_ENV} is '{value}': give a number of processes"):
+        data.build_dataset(tokenizer, PAIRS, "x", "y", 12)
+    assert not list(tmp_path.rglob("*.arrow"))
+    monkeypatch.setenv(workers.PROCESSES_ENV, "auto")
+    assert workers.processes_setting() == workers.available_cores()

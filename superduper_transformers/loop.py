@@ -42,6 +42,7 @@ from superduper.components.cdc import CDC
 from superduper_transformers import checkpoint as ckpts
 from superduper_transformers import feedback, gate, promote, resume, rounds
 from superduper_transformers.store import artifacts, locks, records
+from superduper_transformers.store.datalayer import migrate_component_tables
 
 #: Training keywords a round sets (the gate evaluates; a round needs no eval set).
 ROUND_TRAINING = {"eval_strategy": "no", "load_best_model_at_end": False}
@@ -65,6 +66,9 @@ class Loop(CDC):
     :param min_new_rows: New training rows that start a round.
     :param replay_fraction: The share of a round's rows drawn from earlier rows (0: only
         the new rows; 0.5: as many earlier rows as new ones), in [0, 1).
+    :param replay_table: A table whose training rows count as earlier rows too (e.g. the
+        model's first training rows), with the trainer's ``key`` columns; None: only the
+        rows of ``table`` that rounds used.
     :param margin: How much worse than ``prod`` a candidate may score and be promoted
         (negative: how much better it must be).
     :param alias: The alias that serves; rounds start from it and move it.
@@ -87,6 +91,7 @@ class Loop(CDC):
     metric: str = ""
     min_new_rows: int = 8
     replay_fraction: float = 0.0
+    replay_table: t.Optional[str] = None
     margin: float = 0.0
     alias: str = "prod"
     training_kwargs: t.Dict = dc.field(default_factory=dict)
@@ -110,8 +115,12 @@ class Loop(CDC):
         return f"loop_rows__{self.identifier}"
 
     def create_jobs(self, context, event_type, ids=None, jobs=(), requires=None):
-        """Check the model, its alias and the tables before the apply writes anything."""
+        """Migrate an older ``Loop`` table, check the model, its alias and the tables, before
+        the apply writes anything."""
         if event_type == "apply":
+            # A Loop table written before a field existed (``replay_table``): superduper-sql
+            # would refuse the row.
+            migrate_component_tables(self.db, (Loop,))
             check_in_db(self, self.db)
         return super().create_jobs(
             context=context, event_type=event_type, ids=ids, jobs=jobs, requires=requires
@@ -165,8 +174,19 @@ class Loop(CDC):
         new = [r for r in rows if str(r["_id"]) not in used]
         if len(new) < self.min_new_rows:
             return None
-        earlier = [r for r in rows if str(r["_id"]) in used]
+        earlier = [r for r in rows if str(r["_id"]) in used] + self._replay_rows()
         return self._finish(self._start(new, earlier))
+
+    def _replay_rows(self) -> t.List[t.Dict[str, t.Any]]:
+        """The training rows of ``replay_table``, named like rows of ``table``; their ids
+        are prefixed with the table's name in the ledger."""
+        if not self.replay_table:
+            return []
+        pairs = self._column_pairs()
+        return [
+            {**{s: row[c] for c, s in pairs}, "_id": f"{self.replay_table}:{row['_id']}"}
+            for row in _training_rows(self.db, self.replay_table)
+        ]
 
     def _start(self, new, earlier) -> rounds.Round:
         db = self.db
@@ -176,12 +196,11 @@ class Loop(CDC):
         wanted = math.ceil(len(new) * f / (1 - f)) if f else 0
         replay = random.Random(number).sample(earlier, min(wanted, len(earlier)))
         r = rounds.Round(self.identifier, self.model, number, uuid.uuid4().hex[:12])
-        columns = self._columns()  # the trainer's, from the columns of `table` in the same order
-        source = list(feedback.OBJECTIVES[self._objective()]) if self.feedback else columns
-        _rows_table(db, self.rows_table, self.table, dict(zip(columns, source)))
+        pairs = self._column_pairs()
+        _rows_table(db, self.rows_table, self.table, dict(pairs))
         db[self.rows_table].insert(
             [
-                {**{c: row[s] for c, s in zip(columns, source)}, "round_id": r.round_id, "_fold": "train"}
+                {**{c: row[s] for c, s in pairs}, "round_id": r.round_id, "_fold": "train"}
                 for row in new + replay
             ]
         )
@@ -292,6 +311,13 @@ class Loop(CDC):
 
     def _objective(self) -> str:
         return getattr(self.db.load("LLM", self.model).trainer, "objective", None) or "sft"
+
+    def _column_pairs(self) -> t.List[t.Tuple[str, str]]:
+        """``(trainer column, column of table)``: the trainer's columns, read in the same order
+        from ``table`` (with ``feedback``, from the columns feedback rows have)."""
+        columns = self._columns()
+        source = list(feedback.OBJECTIVES[self._objective()]) if self.feedback else columns
+        return list(zip(columns, source))
 
     def _columns(self) -> t.List[str]:
         from superduper_transformers.hf import objectives
@@ -437,15 +463,14 @@ def check_in_db(loop: Loop, db) -> None:
             f"`table`={loop.table!r} is not a table in the database (tables: {_user_tables(tables)})."
         )
     elif trainer is not None and hasattr(trainer, "objective"):
-        from superduper_transformers.hf import objectives
-
-        wanted = objectives.get(trainer.objective).columns(trainer.key)
-        missing = [c for c in wanted if c not in db.load("Table", loop.table).fields]
-        if missing:
-            issues.append(
-                f"`table`={loop.table!r} has no column(s) {missing}: a round trains `{loop.model}`'s "
-                f"trainer, whose `key` reads {wanted}."
-            )
+        issues += _missing_columns(db, loop, "table", loop.table, trainer)
+    if loop.replay_table and loop.replay_table not in tables:
+        issues.append(
+            f"`replay_table`={loop.replay_table!r} is not a table in the database "
+            f"(tables: {_user_tables(tables)})."
+        )
+    elif loop.replay_table and trainer is not None and hasattr(trainer, "objective"):
+        issues += _missing_columns(db, loop, "replay_table", loop.replay_table, trainer)
     if loop.validation_table not in tables:
         issues.append(
             f"`validation_table`={loop.validation_table!r} is not a table in the database "
@@ -466,6 +491,20 @@ def check_in_db(loop: Loop, db) -> None:
         raise LoopError(f"Loop `{loop.identifier}`:\n" + "\n".join(f"- {i}" for i in issues))
     if loop.feedback:
         feedback.training_table(db, loop.table, trainer.objective)
+
+
+def _missing_columns(db, loop: Loop, field: str, table: str, trainer) -> t.List[str]:
+    """The problem, if any, of ``table`` (the loop's ``field``) lacking the trainer's columns."""
+    from superduper_transformers.hf import objectives
+
+    wanted = objectives.get(trainer.objective).columns(trainer.key)
+    missing = [c for c in wanted if c not in db.load("Table", table).fields]
+    if not missing:
+        return []
+    return [
+        f"`{field}`={table!r} has no column(s) {missing}: a round trains `{loop.model}`'s "
+        f"trainer, whose `key` reads {wanted}."
+    ]
 
 
 def _user_tables(tables) -> t.List[str]:

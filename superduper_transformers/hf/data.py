@@ -17,6 +17,7 @@ reply) and ``tool`` messages return their results (not learned).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import typing as t
@@ -27,7 +28,7 @@ from superduper import logging
 # The cache's folder and bookkeeping live in `data_cache` (also used by the command line).
 from superduper_transformers._private import private_dir
 from superduper_transformers.data_cache import _BUILDER, CACHE_ENV, data_cache_dir, mark_complete  # noqa: F401
-from superduper_transformers.hf import tokens
+from superduper_transformers.hf import chatml, tokens, workers
 
 IGNORE_INDEX = -100
 
@@ -37,10 +38,7 @@ class DataError(ValueError):
 
 
 #: ChatML, used by ``setup_chat_format`` when the tokenizer has no chat template of its own.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHATML_TEMPLATE = chatml.TEMPLATE
 
 
 #: The roles a message of a conversation may have (``tool``: a tool call's result).
@@ -400,7 +398,9 @@ def encode_table(
     """
     import pyarrow as pa
 
-    conv = [i for i, row in enumerate(rows) if _is_chat_row(row, X, y)]
+    # One cheap pass for the common page of text only; conversations are sorted out row by row.
+    maybe_conv = any(isinstance(row[X], (list, tuple)) for row in rows)
+    conv = [i for i, row in enumerate(rows) if _is_chat_row(row, X, y)] if maybe_conv else []
     if not conv:
         return _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
     if len(conv) == len(rows):
@@ -419,7 +419,12 @@ def _ids(tokenizer, texts, add_special_tokens):
     """``(offsets, ids)`` of ``texts`` (see :mod:`.tokens`), in one tokenizer call."""
     if not texts:  # the tokenizer refuses an empty batch
         return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
-    return tokens.flatten(_token_lists(tokenizer, texts, add_special_tokens))
+    index: t.Dict[str, int] = {}
+    at = [index.setdefault(text, len(index)) for text in texts]
+    if len(index) == len(texts):
+        return tokens.flatten(_token_lists(tokenizer, texts, add_special_tokens))
+    # Repeated texts (a page's few distinct answers, a shared system prompt) are tokenized once.
+    return tokens.gather(tokens.flatten(_token_lists(tokenizer, list(index), add_special_tokens)), at)
 
 
 def _token_lists(tokenizer, texts, add_special_tokens):
@@ -439,7 +444,7 @@ def _token_lists(tokenizer, texts, add_special_tokens):
 
 
 def _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format):
-    prompts = [build_prompt(tokenizer, row[X], prompt_template, chat_format) for row in rows]
+    prompts = _prompts(tokenizer, [row[X] for row in rows], prompt_template, chat_format)
     prompt_ids = _ids(tokenizer, prompts, add_special_tokens=not chat_format)
     if y is None:  # the whole text is learned: it goes where a completion would
         empty = (np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0, dtype=np.int32))
@@ -451,6 +456,16 @@ def _text_table(tokenizer, rows, X, y, max_length, prompt_template, chat_format)
     return _table(*tokens.assemble(prompt_ids, completion_ids, max_length, learn_prompt=y is None))
 
 
+def _prompts(tokenizer, values, prompt_template, chat_format):
+    """:func:`build_prompt` of each value; plain text with a plain template is formatted
+    here, without the per-row checks for conversations and tools."""
+    if chat_format or not all(type(v) is str for v in values):  # noqa: E721 (exactly text)
+        return [build_prompt(tokenizer, v, prompt_template, chat_format) for v in values]
+    if not prompt_template or prompt_template == "{input}":
+        return values
+    return [prompt_template.format(input=v) for v in values]
+
+
 def _is_chat_row(row, X, y) -> bool:
     """A conversation (its tools in ``y``, if any), not text: validated by :func:`check_rows`."""
     return is_conversation(row[X]) and (y is None or not isinstance(row.get(y), str))
@@ -458,44 +473,55 @@ def _is_chat_row(row, X, y) -> bool:
 
 def _conversation_table(tokenizer, rows, X, y, max_length):
     """Conversations (column ``X``, tools in ``y``) as :func:`_encode_conversation` tokenizes
-    them, in one tokenizer call."""
-    conversations = [row[X] for row in rows]
-    tools = [row[y] if y is not None else None for row in rows]
-    # Each distinct text is tokenized once: the last reply's prefix is often the whole text.
+    them: each distinct text tokenized once, in one tokenizer call, labels on flat arrays.
+
+    With the ChatML fallback template a plain conversation is rendered once, in Python
+    (:func:`.chatml.render`), and its replies' prefixes are slices of that text; any other
+    template renders the conversation and each reply's two prefixes, as the reference does.
+    """
+    chatml_template = (tokenizer.chat_template or CHATML_TEMPLATE) == CHATML_TEMPLATE
     index: t.Dict[str, int] = {}
-    rendered = []  # per conversation: the whole text's index, and each reply's (before, upto)
-    for messages, row_tools in zip(conversations, tools):
-        text = render_chat(tokenizer, messages, tools=row_tools)
-        row_spans = []
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=row_tools)
-            upto = render_chat(tokenizer, messages[: i + 1], tools=row_tools)
-            if not (text.startswith(before) and text.startswith(upto)):
-                _encode_conversation(tokenizer, messages, max_length, row_tools)  # raises, naming the turn
-            row_spans.append((index.setdefault(before, len(index)), index.setdefault(upto, len(index))))
-        rendered.append((index.setdefault(text, len(index)), row_spans))
-    ids = _token_lists(tokenizer, list(index), add_special_tokens=False)
-    eos = tokenizer.eos_token_id
-    input_lists, label_lists, status = [], [], []
-    for messages, (whole, row_spans) in zip(conversations, rendered):
-        input_ids = ids[whole]
-        labels = [IGNORE_INDEX] * len(input_ids)
-        start = end = 0
-        for b, u in row_spans:
-            start, end = len(ids[b]), len(ids[u])
-            labels[start:end] = input_ids[start:end]
-        if messages[-1]["role"] == "assistant" and eos is not None and eos not in input_ids[start:end]:
-            input_ids, labels = input_ids + [eos], labels + [eos]
-        start, end, code = tokens.conversation_window(labels, max_length)
-        status.append(code)
-        input_ids, labels = input_ids[start:end], labels[start:end]
-        input_lists.append(input_ids)
-        label_lists.append(labels)
-    offsets, input_ids = tokens.flatten(input_lists)
-    _, labels = tokens.flatten(label_lists)
-    return _table(offsets, input_ids, labels, np.array(status, dtype=np.int8))
+    whole, reply_rows, before, upto, ends_with_reply = [], [], [], [], []
+    for r, row in enumerate(rows):
+        messages, row_tools = row[X], (row[y] if y is not None else None)
+        rendered = chatml.render(messages) if chatml_template and not row_tools else None
+        if rendered is None:
+            text, prefixes = _render_replies(tokenizer, messages, row_tools, max_length)
+        else:
+            text, prefixes = rendered[0], [(rendered[0][:b], rendered[0][:u]) for b, u in rendered[1]]
+        whole.append(index.setdefault(text, len(index)))
+        for b, u in prefixes:
+            reply_rows.append(r)
+            before.append(index.setdefault(b, len(index)))
+            upto.append(index.setdefault(u, len(index)))
+        ends_with_reply.append(messages[-1]["role"] == "assistant")
+    unique = _ids(tokenizer, list(index), add_special_tokens=False)
+    lengths = np.diff(unique[0])
+    replies = (
+        np.array(reply_rows, dtype=np.int64),
+        lengths[np.array(before, dtype=np.int64)],
+        lengths[np.array(upto, dtype=np.int64)],
+    )
+    encoded = tokens.conversations(
+        tokens.gather(unique, whole), replies, np.array(ends_with_reply), tokenizer.eos_token_id, max_length
+    )
+    return _table(*encoded)
+
+
+def _render_replies(tokenizer, messages, tools, max_length):
+    """The conversation through its chat template, and for each assistant message the
+    conversation before it (with the generation prompt) and up to it."""
+    text = render_chat(tokenizer, messages, tools=tools)
+    prefixes = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = render_chat(tokenizer, messages[: i + 1], tools=tools)
+        if not (text.startswith(before) and text.startswith(upto)):
+            _encode_conversation(tokenizer, messages, max_length, tools)  # raises, naming the turn
+        prefixes.append((before, upto))
+    return text, prefixes
 
 
 def _table(offsets, input_ids, labels, status):
@@ -659,6 +685,7 @@ def build_dataset(
     fingerprint: t.Optional[str] = None,
     cache_dir: t.Optional[str] = None,
     owner: t.Optional[str] = None,
+    processes: t.Union[int, str, None] = None,
 ):
     """Tokenize rows into a ``datasets.Dataset`` with ``input_ids``/``attention_mask``/``labels``.
 
@@ -680,7 +707,11 @@ def build_dataset(
         rows' content (which reads them once more).
     :param cache_dir: The cache folder (default :func:`data_cache_dir`), made owner-only.
     :param owner: The tag of the model trained on it (its entry goes when the model is deleted).
+    :param processes: Pages tokenized in this many worker processes, in order (the same
+        dataset, byte for byte); ``"auto"``: one per available core. None: the environment
+        variable ``SD_TRANSFORMERS_TOKENIZE_PROCESSES``, else 1 (no worker).
     """
+    processes = workers.processes_setting(processes)
     if fingerprint is None:
         from superduper_transformers.lineage import RowsHash
 
@@ -689,8 +720,16 @@ def build_dataset(
         fingerprint = tokenization_key(tokenizer, data_hash, X, y, max_length, prompt_template, chat_format)
 
     def tables():
-        for page in pages(rows):
-            yield encode_table(tokenizer, page, X, y, max_length, prompt_template, chat_format)
+        encode = functools.partial(
+            encode_table,
+            tokenizer,
+            X=X,
+            y=y,
+            max_length=max_length,
+            prompt_template=prompt_template,
+            chat_format=chat_format,
+        )
+        return workers.ordered_map(encode, pages(rows), processes)
 
     cache_dir = private_dir(cache_dir or data_cache_dir())  # tokens are rows: owner only
     ds = _cached_dataset(os.path.join(cache_dir, _BUILDER), fingerprint, tables)

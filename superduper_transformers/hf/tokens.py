@@ -22,11 +22,21 @@ FITS, PROMPT_CUT, END_LOST = 0, 1, 2
 
 def flatten(lists: t.Sequence[t.Sequence[int]]) -> t.Tuple[np.ndarray, np.ndarray]:
     """Lists of token ids -> ``(offsets, ids)`` (int64 offsets of ``len(lists) + 1``, int32 ids)."""
-    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
     return offsets, ids
+
+
+def gather(rows: t.Tuple[np.ndarray, np.ndarray], at: t.Sequence[int]) -> t.Tuple[np.ndarray, np.ndarray]:
+    """``(offsets, ids)`` of the rows ``at`` (indices, repeats allowed) of ``rows``."""
+    offsets, ids = rows
+    at = np.asarray(at, dtype=np.int64)
+    lengths = np.diff(offsets)[at]
+    out = np.zeros(len(at) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out, ids[_ranges(offsets[at], lengths)]
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -111,3 +121,64 @@ def conversation_window(labels: t.Sequence[int], max_length: t.Optional[int]) ->
     start = max(0, min(first - max_length // 2, n - max_length))
     end = start + max_length
     return start, end, END_LOST if end < n else PROMPT_CUT
+
+
+def conversations(
+    whole: t.Tuple[np.ndarray, np.ndarray],
+    replies: t.Tuple[np.ndarray, np.ndarray, np.ndarray],
+    ends_with_reply: np.ndarray,
+    eos: t.Optional[int],
+    max_length: t.Optional[int],
+):
+    """Conversations labelled on their replies, with EOS where needed, cut to ``max_length``:
+    what ``data._encode_conversation`` does one conversation at a time.
+
+    :param whole: ``(offsets, ids)`` of each conversation's tokens.
+    :param replies: ``(row, start, end)`` of each reply, rows in order: the tokens
+        ``[start:end]`` of its conversation are learned (clipped to the conversation).
+    :param ends_with_reply: Per conversation, whether its last message is a reply: then
+        EOS is appended unless its last reply's span already holds it.
+    :param eos: The EOS token id (None: nothing appended).
+    :param max_length: At most this many tokens per conversation (:func:`conversation_window`).
+    :return: ``(offsets, input_ids, labels, status)``, as :func:`assemble`.
+    """
+    off, ids = whole
+    n = np.diff(off)
+    rows, starts, ends = replies
+    starts, ends = np.minimum(starts, n[rows]), np.minimum(ends, n[rows])
+    spans = starts < ends
+    # +1 where a span starts, -1 where it ends: positions with a positive sum are learned.
+    marks = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.add.at(marks, off[rows[spans]] + starts[spans], 1)
+    np.add.at(marks, off[rows[spans]] + ends[spans], -1)
+    labels = np.where(np.cumsum(marks[:-1]) > 0, ids, IGNORE_INDEX).astype(np.int32)
+    if eos is not None and len(rows):
+        last = np.flatnonzero(np.append(rows[1:] != rows[:-1], True))  # each conversation's last reply
+        seen = np.concatenate(([0], np.cumsum(ids == eos)))
+        at = off[rows[last]]
+        has_eos = seen[at + ends[last]] - seen[at + starts[last]] > 0
+        add = np.zeros(len(n), dtype=bool)
+        add[rows[last][~has_eos]] = True
+        add &= ends_with_reply
+        ids = np.insert(ids, off[1:][add], np.int32(eos))
+        labels = np.insert(labels, off[1:][add], np.int32(eos))
+        off = off + np.concatenate(([0], np.cumsum(add)))
+        n = np.diff(off)
+    status = np.full(len(n), FITS, dtype=np.int8)
+    if max_length is None or not (n > max_length).any():
+        return off, ids, labels, status
+    # The first learned token of each conversation (its length when none).
+    position = np.arange(len(ids)) - np.repeat(off[:-1], n)
+    first = n.copy()
+    filled = n > 0
+    learned_at = np.where(labels != IGNORE_INDEX, position, np.iinfo(np.int64).max)
+    first[filled] = np.minimum(np.minimum.reduceat(learned_at, off[:-1][filled]), n[filled])
+    long = n > max_length
+    start = np.where(long, np.maximum(0, np.minimum(first - max_length // 2, n - max_length)), 0)
+    end = np.where(long, start + max_length, n)
+    status[long] = np.where(end < n, END_LOST, PROMPT_CUT)[long]
+    kept = end - start
+    new_off = np.zeros(len(n) + 1, dtype=np.int64)
+    np.cumsum(kept, out=new_off[1:])
+    at = _ranges(off[:-1] + start, kept)
+    return new_off, ids[at], labels[at], status

@@ -112,16 +112,37 @@ def insert_row(
     """
     from superduper.components.table import DEFAULT_PRIMARY_ID
 
+    stored = {k: json.dumps(v) if k in json_columns else v for k, v in row.items()}
+    stored.setdefault(DEFAULT_PRIMARY_ID, str(uuid.uuid4()))
+    if insert_rows(db, table, list(stored), [tuple(stored.values())]) is None:
+        return None
+    return stored[DEFAULT_PRIMARY_ID]
+
+
+def insert_rows(
+    db: Datalayer, table: str, columns: t.Sequence[str], rows: t.Sequence[t.Sequence[t.Any]]
+) -> t.Optional[int]:
+    """Insert ``rows`` (values in ``columns`` order, stored as given) in one statement and
+    one transaction. No change triggers run.
+
+    :return: how many rows were inserted; None on a backend this module does not write.
+    """
     con = writable_connection(db)
     if con is None:
         return None
-    stored = {k: json.dumps(v) if k in json_columns else v for k, v in row.items()}
-    stored.setdefault(DEFAULT_PRIMARY_ID, str(uuid.uuid4()))
-    names = ", ".join(sql_identifier(k) for k in stored)
-    marks = ", ".join("?" for _ in stored)
+    names = ", ".join(sql_identifier(k) for k in columns)
+    marks = ", ".join("?" for _ in columns)
     with transaction(con):
-        con.execute(f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({marks})", list(stored.values()))
-    return stored[DEFAULT_PRIMARY_ID]
+        con.executemany(f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({marks})", rows)
+    return len(rows)
+
+
+def table_columns(db: Datalayer, table: str) -> t.Optional[t.Set[str]]:
+    """The column names of ``table`` (empty when it does not exist); None on another backend."""
+    con = _sqlite(db)
+    if con is None:
+        return None
+    return {r[1] for r in con.execute(f"PRAGMA table_info({sql_identifier(table)})")}
 
 
 def select_rows(

@@ -271,10 +271,9 @@ def second_act(db, run: str, model_dir: str, log: str) -> None:
         listener = Listener("answers", model=serving, key="question", select=db["questions"].select())
         db.apply(listener, force=True)
         feedback.feedback_table(db)
-        # The facts trained on in act 1 start the loop's table: rows there before the loop
-        # count as earlier rows, replayed in each round so that new facts do not erase them.
+        # Corrections become training rows here; the facts of act 1 (`replay_table`) are
+        # replayed in each round so that new facts do not erase them.
         feedback.training_table(db, "corrections", "sft")
-        db["corrections"].insert([{"x": q, "y": a, "_fold": "train"} for q, a in FACTS])
         loop = Loop(
             f"{run}-loop",
             model=run,
@@ -287,6 +286,7 @@ def second_act(db, run: str, model_dir: str, log: str) -> None:
             metric="superduper_transformers.demo:answer_match",
             min_new_rows=len(NEW_FACTS),
             replay_fraction=2 / 3,  # as many as twice the new rows: here all 4 earlier facts
+            replay_table="facts",
             training_kwargs={"max_steps": 12, "save_steps": 12},
         )
         db.apply(loop, force=True)

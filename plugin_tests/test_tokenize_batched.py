@@ -87,13 +87,13 @@ TRICKY = [
 @pytest.mark.parametrize("max_length", [None, 20, 60])
 @pytest.mark.parametrize("template", [None, SHORT_TEMPLATE, EOS_TEMPLATE])
 def test_conversations_are_tokenized_as_one_example_at_a_time(tokenizer, template, max_length, monkeypatch):
-    rendered = []  # conversations rendered through the template (not ChatML in Python)
+    rendered = []  # conversations the batched path renders through the template (not ChatML in Python)
     render_replies = data._render_replies
-    monkeypatch.setattr(data, "_render_replies", lambda *a: rendered.append(a) or render_replies(*a))
     tokenizer.chat_template = template  # None: ChatML
     try:
         rows = CONVERSATIONS + TRICKY
         expected = data.encode_batch_reference(tokenizer, rows, "m", None, max_length)
+        monkeypatch.setattr(data, "_render_replies", lambda *a: rendered.append(a) or render_replies(*a))
         assert data.encode_batch(tokenizer, rows, "m", None, max_length) == expected
     finally:
         tokenizer.chat_template = None
@@ -104,7 +104,6 @@ def test_conversations_are_tokenized_as_one_example_at_a_time(tokenizer, templat
 def test_chatml_rows_it_cannot_write_go_through_the_template(tokenizer, monkeypatch):
     rendered = []
     render_replies = data._render_replies
-    monkeypatch.setattr(data, "_render_replies", lambda *a: rendered.append(a) or render_replies(*a))
     tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
     call = {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}
     rows = [
@@ -119,6 +118,7 @@ def test_chatml_rows_it_cannot_write_go_through_the_template(tokenizer, monkeypa
         {"m": CONVERSATIONS[1]["m"], "t": None},  # plain: ChatML in Python
     ]
     expected = data.encode_batch_reference(tokenizer, rows, "m", "t", 40)
+    monkeypatch.setattr(data, "_render_replies", lambda *a: rendered.append(a) or render_replies(*a))
     assert data.encode_batch(tokenizer, rows, "m", "t", 40) == expected
     assert [a[1] for a in rendered] == [rows[0]["m"], rows[1]["m"]]
 

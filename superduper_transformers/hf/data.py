@@ -258,21 +258,11 @@ def _encode_conversation(tokenizer, messages, max_length, tools=None):
     must render each prefix of a conversation as a prefix of the whole.
     """
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    text = render_chat(tokenizer, messages, tools=tools)
+    text, prefixes = _render_replies(tokenizer, messages, tools)
     input_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     labels = [IGNORE_INDEX] * len(input_ids)
     span = (0, 0)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
-        upto = render_chat(tokenizer, messages[: i + 1], tools=tools)
-        if not (text.startswith(before) and text.startswith(upto)):
-            raise DataError(
-                "The chat template does not render the start of a conversation as the start of "
-                f"the whole (message {i}, an assistant turn), so its tokens cannot be found. Use a "
-                "template that renders every turn the same whatever follows it (e.g. ChatML)."
-            )
+    for before, upto in prefixes:
         span = (count(before), count(upto))
         labels[span[0] : span[1]] = input_ids[span[0] : span[1]]
     eos = tokenizer.eos_token_id
@@ -486,7 +476,7 @@ def _conversation_table(tokenizer, rows, X, y, max_length):
         messages, row_tools = row[X], (row[y] if y is not None else None)
         rendered = chatml.render(messages) if chatml_template and not row_tools else None
         if rendered is None:
-            text, prefixes = _render_replies(tokenizer, messages, row_tools, max_length)
+            text, prefixes = _render_replies(tokenizer, messages, row_tools)
         else:
             text, prefixes = rendered[0], [(rendered[0][:b], rendered[0][:u]) for b, u in rendered[1]]
         whole.append(index.setdefault(text, len(index)))
@@ -508,9 +498,12 @@ def _conversation_table(tokenizer, rows, X, y, max_length):
     return _table(*encoded)
 
 
-def _render_replies(tokenizer, messages, tools, max_length):
+def _render_replies(tokenizer, messages, tools=None):
     """The conversation through its chat template, and for each assistant message the
-    conversation before it (with the generation prompt) and up to it."""
+    conversation before it (with the generation prompt) and up to it.
+
+    :raises DataError: when a prefix is not rendered as the start of the whole.
+    """
     text = render_chat(tokenizer, messages, tools=tools)
     prefixes = []
     for i, message in enumerate(messages):
@@ -519,7 +512,11 @@ def _render_replies(tokenizer, messages, tools, max_length):
         before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
         upto = render_chat(tokenizer, messages[: i + 1], tools=tools)
         if not (text.startswith(before) and text.startswith(upto)):
-            _encode_conversation(tokenizer, messages, max_length, tools)  # raises, naming the turn
+            raise DataError(
+                "The chat template does not render the start of a conversation as the start of "
+                f"the whole (message {i}, an assistant turn), so its tokens cannot be found. Use a "
+                "template that renders every turn the same whatever follows it (e.g. ChatML)."
+            )
         prefixes.append((before, upto))
     return text, prefixes
 

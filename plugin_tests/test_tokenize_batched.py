@@ -163,3 +163,17 @@ def test_a_bad_number_of_processes_is_refused_before_anything_is_written(
     assert not list(tmp_path.rglob("*.arrow"))
     monkeypatch.setenv(workers.PROCESSES_ENV, "auto")
     assert workers.processes_setting() == workers.available_cores()
+
+
+def test_a_template_that_renders_prefixes_otherwise_is_refused_naming_the_turn(tokenizer):
+    """Reply spans are found as rendered prefixes: a template whose start depends on what
+    follows (here the message count) cannot be used, on either path."""
+    from superduper_transformers.hf.data import DataError
+
+    tokenizer.chat_template = "{{ messages|length }}{% for m in messages %}{{ m['content'] }};{% endfor %}"
+    try:
+        for encode in (data.encode_batch_reference, data.encode_batch):
+            with pytest.raises(DataError, match=r"message 1, an assistant turn.*\(e\.g\. ChatML\)"):
+                encode(tokenizer, [CONVERSATIONS[0]], "m", None, 40)
+    finally:
+        tokenizer.chat_template = None

@@ -24,13 +24,10 @@ import json
 import typing as t
 
 from superduper_transformers.store import sql_writes
-from superduper_transformers.store.native_rows import _documents, native_backend, sql_identifier
+from superduper_transformers.store.native_rows import _JSON, _TEXT, _documents, native_backend, sql_identifier
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
-
-#: Column types read and written as they are stored (text), and those stored as JSON.
-_TEXT, _JSON = ("str", "string"), ("json",)
 
 #: Ids per ``IN (...)`` statement (SQLite's host-parameter limit is 999 on old builds).
 _CHUNK = 500

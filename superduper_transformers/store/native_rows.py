@@ -72,7 +72,10 @@ def native_pages(db: Datalayer, select, fold: t.Optional[str], keys: t.Optional[
 def native_backend(db: Datalayer) -> t.Tuple[str, t.Any]:
     """``("sqlite" | "mongodb" | "mongomock", backend)`` where this package reads natively
     (superduper-sql's ``sqlite3`` connection, pymongo's database), else ``("", None)``."""
-    uri = str(db.cfg.data_backend)
+    cfg = getattr(db, "cfg", None)  # None: a stand-in for a datalayer (tests)
+    if cfg is None:
+        return "", None
+    uri = str(cfg.data_backend)
     backend = getattr(db.databackend, "_backend", db.databackend)
     if uri.startswith("sqlite://") and hasattr(backend, "connection_manager"):
         return "sqlite", backend

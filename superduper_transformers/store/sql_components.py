@@ -150,9 +150,7 @@ def insert_new(db: Datalayer, component: Component) -> bool:
 
 
 def _insert(con: sqlite3.Connection, table: str, row: t.Mapping[str, t.Any]) -> None:
-    names = ", ".join(sql_identifier(k) for k in row)
-    marks = ", ".join("?" for _ in row)
-    con.execute(f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({marks})", list(row.values()))
+    con.execute(sql_writes.insert_statement(table, list(row)), list(row.values()))
 
 
 def apply_new(db: Datalayer, component: Component) -> None:

@@ -17,7 +17,7 @@ import sqlite3
 import typing as t
 import uuid
 
-from superduper_transformers.store.native_rows import sql_identifier
+from superduper_transformers.store.native_rows import native_backend, sql_identifier
 
 if t.TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
@@ -28,11 +28,8 @@ Rows = t.Tuple[str, t.Mapping[str, t.Any]]
 
 def _sqlite(db: Datalayer) -> t.Optional[sqlite3.Connection]:
     """The datalayer's own ``sqlite3`` connection (this thread's), or None on another backend."""
-    cfg = getattr(db, "cfg", None)  # None: a stand-in for a datalayer (tests)
-    if cfg is None or not str(cfg.data_backend).startswith("sqlite://"):
-        return None
-    backend = getattr(db.databackend, "_backend", db.databackend)
-    if not hasattr(backend, "connection_manager"):
+    kind, backend = native_backend(db)
+    if kind != "sqlite":
         return None
     with backend.connection_manager.get_connection() as conn:
         con = getattr(conn, "con", None)
@@ -130,11 +127,16 @@ def insert_rows(
     con = writable_connection(db)
     if con is None:
         return None
+    with transaction(con):
+        con.executemany(insert_statement(table, columns), rows)
+    return len(rows)
+
+
+def insert_statement(table: str, columns: t.Sequence[str]) -> str:
+    """``INSERT INTO table (columns) VALUES (?, ...)``, names quoted."""
     names = ", ".join(sql_identifier(k) for k in columns)
     marks = ", ".join("?" for _ in columns)
-    with transaction(con):
-        con.executemany(f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({marks})", rows)
-    return len(rows)
+    return f"INSERT INTO {sql_identifier(table)} ({names}) VALUES ({marks})"
 
 
 def table_columns(db: Datalayer, table: str) -> t.Optional[t.Set[str]]:
